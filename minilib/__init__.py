@@ -1,0 +1,1 @@
+"""minilib: the small library behind the course."""
