@@ -1,0 +1,70 @@
+"""Chapter 02's exercise checks pass the reference answers and fail stubs and plausible mistakes."""
+import math
+
+import torch
+
+from minilib.attention import scaled_dot_product_attention
+from minilib.checks import (check_causal_padding_mask, check_online_softmax_step, check_softmax_attention,
+                            check_split_heads)
+
+
+def stub(*args):
+    raise NotImplementedError
+
+
+def test_softmax_attention():
+    assert check_softmax_attention(scaled_dot_product_attention)
+    assert not check_softmax_attention(stub)
+    assert not check_softmax_attention(lambda q, k, v: torch.softmax(q @ k.T, dim=-1) @ v)          # no 1/√d
+    assert not check_softmax_attention(lambda q, k, v: torch.softmax(q @ k.T / 8, dim=0) @ v)      # wrong axis
+
+
+def test_split_heads():
+    def reference(x, n_heads):
+        batch, seq, d_model = x.shape
+        return x.view(batch, seq, n_heads, d_model // n_heads).transpose(1, 2)
+
+    def direct_view(x, n_heads):  # right shape, tokens mixed across heads
+        batch, seq, d_model = x.shape
+        return x.view(batch, n_heads, seq, d_model // n_heads)
+
+    assert check_split_heads(reference)
+    assert not check_split_heads(stub)
+    assert not check_split_heads(direct_view)
+
+
+def test_causal_padding_mask():
+    def reference(attention_mask):
+        seq = attention_mask.shape[-1]
+        causal = torch.ones(seq, seq, dtype=torch.bool).tril()
+        return causal & attention_mask.bool()[:, None, None, :]
+
+    assert check_causal_padding_mask(reference)
+    assert not check_causal_padding_mask(stub)
+    assert not check_causal_padding_mask(lambda mask: reference(mask).float())                    # not boolean
+    assert not check_causal_padding_mask(lambda mask: reference(torch.ones_like(mask)))            # padding ignored
+    assert not check_causal_padding_mask(                                                          # queries masked
+        lambda mask: torch.ones(mask.shape[-1], mask.shape[-1], dtype=torch.bool).tril() & mask.bool()[:, None, :, None])
+
+
+def online_step(m, l, acc, scores, v, rescale=True, subtract_max=True):
+    m_new = torch.maximum(m, scores.max(dim=-1).values) if subtract_max else torch.zeros_like(m)
+    correction = torch.exp(m - m_new) if rescale else torch.ones_like(m)
+    p = torch.exp(scores - m_new[:, None])
+    return m_new, l * correction + p.sum(dim=-1), acc * correction[:, None] + p @ v
+
+
+def test_online_softmax_step():
+    assert check_online_softmax_step(online_step)
+    assert not check_online_softmax_step(stub)
+    assert not check_online_softmax_step(lambda *a: online_step(*a, rescale=False))
+    assert not check_online_softmax_step(lambda *a: online_step(*a, subtract_max=False))
+
+
+def test_online_softmax_step_reference_matches_full_softmax():
+    """The reference above is the real thing: chunked, it reproduces attention on a long row."""
+    scores, v = 30 * torch.randn(4, 100), torch.randn(100, 8)
+    state = torch.full((4,), -math.inf), torch.zeros(4), torch.zeros(4, 8)
+    for chunk in range(0, 100, 7):
+        state = online_step(*state, scores[:, chunk:chunk + 7], v[chunk:chunk + 7])
+    torch.testing.assert_close(state[2] / state[1][:, None], torch.softmax(scores, -1) @ v)
