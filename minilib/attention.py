@@ -1,0 +1,216 @@
+"""Attention, written plainly (seed §2.2, §4.1).
+
+    Attention(Q, K, V) = softmax(QKᵀ / √d_k) V
+
+Three ways to compute the same thing:
+
+- :func:`scaled_dot_product_attention`: the formula, line by line. It builds the whole
+  ``(n_q, n_k)`` score matrix, so its memory grows as n².
+- :func:`memory_efficient_attention`: the FlashAttention idea. It walks over blocks of queries
+  and chunks of keys, keeping a running max and a running sum so that the softmax comes out
+  exact without ever holding the n×n matrix.
+- ``torch.nn.functional.scaled_dot_product_attention``: PyTorch's fused kernel, our reference.
+
+:class:`MultiHeadAttention` projects the input into heads and calls any of them (or the sparse
+and linear attentions of chapters 04–05) through its ``attention`` argument.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, return_weights=False,
+                                 dropout_p=0.0):
+    """softmax(QKᵀ/√d_k + mask) V, the seed's formula.
+
+    q: (..., n_q, d_k), k: (..., n_k, d_k), v: (..., n_k, d_v); leading dims (batch, heads) match.
+    attn_mask: bool (True = may attend) or float (added to the scores), broadcastable to
+    (..., n_q, n_k). is_causal: query i sees keys 0..i. Returns (..., n_q, d_v), and the
+    weights (..., n_q, n_k) too when ``return_weights``. Same semantics as PyTorch's function.
+    """
+    _check_qkv(q, k, v)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])        # QKᵀ/√d_k
+    bias = attention_bias(attn_mask, is_causal, q.shape[-2], k.shape[-2], q.dtype, q.device)
+    if bias is not None:
+        scores = scores + bias                                          # masked scores → -∞
+    weights = torch.softmax(scores, dim=-1)                             # each row sums to 1
+    if dropout_p > 0:
+        weights = F.dropout(weights, p=dropout_p)
+    output = weights @ v                                                # weighted sum of values
+    return (output, weights) if return_weights else output
+
+
+def memory_efficient_attention(q, k, v, attn_mask=None, is_causal=False, chunk_size=512,
+                               query_chunk_size=128):
+    """The same result as :func:`scaled_dot_product_attention`, without the n×n matrix.
+
+    For a block of queries, keys arrive ``chunk_size`` at a time. With m the running row max,
+    ℓ the running sum of exp(s - m) and a the running weighted sum of values, each chunk of
+    scores s updates them:
+
+        m' = max(m, max_j s_j)
+        ℓ' = ℓ·exp(m - m') + Σ_j exp(s_j - m')
+        a' = a·exp(m - m') + Σ_j exp(s_j - m') v_j
+
+    and at the end softmax(s) V = a / ℓ exactly (online softmax; Milakov & Gimelshein 2018,
+    FlashAttention 2022). Extra memory is one (query block × key chunk) tile: it grows as n, not n².
+    Blocking over queries as well keeps that tile in the CPU's cache, and updating in place
+    (``exp_``, ``mul_``, ``baddbmm_``) saves passes over memory: that is where the speed comes from.
+
+    q, k, v, attn_mask, is_causal: as in :func:`scaled_dot_product_attention`.
+    chunk_size: keys per chunk; query_chunk_size: queries per block.
+    """
+    _check_qkv(q, k, v)
+    for name, size in (("chunk_size", chunk_size), ("query_chunk_size", query_chunk_size)):
+        if not isinstance(size, int) or size <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {size!r}")
+    lead, (n_q, d), (n_k, d_v) = q.shape[:-2], q.shape[-2:], v.shape[-2:]
+    mask = _check_mask(attn_mask, n_q, n_k)
+    q3 = (q * (1.0 / math.sqrt(d))).reshape(-1, n_q, d)          # scale once; (batch·heads, n_q, d)
+    k3_t = k.reshape(-1, n_k, d).transpose(1, 2)                   # (batch·heads, d, n_k)
+    v3 = v.reshape(-1, n_k, d_v)
+    output = q3.new_empty(q3.shape[0], n_q, d_v)
+    for i0 in range(0, n_q, query_chunk_size):
+        i1 = min(i0 + query_chunk_size, n_q)
+        last_key = min(n_k, i1) if is_causal else n_k              # causal: later keys are all masked
+        tiles = (_scores_tile(q3, k3_t, mask, is_causal, lead, i0, i1, j0, min(j0 + chunk_size, last_key))
+                 for j0 in range(0, last_key, chunk_size))
+        output[:, i0:i1] = _online_softmax(tiles, v3)
+    return output.view(*lead, n_q, d_v)
+
+
+def _online_softmax(tiles, v3):
+    """Σ_j softmax(s)_j v_j from score tiles that arrive one key chunk at a time."""
+    running_max = running_sum = accumulator = None
+    for (j0, j1), scores in tiles:
+        chunk_max = scores.amax(dim=-1, keepdim=True)
+        new_max = chunk_max if running_max is None else torch.maximum(running_max, chunk_max)
+        new_max = new_max.masked_fill(new_max == -math.inf, 0.0)    # a row masked so far: avoid ∞ - ∞
+        probs = scores.sub_(new_max).exp_()                         # exp(s - m'), in place
+        if running_max is None:
+            running_sum, accumulator = probs.sum(dim=-1, keepdim=True), probs @ v3[:, j0:j1]
+        else:
+            correction = (running_max - new_max).exp_()             # exp(m - m')
+            running_sum.mul_(correction).add_(probs.sum(dim=-1, keepdim=True))
+            accumulator.mul_(correction).baddbmm_(probs, v3[:, j0:j1])
+        running_max = new_max
+    return accumulator.div_(running_sum)
+
+
+def _scores_tile(q3, k3_t, mask, is_causal, lead, i0, i1, j0, j1):
+    """Scores of queries i0:i1 against keys j0:j1, with the mask's bias: ((j0, j1), (batch·heads, i1-i0, j1-j0))."""
+    scores = torch.bmm(q3[:, i0:i1], k3_t[:, :, j0:j1])
+    if mask is not None:
+        tile = mask[..., i0:i1, j0:j1] if mask.shape[-2] > 1 else mask[..., j0:j1]
+        tile = tile.expand(*lead, i1 - i0, j1 - j0).reshape(-1, i1 - i0, j1 - j0)
+        scores = scores + _as_bias(tile, scores.dtype)
+    if is_causal and j1 - 1 > i0:                                   # the tile crosses the diagonal
+        above = torch.arange(j0, j1, device=scores.device) > torch.arange(i0, i1, device=scores.device)[:, None]
+        scores.masked_fill_(above, -math.inf)
+    return (j0, j1), scores
+
+
+def attention_bias(attn_mask, is_causal, n_q, n_k, dtype, device):
+    """Turn a bool/float mask and/or causality into one additive bias (..., n_q, n_k), or None."""
+    mask = _check_mask(attn_mask, n_q, n_k)
+    bias = None if mask is None else _as_bias(mask, dtype)
+    if is_causal:
+        causal = torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril()   # query i sees keys ≤ i
+        causal_bias = torch.zeros(n_q, n_k, dtype=dtype, device=device).masked_fill(~causal, -math.inf)
+        bias = causal_bias if bias is None else bias + causal_bias
+    return bias
+
+
+def _as_bias(mask, dtype):
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, -math.inf)
+    return mask.to(dtype)
+
+
+def _check_mask(attn_mask, n_q, n_k):
+    if attn_mask is None:
+        return None
+    if not isinstance(attn_mask, torch.Tensor):
+        raise TypeError(f"attn_mask must be a tensor (bool or float) or None, got {type(attn_mask).__name__}")
+    if not (attn_mask.dtype == torch.bool or attn_mask.is_floating_point()):
+        raise TypeError(f"attn_mask must be bool (True = may attend) or float (added to scores), got dtype {attn_mask.dtype}")
+    shape = tuple(attn_mask.shape)
+    if len(shape) < 2 or shape[-1] != n_k or shape[-2] not in (1, n_q):
+        raise ValueError(f"attn_mask must be broadcastable to (..., {n_q}, {n_k}) (queries, keys), got shape {shape}")
+    return attn_mask
+
+
+def _check_qkv(q, k, v):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+            raise TypeError(f"{name} must be a floating-point tensor, got {got}")
+        if t.dim() < 2:
+            raise ValueError(f"{name} must have shape (..., seq, dim), got {tuple(t.shape)}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k must share their last dimension d_k: q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"k and v must have the same number of keys (dim -2): k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]):
+        raise ValueError(f"q, k, v must share their leading (batch, heads) dims: "
+                         f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention: h heads, each attending in its own head_dim-wide subspace.
+
+        head_i = Attention(X W_q^i, C W_k^i, C W_v^i),   MHA(X, C) = [head_1; …; head_h] W_o
+
+    C is X for self-attention and the encoder's output for cross-attention. ``attention`` is any
+    ``fn(q, k, v, attn_mask=None, is_causal=False)`` on (batch, heads, seq, head_dim) tensors; the
+    default is :func:`scaled_dot_product_attention`.
+    """
+
+    def __init__(self, d_model, n_heads, head_dim=None, dropout=0.0, bias=True, attention=None):
+        super().__init__()
+        if head_dim is None:
+            if n_heads <= 0 or d_model % n_heads:
+                raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads}), or give head_dim")
+            head_dim = d_model // n_heads
+        self.n_heads, self.head_dim, self.dropout = n_heads, head_dim, dropout
+        self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
+        self.k_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
+        self.v_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
+        self.out_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias)
+        self.attention = attention or scaled_dot_product_attention
+
+    def forward(self, x, context=None, attn_mask=None, is_causal=False, head_mask=None, output_attentions=False):
+        """x: (batch, n_q, d_model); context: (batch, n_k, d_model) or None (self-attention).
+
+        attn_mask: bool, broadcastable to (batch, heads, n_q, n_k); head_mask: (n_heads,) scales
+        each head's output. Returns (out (batch, n_q, d_model), weights (batch, heads, n_q, n_k) or None).
+        """
+        context = x if context is None else context
+        q, k, v = (self._split_heads(proj(t)) for proj, t in
+                   ((self.q_proj, x), (self.k_proj, context), (self.v_proj, context)))
+        heads, weights = self._attend(q, k, v, attn_mask, is_causal, output_attentions)
+        if head_mask is not None:
+            heads = heads * head_mask.view(1, -1, 1, 1).to(heads.dtype)
+        batch, _, n_q, _ = heads.shape
+        merged = heads.transpose(1, 2).reshape(batch, n_q, self.n_heads * self.head_dim)
+        return self.out_proj(merged), weights
+
+    def _split_heads(self, t):
+        """(batch, seq, heads·head_dim) → (batch, heads, seq, head_dim)."""
+        batch, seq, _ = t.shape
+        return t.view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def _attend(self, q, k, v, attn_mask, is_causal, output_attentions):
+        if self.attention is scaled_dot_product_attention:
+            dropout_p = self.dropout if self.training else 0.0
+            out, weights = scaled_dot_product_attention(q, k, v, attn_mask, is_causal, return_weights=True,
+                                                        dropout_p=dropout_p)
+            return out, (weights if output_attentions else None)
+        if output_attentions:
+            raise ValueError(f"output_attentions=True needs the default softmax attention; this layer uses "
+                             f"{getattr(self.attention, '__name__', self.attention)!r}, which does not expose weights")
+        return self.attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal), None
