@@ -1,0 +1,103 @@
+"""Notebook budgets: run each notebook headless in a fresh kernel and measure its time and memory.
+
+Every chapter must run top to bottom in at most 90 s on a 2-core CPU with peak memory under
+1.5 GB (Binder gives about 2 GB), and the whole course in at most 10 minutes. Wall time includes
+starting the kernel; memory is the resident set size (RSS) of the kernel and any processes it
+starts, sampled while the notebook runs.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+import psutil
+from nbclient import NotebookClient
+
+from minilib.bench import _text_table
+
+NOTEBOOK_SECONDS = 90.0
+NOTEBOOK_BYTES = 1.5e9
+COURSE_SECONDS = 600.0
+
+
+@dataclass
+class NotebookRun:
+    """One notebook's measured wall time (s) and peak memory (bytes); ``error`` if a cell failed."""
+
+    path: Path
+    seconds: float
+    peak_bytes: int
+    error: str | None = None
+
+    @property
+    def within_budget(self) -> bool:
+        return self.error is None and self.seconds <= NOTEBOOK_SECONDS and self.peak_bytes <= NOTEBOOK_BYTES
+
+
+class _PeakRSS(threading.Thread):
+    """Samples the summed RSS of this process's children (the kernel and what it starts)."""
+
+    def __init__(self, every: float):
+        super().__init__(daemon=True)
+        self.every, self.peak = every, 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        me = psutil.Process()
+        while not self._stop_event.wait(self.every):
+            total = 0
+            for child in me.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:  # the process ended between listing and reading
+                    pass
+            self.peak = max(self.peak, total)
+
+    def stop(self) -> int:
+        self._stop_event.set()
+        self.join()
+        return self.peak
+
+
+def run_notebook(path, timeout: float = 600, sample_every: float = 0.05) -> NotebookRun:
+    """Execute the notebook at ``path`` in a fresh kernel (outputs discarded) and measure it."""
+    path = Path(path)
+    if not path.is_file() or path.suffix != ".ipynb":
+        raise ValueError(f"expected the path of an existing .ipynb file, got {str(path)!r}")
+    notebook = nbformat.read(path, as_version=4)
+    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent.resolve())}})
+    sampler = _PeakRSS(sample_every)
+    sampler.start()
+    start, error = time.perf_counter(), None
+    try:
+        client.execute()
+    except Exception as failure:  # a failing cell is a result to report, not a reason to stop
+        lines = str(failure).strip().splitlines()  # nbclient ends its message with the cell's error line
+        error = lines[-1] if lines else type(failure).__name__
+    seconds = time.perf_counter() - start
+    return NotebookRun(path, seconds, sampler.stop(), error)
+
+
+def budget_table(runs: list[NotebookRun], markdown: bool = False) -> str:
+    """Wall time and peak memory of each notebook against its budget, and the course total."""
+    rows = [
+        (run.path.name, f"{run.seconds:.1f} s", f"{run.peak_bytes / 1e6:.0f} MB",
+         "PASS" if run.within_budget else ("ERROR" if run.error else "MISS"), run.error or "")
+        for run in runs
+    ]
+    total = sum(run.seconds for run in runs)
+    rows.append(("whole course", f"{total:.1f} s", "", "PASS" if total <= COURSE_SECONDS else "MISS", ""))
+    header = ("notebook", f"time (≤ {NOTEBOOK_SECONDS:.0f} s)", f"peak memory (≤ {NOTEBOOK_BYTES / 1e9:.1f} GB)",
+              "result", "error")
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+    return _text_table(header, rows)
+
+
+def course_passed(runs: list[NotebookRun]) -> bool:
+    return all(run.within_budget for run in runs) and sum(run.seconds for run in runs) <= COURSE_SECONDS

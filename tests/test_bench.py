@@ -1,0 +1,283 @@
+"""The measurement kit: statistics, interleaving, FLOP counts against PyTorch's own counter,
+sizes, peak memory, the headline runner and the notebook budget command. No timing is asserted."""
+import sys
+import textwrap
+
+import nbformat
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import BertConfig, BertModel
+
+from minilib import bench
+from minilib.bench import (Comparison, Headline, Timing, attention_flops, compare, encoder_flops, linear_flops,
+                           model_size_bytes, param_count, peak_matmul_gflops, peak_memory, time_fn)
+from minilib.bench import headlines as headline_runner
+from minilib.bench import notebooks as notebook_budgets
+from minilib.bench.__main__ import main
+
+
+# ------------------------------------------------------------------------------------------ timing
+def test_timing_median_and_interquartile_range():
+    timing = Timing([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert timing.median == 3.0
+    assert timing.spread == 2.0  # inclusive quartiles of 1..5 are 2 and 4
+    assert timing.best == 1.0
+    assert "median ± IQR of 5" in str(timing)
+
+
+def test_time_fn_warms_up_then_repeats():
+    calls = []
+    timing = time_fn(lambda: calls.append(1), warmup=3, repeats=4)
+    assert len(calls) == 7 and len(timing.times) == 4
+    assert all(t >= 0 for t in timing.times)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"warmup": -1}, "warmup"), ({"repeats": 0}, "repeats")])
+def test_time_fn_rejects_bad_counts(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        time_fn(lambda: None, **kwargs)
+
+
+def test_time_fn_rejects_a_non_function():
+    with pytest.raises(TypeError, match="function of no arguments"):
+        time_fn(42)
+
+
+def test_compare_interleaves_round_robin_with_rotation():
+    order = []
+    variants = {name: (lambda name=name: order.append(name)) for name in "abc"}
+    result = compare(variants, baseline="b", warmup=1, repeats=2)
+    assert order == list("abc" "bca" "cab")  # one warm-up round, then two timed rounds
+    assert result.baseline == "b"
+    assert all(len(t.times) == 2 for t in result.timings.values())
+
+
+def test_ratio_is_baseline_median_over_variant_median():
+    result = Comparison({"slow": Timing([2.0, 2.0, 4.0]), "fast": Timing([0.5, 1.0, 1.0])}, "slow", machine="test box")
+    assert result.ratio("fast") == 2.0 and result.ratio("slow") == 1.0
+    text = result.table()
+    assert "fast" in text and "2.00×" in text and "vs slow" in text and "test box" in text
+    html = result._repr_html_()
+    assert html.startswith("<table>") and "<td>fast</td>" in html and "test box" in html
+    with pytest.raises(ValueError, match="no variant named 'medium'"):
+        result.ratio("medium")
+
+
+def test_compare_rejects_unknown_baseline_and_empty_variants():
+    with pytest.raises(ValueError, match="baseline 'x' is not one of the variants"):
+        compare({"a": lambda: None}, baseline="x")
+    with pytest.raises(ValueError, match="non-empty dict"):
+        compare({})
+    with pytest.raises(TypeError, match="variant 'a'"):
+        compare({"a": 3})
+
+
+def test_machine_label_names_threads_and_torch_version():
+    label = bench.machine_label()
+    assert f"{torch.get_num_threads()} torch threads" in label and torch.__version__ in label
+
+
+def test_peak_matmul_gflops_is_a_positive_rate():
+    assert peak_matmul_gflops(size=64, device="cpu", repeats=3) > 0
+    with pytest.raises(ValueError, match="size must be a positive integer"):
+        peak_matmul_gflops(size=0)
+
+
+# ------------------------------------------------------------------------------------------- FLOPs
+def test_linear_flops_hand_computed():
+    assert linear_flops(tokens=3, d_in=4, d_out=5) == 2 * 3 * 4 * 5 == 120
+
+
+def test_attention_flops_hand_computed():
+    # QKᵀ: 4×4 scores, each a dot product of length 2 -> 16·2 multiply-adds; P·V the same: 64 MACs = 128 FLOPs
+    assert attention_flops(batch=1, heads=1, seq=4, head_dim=2) == 128
+    assert attention_flops(batch=2, heads=3, seq=4, head_dim=2) == 6 * 128
+    # causal: only the 4·5/2 = 10 lower-triangle pairs of 16
+    assert attention_flops(batch=1, heads=1, seq=4, head_dim=2, causal=True) == 4 * 10 * 2
+
+
+def test_attention_flops_match_pytorch_flop_counter():
+    q = k = v = torch.randn(2, 3, 16, 8)
+    with FlopCounterMode(display=False) as counter:  # the formula written out: two batched matmuls
+        torch.softmax(q @ k.transpose(-2, -1) / 8**0.5, dim=-1) @ v
+    assert attention_flops(2, 3, 16, 8) == counter.get_total_flops()
+
+
+@pytest.mark.parametrize("bad", [{"seq": 0}, {"heads": -1}, {"head_dim": 2.5}])
+def test_flop_counts_reject_non_positive_sizes(bad):
+    args = {"batch": 1, "heads": 1, "seq": 4, "head_dim": 2} | bad
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        attention_flops(**args)
+
+
+def _tiny_bert():
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=32, attn_implementation="eager")
+    return BertModel(config, add_pooling_layer=False).eval()
+
+
+def test_encoder_flops_match_pytorch_flop_counter_on_hf_bert():
+    bert = _tiny_bert()
+    batch, seq = 2, 10
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        bert(torch.randint(0, 50, (batch, seq)))
+    counts = encoder_flops(bert, seq=seq, batch=batch)
+    assert counts["total"] == counter.get_total_flops()
+    assert counts["attention"] == 2 * attention_flops(batch, 4, seq, 8)
+    assert counts["ffn"] == 2 * 2 * linear_flops(batch * seq, 32, 64)
+    assert counts["total"] == counts["projections"] + counts["attention"] + counts["ffn"]
+
+
+def test_encoder_flops_rejects_other_models():
+    with pytest.raises(TypeError, match="expected a minilib Encoder"):
+        encoder_flops(nn.Linear(2, 2), seq=4)
+
+
+# ------------------------------------------------------------------------------------ size, memory
+def test_param_count_counts_tied_weights_once():
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 10))
+    assert param_count(model) == 10 * 4 + (4 * 10 + 10)
+    model[1].weight = model[0].weight  # tie the output layer to the embedding, as language models do
+    assert param_count(model) == 10 * 4 + 10
+    model[1].bias.requires_grad_(False)
+    assert param_count(model, trainable_only=True) == 10 * 4
+
+
+def test_model_size_counts_parameters_buffers_and_dtypes():
+    linear = nn.Linear(100, 100)
+    assert model_size_bytes(linear) == 10_100 * 4
+    assert model_size_bytes(linear.half()) == 10_100 * 2
+    norm = nn.BatchNorm1d(8)  # weight, bias (params) + running mean, var (float) + num_batches_tracked (int64)
+    assert model_size_bytes(norm) == 4 * 8 * 4 + 8
+
+
+def test_model_size_counts_packed_integers_at_their_real_size():
+    module = nn.Module()
+    packed = torch.quantize_per_tensor(torch.randn(10), 0.1, 0, torch.quint4x2)  # two 4-bit values per byte
+    module.register_buffer("weight", packed)
+    assert model_size_bytes(module) == 5
+    module.register_buffer("codes", torch.zeros(6, dtype=torch.uint8))
+    assert model_size_bytes(module) == 5 + 6
+
+
+def test_model_size_sees_pytorch_dynamic_quantization():
+    model = nn.Sequential(nn.Linear(64, 32))
+    quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    # int8 weight 64·32 bytes + float32 bias + float32 scale + int64 zero point
+    assert model_size_bytes(quantized) == 64 * 32 + 32 * 4 + 4 + 8
+
+
+def test_peak_memory_of_a_matmul_grows_quadratically():
+    def matmul_peak(n):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        return peak_memory(lambda: a @ b)
+
+    assert matmul_peak(128) == 128 * 128 * 4  # only the output is new; the inputs existed before
+    assert matmul_peak(256) == 4 * matmul_peak(128)
+
+
+def test_peak_memory_of_a_vector_op_grows_linearly():
+    def scale_peak(n):
+        x = torch.randn(n)
+        return peak_memory(lambda: x * 2)
+
+    assert scale_peak(1000) == 4000
+    assert scale_peak(2000) == 2 * scale_peak(1000)
+
+
+def test_peak_memory_sees_frees_views_and_in_place_ops():
+    x = torch.randn(1000)
+
+    def loop():  # each x * i is freed after its sum: the peak is one temporary, not ten
+        total = torch.zeros(())
+        for i in range(10):
+            total = total + (x * i).sum()
+        return total
+
+    assert 4000 <= peak_memory(loop) < 2 * 4000
+    assert peak_memory(lambda: (x * 2) * 3) == 2 * 4000  # both alive while the second product is made
+    assert peak_memory(lambda: x.view(10, 100)) == 0
+    assert peak_memory(lambda: x.mul_(1.0)) == 0
+
+
+def test_peak_memory_rejects_a_non_function():
+    with pytest.raises(TypeError, match="function of no arguments"):
+        peak_memory(torch.randn(3))
+
+
+# ----------------------------------------------------------------------------------- headlines CLI
+@pytest.fixture
+def fake_headlines(tmp_path, monkeypatch):
+    package = tmp_path / "fake_heads"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "good.py").write_text(textwrap.dedent("""
+        from minilib.bench import Headline
+        def headlines():
+            return [Headline("fast thing", 2.0, 1.5, "×", True, "n=2048"),
+                    Headline("small thing", 3.0, 4.0, "×", False)]
+    """))
+    (package / "broken.py").write_text("def headlines():\n    raise RuntimeError('kernel exploded')\n")
+    (package / "nofunction.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "fake_heads"
+
+
+def test_headline_runner_reports_failures_without_crashing(fake_headlines):
+    assert headline_runner.available(fake_headlines) == ["broken", "good", "nofunction"]
+    results = {r.name: r for r in headline_runner.run(package=fake_headlines)}
+    assert not results["good"].passed and len(results["good"].headlines) == 2
+    assert "RuntimeError: kernel exploded" in results["broken"].error
+    assert "must define headlines()" in results["nofunction"].error
+    text = headline_runner.table(list(results.values()))
+    assert "PASS" in text and "MISS" in text and "ERROR" in text and "kernel exploded" in text
+
+
+def test_headline_runner_runs_one_file_and_rejects_unknown_names(fake_headlines):
+    (result,) = headline_runner.run(["good"], package=fake_headlines)
+    assert [h.name for h in result.headlines] == ["fast thing", "small thing"]
+    with pytest.raises(ValueError, match="no headline module named 'nope'.*available"):
+        headline_runner.run(["nope"], package=fake_headlines)
+
+
+def test_cli_rejects_an_unknown_headline_file(capsys):
+    assert main(["no_such_chapter"]) == 2
+    assert "no headline module named 'no_such_chapter'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- notebook budget
+def _write_notebook(path, *sources):
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, path)
+    return path
+
+
+def test_notebook_budget_measures_time_and_kernel_memory(tmp_path, capsys):
+    # the kernel holds 300 MB for half a second: the sampled peak must see it
+    heavy = _write_notebook(tmp_path / "heavy.ipynb",
+                            "import time\nimport numpy as np\nblock = np.ones(300_000_000 // 8)\ntime.sleep(0.5)")
+    failing = _write_notebook(tmp_path / "failing.ipynb", "raise ValueError('broken cell')")
+
+    assert main(["notebooks", str(heavy), str(failing), "--markdown"]) == 1  # the failing one misses
+    table = capsys.readouterr().out
+    assert "| heavy.ipynb |" in table and "| failing.ipynb |" in table and "broken cell" in table
+
+    run = notebook_budgets.run_notebook(heavy)
+    assert run.error is None and run.seconds > 0.5
+    assert run.peak_bytes > 300e6
+    assert run.within_budget == (run.seconds <= 90 and run.peak_bytes <= 1.5e9)
+
+
+def test_notebook_budget_rejects_a_path_that_is_not_a_notebook(tmp_path):
+    with pytest.raises(ValueError, match="existing .ipynb"):
+        notebook_budgets.run_notebook(tmp_path / "missing.ipynb")
+
+
+def test_module_runs_as_a_command():
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "minilib.bench", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "python -m minilib.bench notebooks" in done.stderr
