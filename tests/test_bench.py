@@ -16,6 +16,7 @@ from minilib.bench import (Comparison, Headline, Timing, attention_flops, compar
 from minilib.bench import headlines as headline_runner
 from minilib.bench import notebooks as notebook_budgets
 from minilib.bench.__main__ import main
+from minilib.transformer import Classifier, Encoder, TransformerConfig
 
 
 # ------------------------------------------------------------------------------------------ timing
@@ -128,6 +129,17 @@ def test_encoder_flops_match_pytorch_flop_counter_on_hf_bert():
     assert counts["attention"] == 2 * attention_flops(batch, 4, seq, 8)
     assert counts["ffn"] == 2 * 2 * linear_flops(batch * seq, 32, 64)
     assert counts["total"] == counts["projections"] + counts["attention"] + counts["ffn"]
+
+
+def test_encoder_flops_match_pytorch_flop_counter_on_minilib_encoder_and_classifier():
+    config = TransformerConfig(vocab_size=50, d_model=32, n_heads=4, n_layers=3, d_ff=48, max_len=32)
+    encoder = Encoder(config).eval()
+    batch, seq = 3, 12
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        encoder(torch.randint(0, 50, (batch, seq)))
+    assert encoder_flops(encoder, seq=seq, batch=batch)["total"] == counter.get_total_flops()
+    classifier = Classifier(encoder, n_classes=2)
+    assert encoder_flops(classifier, seq=seq, batch=batch) == encoder_flops(encoder, seq=seq, batch=batch)
 
 
 def test_encoder_flops_rejects_other_models():
