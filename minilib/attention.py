@@ -73,32 +73,42 @@ def memory_efficient_attention(q, k, v, attn_mask=None, is_causal=False, chunk_s
     q3 = (q * (1.0 / math.sqrt(d))).reshape(-1, n_q, d)          # scale once; (batch·heads, n_q, d)
     k3_t = k.reshape(-1, n_k, d).transpose(1, 2)                   # (batch·heads, d, n_k)
     v3 = v.reshape(-1, n_k, d_v)
-    output = q3.new_empty(q3.shape[0], n_q, d_v)
+    in_place = not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
+    blocks = []
     for i0 in range(0, n_q, query_chunk_size):
         i1 = min(i0 + query_chunk_size, n_q)
         last_key = min(n_k, i1) if is_causal else n_k              # causal: later keys are all masked
         tiles = (_scores_tile(q3, k3_t, mask, is_causal, lead, i0, i1, j0, min(j0 + chunk_size, last_key))
                  for j0 in range(0, last_key, chunk_size))
-        output[:, i0:i1] = _online_softmax(tiles, v3)
-    return output.view(*lead, n_q, d_v)
+        blocks.append(_online_softmax(tiles, v3, in_place))
+    return torch.cat(blocks, dim=1).view(*lead, n_q, d_v)
 
 
-def _online_softmax(tiles, v3):
-    """Σ_j softmax(s)_j v_j from score tiles that arrive one key chunk at a time."""
+def _online_softmax(tiles, v3, in_place):
+    """Σ_j softmax(s)_j v_j from score tiles that arrive one key chunk at a time.
+
+    In place saves passes over memory; when gradients are needed autograd must keep the
+    originals, so ``in_place=False`` computes the same updates out of place.
+    """
     running_max = running_sum = accumulator = None
     for (j0, j1), scores in tiles:
         chunk_max = scores.amax(dim=-1, keepdim=True)
         new_max = chunk_max if running_max is None else torch.maximum(running_max, chunk_max)
         new_max = new_max.masked_fill(new_max == -math.inf, 0.0)    # a row masked so far: avoid ∞ - ∞
-        probs = scores.sub_(new_max).exp_()                         # exp(s - m'), in place
+        probs = scores.sub_(new_max).exp_() if in_place else torch.exp(scores - new_max)   # exp(s - m')
+        chunk_sum, values = probs.sum(dim=-1, keepdim=True), v3[:, j0:j1]
         if running_max is None:
-            running_sum, accumulator = probs.sum(dim=-1, keepdim=True), probs @ v3[:, j0:j1]
+            running_sum, accumulator = chunk_sum, probs @ values
+        elif in_place:
+            correction = torch.exp(running_max - new_max)              # exp(m - m')
+            running_sum.mul_(correction).add_(chunk_sum)
+            accumulator.mul_(correction).baddbmm_(probs, values)
         else:
-            correction = (running_max - new_max).exp_()             # exp(m - m')
-            running_sum.mul_(correction).add_(probs.sum(dim=-1, keepdim=True))
-            accumulator.mul_(correction).baddbmm_(probs, v3[:, j0:j1])
+            correction = torch.exp(running_max - new_max)
+            running_sum = running_sum * correction + chunk_sum
+            accumulator = torch.baddbmm(accumulator * correction, probs, values)
         running_max = new_max
-    return accumulator.div_(running_sum)
+    return accumulator / running_sum
 
 
 def _scores_tile(q3, k3_t, mask, is_causal, lead, i0, i1, j0, j1):
