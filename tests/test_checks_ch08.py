@@ -1,0 +1,39 @@
+"""Chapter 08's exercise checks pass the reference answers and fail stubs and plausible mistakes."""
+import torch
+
+from minilib import prune
+from minilib.checks import check_cubic_sparsity, check_head_columns, check_magnitude_mask, check_two_four_mask
+
+
+def stub(*args):
+    raise NotImplementedError
+
+
+def test_magnitude_mask():
+    assert check_magnitude_mask(prune.magnitude_mask)
+    assert not check_magnitude_mask(stub)
+    assert not check_magnitude_mask(lambda w, s: prune.magnitude_mask(w, s).float())  # not a bool mask
+    assert not check_magnitude_mask(lambda w, s: prune.magnitude_mask(-w.abs() + w.abs().max(), s))  # keeps the smallest
+    assert not check_magnitude_mask(lambda w, s: w > w.flatten().kthvalue(max(1, round(s * w.numel()))).values)  # signed
+
+
+def test_cubic_sparsity():
+    assert check_cubic_sparsity(prune.cubic_sparsity)
+    assert not check_cubic_sparsity(stub)
+    assert not check_cubic_sparsity(lambda t, n, s: s * t / n)  # linear schedule
+    assert not check_cubic_sparsity(lambda t, n, s: s * (t / n) ** 3)  # slow first, fast at the end
+
+
+def test_two_four_mask():
+    assert check_two_four_mask(prune.nm_mask)
+    assert not check_two_four_mask(stub)
+    assert not check_two_four_mask(lambda w: prune.magnitude_mask(w, 0.5))  # 50% sparse, but not 2 in every 4
+    assert not check_two_four_mask(lambda w: torch.zeros_like(w, dtype=torch.bool).view(w.shape[0], -1, 4).scatter_(
+        -1, w.view(w.shape[0], -1, 4).topk(2, dim=-1).indices, True).view_as(w))  # signed, not |w|
+
+
+def test_head_columns():
+    assert check_head_columns(prune.head_columns)
+    assert not check_head_columns(stub)
+    assert not check_head_columns(lambda heads, d: (heads[:, None] + torch.arange(d)).flatten())  # forgot × d_h
+    assert not check_head_columns(lambda heads, d: (heads[:, None] * d + torch.arange(d)).T.flatten())  # interleaved
