@@ -1,0 +1,72 @@
+"""Command line: ``python -m minilib.assignments build|grade`` (``--help`` on each for details)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from minilib.assignments import AssignmentError, build, grade_notebook, report, write_csv, write_json
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _build(args) if args.command == "build" else _grade(args)
+    except AssignmentError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m minilib.assignments",
+                                     description="Build the student edition of the course's notebooks; grade submissions.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    make = commands.add_parser("build", help="write the student edition (solutions replaced by stubs)")
+    make.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
+                      help="teacher's notebooks (default: every notebook in the course's notebooks/)")
+    make.add_argument("--out", default="student", metavar="DIR", help="folder of the student edition (default: student)")
+    make.add_argument("--force", action="store_true",
+                      help="overwrite notebooks edited since the last build, after copying them to DIR/backups/")
+    grade = commands.add_parser("grade", help="run submitted notebooks and score their exercises")
+    grade.add_argument("notebooks", nargs="+", metavar="NOTEBOOK", help="submitted notebooks")
+    grade.add_argument("--timeout", type=float, default=300.0, metavar="S",
+                       help="seconds each notebook may run (default: 300)")
+    output = grade.add_mutually_exclusive_group()
+    output.add_argument("--json", metavar="FILE", help="also write the grades as JSON")
+    output.add_argument("--csv", metavar="FILE", help="also write the grades as CSV, one row per notebook")
+    return parser
+
+
+def _build(args) -> int:
+    for result in build(args.notebooks, args.out, force=args.force):
+        checked = sum(e.points for e in result.exercises if not e.written)
+        by_hand = sum(e.points for e in result.exercises if e.written)
+        line = (f"{result.action:<9} {result.path}  ({len(result.exercises)} exercises: "
+                f"{checked} points checked automatically, {by_hand} graded by hand)")
+        if result.backup:
+            line += f"\n          the edited version was kept as {result.backup}"
+        print(line)
+    return 0
+
+
+def _grade(args) -> int:
+    missing = [name for name in args.notebooks if not Path(name).is_file()]
+    if missing:
+        raise AssignmentError(f"no such notebook: {', '.join(missing)}")
+    if not args.timeout > 0:
+        raise AssignmentError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
+    grades = []
+    for name in args.notebooks:
+        grades.append(grade_notebook(name, timeout=args.timeout))
+        print(report(grades[-1]), flush=True)
+    if args.json:
+        write_json(grades, args.json)
+    if args.csv:
+        write_csv(grades, args.csv)
+    if args.json or args.csv:
+        print(f"wrote {args.json or args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""The student edition: solutions replaced by stubs, checks kept, outputs stripped, and a student's work never lost.
+
+``build`` records what it wrote in a manifest (``.minilib-build.json`` in the output folder: a SHA-256 per
+notebook). A notebook there whose bytes differ from the recorded ones has been edited since, most likely by a
+student: ``build`` refuses to overwrite it unless ``force=True``, and then copies it to ``backups/`` first.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+
+from minilib.assignments.exercises import (ANSWER_STUB, CODE_STUB, AssignmentError, Exercise, check_calls,
+                                           describe_cell, find_exercises, has_solution, read_notebook,
+                                           replace_solutions)
+
+MANIFEST = ".minilib-build.json"
+BACKUPS = "backups"
+TEACHER_NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+
+
+class StudentWorkError(AssignmentError):
+    """``build`` would overwrite notebooks that changed since it wrote them (``.notebooks`` lists them)."""
+
+    def __init__(self, out: Path, notebooks: list[str]):
+        self.notebooks = notebooks
+        super().__init__(
+            f"not overwriting {len(notebooks)} notebook(s) in {out} that changed since the last build "
+            f"(a student's work?): {', '.join(notebooks)}. Nothing was written. "
+            f"Build into another folder with --out, or rerun with --force to replace them "
+            f"(the current files are then copied to {out / BACKUPS} first).")
+
+
+@dataclass
+class BuildResult:
+    """What ``build`` did with one notebook: ``action`` is "new", "updated", "unchanged" or "replaced"
+    (an edited notebook overwritten with ``force``, its old version kept at ``backup``)."""
+
+    path: Path
+    action: str
+    exercises: list[Exercise]
+    backup: Path | None = None
+
+
+def student_edition(nb, notebook="notebook"):
+    """A student's copy of the teacher's notebook ``nb`` (left untouched); ``notebook`` names it in errors.
+
+    Raises :class:`AssignmentError` when ``nb`` does not follow the exercise form.
+    """
+    validate_assignment(nb, notebook)
+    return _with_stubs(nb, notebook)
+
+
+def _with_stubs(nb, notebook):
+    student = copy.deepcopy(nb)
+    for index, cell in enumerate(student.cells):
+        stub = CODE_STUB if cell.cell_type == "code" else ANSWER_STUB
+        cell.source = replace_solutions(cell.source, stub, describe_cell(notebook, nb, index))
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+        cell.metadata.pop("execution", None)
+    student.metadata.pop("widgets", None)
+    student.metadata["minilib"] = {"edition": "student", "source": Path(str(notebook)).name}
+    return student
+
+
+def validate_assignment(nb, notebook="notebook") -> list[Exercise]:
+    """The exercises of ``nb``, after checking the form the student edition and the grader rely on."""
+    from minilib.checks import REGISTRY  # imports every chapter's checks
+
+    exercises = find_exercises(nb, notebook)
+    in_exercise = {index for exercise in exercises for index in exercise.cells}
+    for index, cell in enumerate(nb.cells):
+        where = describe_cell(notebook, nb, index)
+        replace_solutions(cell.source, (), where)  # raises on an unclosed, stray or nested marker
+        if has_solution(cell.source) and index not in in_exercise:
+            raise AssignmentError(f"{where}: a solution region outside the exercises; students would get a "
+                                  f"stub in the lesson. Put it under an '### Exercise N.k: …' heading")
+        unknown = [name for name in check_calls(cell.source) if name not in REGISTRY] if cell.cell_type == "code" else []
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], REGISTRY, n=3)
+            raise AssignmentError(f"{where}: calls {unknown[0]}, which is not a check in minilib.checks"
+                                  + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    numbers = [exercise.number for exercise in exercises]
+    for exercise in exercises:
+        _validate_exercise(exercise, REGISTRY, describe_cell(notebook, nb, exercise.cells[0]), nb)
+        if numbers.count(exercise.number) > 1:
+            raise AssignmentError(f"{describe_cell(notebook, nb, exercise.cells[0])}: "
+                                  f"exercise {exercise.number} appears {numbers.count(exercise.number)} times")
+    return exercises
+
+
+def _validate_exercise(exercise, registry, where, nb):
+    if exercise.written:
+        if exercise.checks:
+            raise AssignmentError(f"{where}: exercise {exercise.number} is marked 'written' (graded by hand) but calls "
+                                  f"{', '.join(exercise.checks)}; drop 'written,' from the heading or the check")
+        return
+    if not exercise.checks:
+        raise AssignmentError(f"{where}: exercise {exercise.number} has no check_…(…) call; add its check, "
+                              f"or mark it '(written, {exercise.points} points)'")
+    if not any(has_solution(nb.cells[index].source) for index in exercise.cells):
+        raise AssignmentError(f"{where}: exercise {exercise.number} has no '### BEGIN SOLUTION' region, so the "
+                              f"student edition would contain the answer")
+    worth = {name: registry[name].points for name in dict.fromkeys(exercise.checks)}
+    if sum(worth.values()) != exercise.points:
+        detail = ", ".join(f"{name}: {points}" for name, points in worth.items())
+        raise AssignmentError(f"{where}: the heading gives exercise {exercise.number} {exercise.points} points, "
+                              f"but its checks are worth {sum(worth.values())} ({detail})")
+
+
+def build(notebooks=None, out="student", force=False) -> list[BuildResult]:
+    """Write the student edition of ``notebooks`` (default: every notebook in the course's ``notebooks/``) into ``out``.
+
+    All notebooks are converted before anything is written, so an error leaves ``out`` as it was.
+    Raises :class:`StudentWorkError` (nothing written) when a notebook in ``out`` changed since the last build,
+    unless ``force``.
+    """
+    out = Path(out)
+    paths = [Path(p) for p in notebooks] if notebooks else _teacher_notebooks()
+    names = [path.name for path in paths]
+    if len(set(names)) < len(names):
+        raise AssignmentError(f"two notebooks share a file name and would overwrite each other in {out}: {names}")
+    editions, exercises = {}, {}
+    for path in paths:
+        nb = read_notebook(path)
+        exercises[path.name] = validate_assignment(nb, path)
+        editions[path.name] = (nbformat.writes(_with_stubs(nb, path)) + "\n").encode("utf-8")
+    manifest = _read_manifest(out)
+    actions = {name: _action(out / name, text, manifest.get(name)) for name, text in editions.items()}
+    edited = [name for name, action in actions.items() if action == "edited"]
+    if edited and not force:
+        raise StudentWorkError(out, edited)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for path in paths:
+        name, text = path.name, editions[path.name]
+        target, backup = out / name, None
+        if actions[name] == "edited":
+            backup = _back_up(target)
+        if actions[name] != "unchanged":
+            target.write_bytes(text)
+        manifest[name] = {"sha256": _sha256(text), "source": str(path)}
+        action = {"edited": "replaced"}.get(actions[name], actions[name])
+        results.append(BuildResult(target, action, exercises[name], backup))
+    _write_manifest(out, manifest)
+    return results
+
+
+def _teacher_notebooks() -> list[Path]:
+    found = sorted(TEACHER_NOTEBOOKS.glob("*.ipynb"))
+    if not found:
+        raise AssignmentError(f"no notebooks found in {TEACHER_NOTEBOOKS}; name the teacher's notebooks to build")
+    return found
+
+
+def _action(target: Path, text: bytes, recorded) -> str:
+    """"new", "unchanged", "updated" (still exactly what build wrote last time) or "edited" (changed since)."""
+    if not target.exists():
+        return "new"
+    current = _sha256(target.read_bytes())
+    if current == _sha256(text):
+        return "unchanged"
+    if recorded is not None and current == recorded["sha256"]:
+        return "updated"
+    return "edited"
+
+
+def _back_up(target: Path) -> Path:
+    folder = target.parent / BACKUPS
+    folder.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    backup, n = folder / f"{target.stem}.{stamp}{target.suffix}", 1
+    while backup.exists():
+        n += 1
+        backup = folder / f"{target.stem}.{stamp}-{n}{target.suffix}"
+    shutil.copy2(target, backup)
+    return backup
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_manifest(out: Path) -> dict:
+    path = out / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["notebooks"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise AssignmentError(f"{path}: unreadable build record ({error}); delete it and rebuild with --force "
+                              f"(existing notebooks are then backed up first)") from error
+
+
+def _write_manifest(out: Path, notebooks: dict) -> None:
+    record = {"written_by": "python -m minilib.assignments build",
+              "about": "SHA-256 of each student notebook as last written here; a notebook that no longer "
+                       "matches was edited and is never overwritten without --force",
+              "notebooks": notebooks}
+    (out / MANIFEST).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")

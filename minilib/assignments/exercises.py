@@ -1,0 +1,131 @@
+"""Reading a course notebook as an assignment: its exercises, their points and checks, its solution regions.
+
+The form every chapter follows (see the course contract):
+
+- a markdown heading per exercise, ``### Exercise 2.1: Attention in one line (2 points)``, or
+  ``(written, 3 points)`` for an answer graded by hand;
+- the cells under it, up to the next heading of level 1–3, belong to that exercise;
+- a code exercise's answer sits between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` and is
+  followed by a visible check, ``check_<name>(answer)``, from :mod:`minilib.checks`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+CODE_STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
+ANSWER_STUB = ("YOUR ANSWER HERE",)
+
+EXERCISE_HEADING = re.compile(
+    r"^###\s+Exercise\s+(?P<number>\d+\.\d+)\s*:\s*(?P<title>.+?)\s*"
+    r"\((?P<written>written,\s*)?(?P<points>\d+)\s+points?\)\s*$")
+ANY_HEADING = re.compile(r"^#{1,3}\s")
+CHECK_CALL = re.compile(r"\b(check_\w+)\s*\(")
+
+
+class AssignmentError(ValueError):
+    """A notebook that cannot be used as an assignment; the message names the notebook and the cell."""
+
+
+@dataclass
+class Exercise:
+    """One exercise: ``number`` "2.1", its ``title``, ``points``, whether it is ``written`` (graded by hand),
+    the indices of its ``cells`` (heading included) and the ``checks`` its code cells call, in order."""
+
+    number: str
+    title: str
+    points: int
+    written: bool
+    cells: list[int] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+
+
+def read_notebook(path) -> nbformat.NotebookNode:
+    """Read ``path`` as a version-4 notebook, or raise :class:`AssignmentError` saying why it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise AssignmentError(f"{path}: no such notebook")
+    try:
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+    except (ValueError, nbformat.ValidationError, KeyError, AttributeError, TypeError) as error:
+        # not JSON, not UTF-8, or JSON that is not a notebook
+        reason = str(error).splitlines()[0][:200]
+        raise AssignmentError(f"{path}: not a valid notebook ({type(error).__name__}: {reason})") from error
+    return nb
+
+
+def describe_cell(notebook, nb, index: int) -> str:
+    """``'02_self_attention.ipynb, cell 41 ("def split_heads(x, n_heads):")'``: cells counted from 1, as a person counts."""
+    first_line = next((line.strip() for line in nb.cells[index].source.splitlines() if line.strip()), "")
+    return f'{notebook}, cell {index + 1} ("{first_line[:60]}")'
+
+
+def find_exercises(nb, notebook="notebook") -> list[Exercise]:
+    """The exercises of ``nb`` in order. ``notebook`` (a name or path) only labels error messages."""
+    exercises, current = [], None
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            headings = [line for line in cell.source.splitlines()
+                        if ANY_HEADING.match(line) and line.strip() not in (BEGIN, END)]
+            if headings:
+                current = _exercise_from_heading(headings[0], notebook, nb, index)
+                if current is not None:
+                    exercises.append(current)
+        if current is not None:
+            current.cells.append(index)
+            if cell.cell_type == "code":
+                current.checks += check_calls(cell.source)
+    return exercises
+
+
+def _exercise_from_heading(line, notebook, nb, index):
+    match = EXERCISE_HEADING.match(line.strip())
+    if match:
+        return Exercise(match["number"], match["title"], int(match["points"]), bool(match["written"]))
+    if re.match(r"^###\s+Exercise\b", line.strip()):
+        raise AssignmentError(
+            f"{describe_cell(notebook, nb, index)}: exercise heading {line.strip()!r} does not follow the form "
+            f"'### Exercise N.k: title (p points)' or '### Exercise N.k: title (written, p points)'")
+    return None  # another heading: the exercise section before it ends here
+
+
+def check_calls(source: str) -> list[str]:
+    """Names of the ``check_*`` functions called in a code cell, in order (functions it defines itself excluded)."""
+    defined = set(re.findall(r"\bdef\s+(check_\w+)", source))
+    return [name for name in CHECK_CALL.findall(source) if name not in defined]
+
+
+def replace_solutions(source: str, stub: tuple[str, ...], where: str) -> str:
+    """``source`` with each solution region replaced by ``stub``, indented like the region's BEGIN marker.
+
+    ``where`` names the cell in errors: an unclosed region, an END without a BEGIN, or a region opened inside another.
+    """
+    kept, region_indent, opened_at = [], None, 0
+    for number, line in enumerate(source.splitlines(), start=1):
+        marker = line.strip()
+        if marker == BEGIN:
+            if region_indent is not None:
+                raise AssignmentError(f"{where}: line {number} opens a solution region inside the one opened "
+                                      f"at line {opened_at}; close it first with '{END}'")
+            region_indent, opened_at = line[:len(line) - len(line.lstrip())], number
+            kept += [region_indent + stub_line for stub_line in stub]
+        elif marker == END:
+            if region_indent is None:
+                raise AssignmentError(f"{where}: line {number} has '{END}' without a '{BEGIN}' before it")
+            region_indent = None
+        elif region_indent is None:
+            kept.append(line)
+    if region_indent is not None:
+        raise AssignmentError(f"{where}: the solution region opened at line {opened_at} is never closed; "
+                              f"add '{END}' after the solution")
+    return "\n".join(kept) + ("\n" if source.endswith("\n") else "")
+
+
+def has_solution(source: str) -> bool:
+    """Whether a cell holds a solution region."""
+    return any(line.strip() == BEGIN for line in source.splitlines())

@@ -1,0 +1,317 @@
+"""The classroom tools: the student edition and the grader, on hand-made notebooks and on the course's own.
+
+The grader tests start real Jupyter kernels (a few seconds each); the tests over the course's notebooks
+run only their exercise cells, in this process, with each notebook's imports.
+"""
+import ast
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from IPython.core.inputtransformer2 import TransformerManager
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from minilib.assignments import (AssignmentError, StudentWorkError, build, find_exercises, grade_notebook,
+                                 read_notebook, student_edition, write_csv, write_json)
+from minilib.assignments.exercises import BEGIN, END, replace_solutions
+
+REPO = Path(__file__).resolve().parents[1]
+COURSE_NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+
+ATTENTION_SOLUTION = """\
+def softmax_attention(q, k, v):
+    \"\"\"softmax(QKᵀ/√d)V. q (seq_q, d), k (seq_k, d), v (seq_k, d_v) -> (seq_q, d_v).\"\"\"
+    ### BEGIN SOLUTION
+    weights = torch.softmax(q @ k.T / q.shape[-1] ** 0.5, dim=-1)
+    return weights @ v
+    ### END SOLUTION"""
+SPLIT_SOLUTION = """\
+def split_heads(x, n_heads):
+    \"\"\"(batch, seq, d_model) -> (batch, heads, seq, head_dim).\"\"\"
+    batch, seq, d_model = x.shape
+    ### BEGIN SOLUTION
+    return x.view(batch, seq, n_heads, d_model // n_heads).transpose(1, 2)
+    ### END SOLUTION"""
+WRITTEN_ANSWER = f"{BEGIN}\nWithout 1/√d the scores grow with d and the softmax saturates.\n{END}"
+
+
+def toy_chapter(*extra_after_first_check):
+    """A small teacher's notebook in the course's form: two code exercises (2 + 2 points) and a written one."""
+    cells = [new_markdown_cell("# A toy chapter"), new_code_cell("import torch"), new_markdown_cell("## Exercises"),
+             new_markdown_cell("### Exercise 2.1: Attention in one line (2 points)\nWrite softmax(QKᵀ/√d)V."),
+             new_code_cell(ATTENTION_SOLUTION),
+             new_code_cell("from minilib.checks import check_softmax_attention\n"
+                           "check_softmax_attention(softmax_attention)"),
+             *[new_code_cell(source) for source in extra_after_first_check],
+             new_markdown_cell("### Exercise 2.2: Heads (2 points)"), new_code_cell(SPLIT_SOLUTION),
+             new_code_cell("from minilib.checks import check_split_heads\ncheck_split_heads(split_heads)"),
+             new_markdown_cell("### Exercise 2.3: Why divide by √d? (written, 1 point)"),
+             new_markdown_cell(WRITTEN_ANSWER), new_markdown_cell("## References\nVaswani et al. 2017.")]
+    return new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                              "language": "python"}})
+
+
+def save(nb, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+def solution_lines(nb) -> set[str]:
+    """Every non-blank line inside a solution region of ``nb``."""
+    lines = set()
+    for cell in nb.cells:
+        inside = False
+        for line in cell.source.splitlines():
+            if line.strip() in (BEGIN, END):
+                inside = line.strip() == BEGIN
+            elif inside and line.strip():
+                lines.add(line.strip())
+    return lines
+
+
+def assert_no_solution_leaks(teacher, student):
+    """No line of a solution appears in the student edition, unless the teacher's notebook also has it outside one."""
+    outside = {line.strip() for cell in cells_without_solutions(teacher) for line in cell.splitlines()}
+    student_text = {line.strip() for cell in student.cells for line in cell.source.splitlines()}
+    leaked = (solution_lines(teacher) - outside) & student_text
+    assert not leaked, f"solution text in the student edition: {sorted(leaked)}"
+
+
+def cells_without_solutions(nb):
+    """The teacher's cells with solution regions removed (to know which lines exist outside solutions)."""
+    return [replace_solutions(cell.source, (), "test") for cell in nb.cells]
+
+
+# --- the student edition -------------------------------------------------------------------------------------
+
+def test_replace_solutions_keeps_indentation_and_the_rest():
+    got = replace_solutions(SPLIT_SOLUTION, ("# YOUR CODE HERE", "raise NotImplementedError()"), "cell")
+    assert got.splitlines() == SPLIT_SOLUTION.splitlines()[:3] + ["    # YOUR CODE HERE",
+                                                                   "    raise NotImplementedError()"]
+
+
+def test_student_edition_stubs_solutions_keeps_checks_and_strips_outputs():
+    teacher = toy_chapter()
+    teacher.cells[5].outputs = [nbformat.v4.new_output("stream", text="✔ check_softmax_attention: passed")]
+    teacher.cells[5].execution_count = 3
+    student = student_edition(teacher, "toy.ipynb")
+    assert "raise NotImplementedError()" in student.cells[4].source
+    assert "    # YOUR CODE HERE" in student.cells[4].source.splitlines()
+    assert student.cells[5].source == teacher.cells[5].source                    # the check is kept
+    assert student.cells[5].outputs == [] and student.cells[5].execution_count is None
+    assert student.cells[10].source == "YOUR ANSWER HERE"                        # the written answer too
+    assert teacher.cells[4].source == ATTENTION_SOLUTION                         # the teacher's copy is untouched
+    assert_no_solution_leaks(teacher, student)
+    compile(student.cells[4].source, "stub", "exec")
+
+
+def test_find_exercises_reads_headings_points_and_checks():
+    exercises = find_exercises(toy_chapter(), "toy.ipynb")
+    assert [(e.number, e.points, e.written, e.checks) for e in exercises] == [
+        ("2.1", 2, False, ["check_softmax_attention"]), ("2.2", 2, False, ["check_split_heads"]), ("2.3", 1, True, [])]
+    assert exercises[0].cells == [3, 4, 5] and exercises[2].cells == [9, 10]    # "## References" ends the last one
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda nb: setattr(nb.cells[4], "source", ATTENTION_SOLUTION.replace("    ### END SOLUTION", "")),
+     "cell 5 (\"def softmax_attention(q, k, v):\"): the solution region opened at line 3 is never closed"),
+    (lambda nb: setattr(nb.cells[4], "source", ATTENTION_SOLUTION.replace("    ### BEGIN SOLUTION", "")),
+     "without a '### BEGIN SOLUTION'"),
+    (lambda nb: setattr(nb.cells[5], "source", "check_softmax_atention(softmax_attention)"),
+     "cell 6 (\"check_softmax_atention(softmax_attention)\"): calls check_softmax_atention, which is not a check "
+     "in minilib.checks (did you mean check_softmax_attention"),
+    (lambda nb: setattr(nb.cells[3], "source", "### Exercise 2.1: Attention in one line (3 points)"),
+     "the heading gives exercise 2.1 3 points, but its checks are worth 2 (check_softmax_attention: 2)"),
+    (lambda nb: setattr(nb.cells[3], "source", "### Exercise 2.1: Attention in one line (2 pts)"),
+     "does not follow the form"),
+    (lambda nb: setattr(nb.cells[1], "source", "import torch\n" + BEGIN + "\nx = 1\n" + END),
+     "cell 2 (\"import torch\"): a solution region outside the exercises"),
+    (lambda nb: setattr(nb.cells[4], "source", ATTENTION_SOLUTION.replace(BEGIN, "").replace(END, "")),
+     "exercise 2.1 has no '### BEGIN SOLUTION' region"),
+])
+def test_bad_teacher_notebooks_get_errors_naming_notebook_and_cell(change, message):
+    nb = toy_chapter()
+    change(nb)
+    with pytest.raises(AssignmentError) as error:
+        student_edition(nb, "toy.ipynb")
+    assert "toy.ipynb" in str(error.value) and message in str(error.value)
+
+
+def test_build_errors_on_a_missing_or_broken_notebook_and_writes_nothing(tmp_path):
+    good = save(toy_chapter(), tmp_path / "teacher" / "01_good.ipynb")
+    broken = tmp_path / "teacher" / "02_broken.ipynb"
+    broken.write_text('{"cells": [', encoding="utf-8")
+    with pytest.raises(AssignmentError, match="no such notebook"):
+        build([good, tmp_path / "teacher" / "nope.ipynb"], tmp_path / "student")
+    with pytest.raises(AssignmentError, match="02_broken.ipynb: not a valid notebook"):
+        build([good, broken], tmp_path / "student")
+    assert not (tmp_path / "student").exists()
+
+
+def test_build_never_overwrites_a_students_work_without_force_then_keeps_a_backup(tmp_path):
+    teacher = save(toy_chapter(), tmp_path / "teacher" / "02_toy.ipynb")
+    out = tmp_path / "student"
+    assert [r.action for r in build([teacher], out)] == ["new"]
+    assert [r.action for r in build([teacher], out)] == ["unchanged"]
+    manifest = json.loads((out / ".minilib-build.json").read_text())
+    assert set(manifest["notebooks"]) == {"02_toy.ipynb"}
+
+    changed = toy_chapter()                                          # the teacher fixes a typo: safe to update
+    changed.cells[0].source = "# A toy chapter, revised"
+    save(changed, teacher)
+    assert [r.action for r in build([teacher], out)] == ["updated"]
+
+    work = read_notebook(out / "02_toy.ipynb")                       # a student answers exercise 2.1
+    work.cells[4].source = ATTENTION_SOLUTION
+    save(work, out / "02_toy.ipynb")
+    students_bytes = (out / "02_toy.ipynb").read_bytes()
+    with pytest.raises(StudentWorkError, match="02_toy.ipynb") as refusal:
+        build([teacher], out)
+    assert "--force" in str(refusal.value)
+    assert (out / "02_toy.ipynb").read_bytes() == students_bytes
+
+    [result] = build([teacher], out, force=True)
+    assert result.action == "replaced" and result.backup.read_bytes() == students_bytes
+    assert "raise NotImplementedError()" in read_notebook(out / "02_toy.ipynb").cells[4].source
+
+
+def test_build_refuses_a_notebook_it_did_not_write(tmp_path):
+    teacher = save(toy_chapter(), tmp_path / "teacher" / "02_toy.ipynb")
+    save(toy_chapter(), tmp_path / "student" / "02_toy.ipynb")
+    with pytest.raises(StudentWorkError):
+        build([teacher], tmp_path / "student")
+
+
+# --- the grader ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def editions(tmp_path_factory):
+    """The toy chapter's solution, student and half-solved notebooks, built the way a teacher would."""
+    root = tmp_path_factory.mktemp("class")
+    teacher = save(toy_chapter(), root / "teacher" / "02_toy.ipynb")
+    build([teacher], root / "student")
+    half = read_notebook(root / "student" / "02_toy.ipynb")
+    half.cells[4].source = ATTENTION_SOLUTION
+    return {"solution": teacher, "student": root / "student" / "02_toy.ipynb",
+            "half": save(half, root / "alice" / "02_toy.ipynb")}
+
+
+def scores(grade):
+    return {e.number: (e.points, e.status) for e in grade.exercises}
+
+
+def test_grader_gives_the_solution_full_marks_the_student_edition_zero_and_half_in_between(editions):
+    solution, student, half = (grade_notebook(editions[name], timeout=120) for name in ("solution", "student", "half"))
+    assert solution.status == student.status == half.status == "completed"
+    assert (solution.score, student.score, half.score) == (4, 0, 2)
+    assert solution.max_score == student.max_score == 4 and solution.hand_graded_points == 1
+    assert scores(half) == {"2.1": (2, "passed"), "2.2": (0, "failed"), "2.3": (None, "graded by hand")}
+    assert "not done yet" in dict((e.number, e.detail) for e in half.exercises)["2.2"]
+
+
+@pytest.mark.parametrize("cell, status, reason", [
+    ("raise RuntimeError('the GPU caught fire')", "crashed", "cell 7 (\"raise RuntimeError('the GPU caught fire')\") "
+                                                             "raised RuntimeError: the GPU caught fire"),
+    ("while True:\n    pass", "timed out", "stopped at the 6 s limit while running"),
+])
+def test_a_crash_or_timeout_keeps_the_points_earned_before(tmp_path, cell, status, reason):
+    grade = grade_notebook(save(toy_chapter(cell), tmp_path / "02_toy.ipynb"), timeout=6)
+    assert grade.status == status and reason in grade.reason
+    assert scores(grade) == {"2.1": (2, "passed"), "2.2": (0, "not run"), "2.3": (None, "graded by hand")}
+    assert (grade.score, grade.max_score) == (2, 4)
+
+
+def test_a_file_that_is_not_a_notebook_is_reported_not_fatal(tmp_path):
+    path = tmp_path / "02_toy.ipynb"
+    path.write_text("this is not JSON", encoding="utf-8")
+    grade = grade_notebook(path)
+    assert grade.status == "invalid" and "not a valid notebook" in grade.reason
+    assert (grade.score, grade.max_score, grade.exercises) == (0, 0, [])
+
+
+def test_class_list_as_json_and_csv(tmp_path, editions):
+    bad = tmp_path / "bob.ipynb"
+    bad.write_text("{", encoding="utf-8")
+    grades = [grade_notebook(editions["half"], timeout=120), grade_notebook(bad)]
+    write_json(grades, tmp_path / "grades.json")
+    write_csv(grades, tmp_path / "grades.csv")
+    records = json.loads((tmp_path / "grades.json").read_text())
+    assert [(r["score"], r["max_score"], r["status"]) for r in records] == [(2, 4, "completed"), (0, 0, "invalid")]
+    with open(tmp_path / "grades.csv", newline="", encoding="utf-8") as file:
+        header, alice, bob = csv.reader(file)
+    assert header[-3:] == ["Exercise 2.1: Attention in one line (2 points)", "Exercise 2.2: Heads (2 points)",
+                           "Exercise 2.3: Why divide by √d? (written, 1 point)"]
+    assert alice[:5] == [str(editions["half"]), "completed", "2", "4", "1"] and alice[-3:] == ["2", "0", ""]
+    assert bob[:5] == [str(bad), "invalid", "0", "0", "0"] and "not a valid notebook" in bob[6]
+
+
+def run_cli(*args, cwd):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "minilib.assignments", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_command_line_build_and_grade(tmp_path, editions):
+    done = run_cli("build", "--out", tmp_path / "out", editions["solution"], cwd=tmp_path)
+    assert done.returncode == 0 and "new" in done.stdout and "02_toy.ipynb" in done.stdout, done.stderr
+    missing = run_cli("grade", tmp_path / "nobody.ipynb", cwd=tmp_path)
+    assert missing.returncode == 2 and "no such notebook" in missing.stderr
+    graded = run_cli("grade", editions["half"], "--timeout", "120", "--csv", tmp_path / "grades.csv", cwd=tmp_path)
+    assert graded.returncode == 0, graded.stderr
+    assert "2/4 points (+1 graded by hand), completed" in graded.stdout
+    assert (tmp_path / "grades.csv").exists()
+
+
+# --- the course's own notebooks ------------------------------------------------------------------------------
+
+def notebook_imports(nb) -> str:
+    """The import statements of every code cell: what an exercise cell may use besides its own code."""
+    imports = []
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            tree = ast.parse(TransformerManager().transform_cell(cell.source))
+            imports += [ast.unparse(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    return "\n".join(dict.fromkeys(imports))
+
+
+def run_exercise_cells(nb, exercise, log: Path, monkeypatch) -> dict[str, bool]:
+    """Execute one exercise's code cells here (after the notebook's imports); {check: passed} from the grading log."""
+    log.unlink(missing_ok=True)
+    monkeypatch.setenv("MINILIB_GRADING_LOG", str(log))
+    namespace = {}
+    exec(notebook_imports(nb), namespace)
+    for index in exercise.cells:
+        if nb.cells[index].cell_type == "code":
+            exec(TransformerManager().transform_cell(nb.cells[index].source), namespace)
+    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return {record["check"]: record["passed"] for record in records}
+
+
+@pytest.mark.skipif(not COURSE_NOTEBOOKS, reason="no notebooks yet")
+@pytest.mark.parametrize("path", COURSE_NOTEBOOKS, ids=lambda p: p.name)
+def test_course_notebook_builds_without_leaking_solutions(path):
+    teacher = read_notebook(path)
+    exercises = find_exercises(teacher, path.name)
+    assert len(exercises) >= 3, f"{path.name} has {len(exercises)} exercises; every chapter needs at least three"
+    assert_no_solution_leaks(teacher, student_edition(teacher, path.name))
+
+
+@pytest.mark.skipif(not COURSE_NOTEBOOKS, reason="no notebooks yet")
+@pytest.mark.parametrize("path", COURSE_NOTEBOOKS, ids=lambda p: p.name)
+def test_course_exercises_pass_their_checks_and_their_stubs_fail_them(path, tmp_path, monkeypatch):
+    teacher = read_notebook(path)
+    student = student_edition(teacher, path.name)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(path.parent)
+    for exercise in (e for e in find_exercises(teacher, path.name) if not e.written):
+        expected = set(exercise.checks)
+        solved = run_exercise_cells(teacher, exercise, tmp_path / "log.jsonl", monkeypatch)
+        assert solved == dict.fromkeys(expected, True), f"exercise {exercise.number}: the solution fails {solved}"
+        stubbed = run_exercise_cells(student, exercise, tmp_path / "log.jsonl", monkeypatch)
+        assert stubbed == dict.fromkeys(expected, False), f"exercise {exercise.number}: a stub passes {stubbed}"
