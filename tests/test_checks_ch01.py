@@ -1,0 +1,24 @@
+"""Chapter 01's exercise checks pass the reference answers and fail stubs and plausible mistakes."""
+from minilib.checks import check_attention_matmul_flops, check_crossover_length, check_encoder_layer_params
+
+
+def stub(*args):
+    raise NotImplementedError
+
+
+def test_encoder_layer_params():
+    assert check_encoder_layer_params(lambda d, d_ff: 4 * (d * d + d) + (d * d_ff + d_ff) + (d_ff * d + d) + 2 * 2 * d)
+    assert not check_encoder_layer_params(stub)
+    assert not check_encoder_layer_params(lambda d, d_ff: 4 * d * d + 2 * d * d_ff)  # forgets biases and norms
+
+
+def test_attention_matmul_flops():
+    assert check_attention_matmul_flops(lambda n, d: 4 * n * n * d)
+    assert not check_attention_matmul_flops(stub)
+    assert not check_attention_matmul_flops(lambda n, d: 2 * n * n * d)  # only QKᵀ
+
+
+def test_crossover_length():
+    assert check_crossover_length(lambda d, d_ff: 2 * d + d_ff)
+    assert not check_crossover_length(stub)
+    assert not check_crossover_length(lambda d, d_ff: d_ff)  # attention vs FFN only, forgetting the projections
