@@ -1,0 +1,39 @@
+"""Chapter 06's exercise checks pass the reference answers and fail stubs and plausible mistakes."""
+import torch
+import torch.nn.functional as F
+
+from minilib.checks import check_kd_loss, check_masked_cosine_loss, check_temperature_softmax
+from minilib.distill import distillation_loss, hidden_state_loss, soft_targets
+
+
+def stub(*args):
+    raise NotImplementedError
+
+
+def test_temperature_softmax():
+    assert check_temperature_softmax(soft_targets)
+    assert not check_temperature_softmax(stub)
+    assert not check_temperature_softmax(lambda logits, temperature: torch.softmax(logits * temperature, -1))
+
+
+def test_kd_loss():
+    assert check_kd_loss(distillation_loss)
+    assert not check_kd_loss(stub)
+
+    def without_t_squared(student, teacher, labels, temperature, alpha):
+        return distillation_loss(student, teacher, labels, temperature, alpha) \
+            - alpha * (temperature ** 2 - 1) * distillation_loss(student, teacher, labels, temperature, 1.0) / temperature ** 2
+
+    def kl_summed_over_batch(student, teacher, labels, temperature, alpha):
+        soft = F.kl_div(F.log_softmax(student / temperature, -1), F.log_softmax(teacher / temperature, -1),
+                        reduction="sum", log_target=True)
+        return alpha * temperature ** 2 * soft + (1 - alpha) * F.cross_entropy(student, labels)
+
+    assert not check_kd_loss(without_t_squared)
+    assert not check_kd_loss(kl_summed_over_batch)
+
+
+def test_masked_cosine_loss():
+    assert check_masked_cosine_loss(lambda s, t, mask: hidden_state_loss(s, t, kind="cosine", attention_mask=mask))
+    assert not check_masked_cosine_loss(stub)
+    assert not check_masked_cosine_loss(lambda s, t, mask: (1 - F.cosine_similarity(s, t, dim=-1)).mean())

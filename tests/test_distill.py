@@ -1,0 +1,238 @@
+"""minilib.distill against hand computations and PyTorch's own losses."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from minilib.distill import (UNLABELLED, Distiller, attention_loss, distill, distillation_loss, hidden_state_loss,
+                             layer_map, soft_targets, student_from_scratch, student_from_teacher, teacher_targets)
+from minilib.transformer import Classifier, Encoder, TransformerConfig
+
+
+# ------------------------------------------------------------------------------------------- the soft loss
+def test_loss_on_a_hand_computed_case():
+    student, teacher, labels = torch.zeros(1, 2), torch.tensor([[2 * math.log(3.0), 0.0]]), torch.tensor([1])
+    # T = 2: teacher soft targets [3/4, 1/4], student [1/2, 1/2]; KL = 3/4 ln(3/2) + 1/4 ln(1/2); CE = ln 2
+    kl = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    loss = distillation_loss(student, teacher, labels, temperature=2.0, alpha=0.5)
+    assert loss.item() == pytest.approx(0.5 * 4 * kl + 0.5 * math.log(2.0), rel=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 5.0])
+def test_loss_matches_torch_kl_div_and_cross_entropy(temperature):
+    torch.manual_seed(0)
+    student, teacher, labels = torch.randn(16, 5), 3 * torch.randn(16, 5), torch.randint(0, 5, (16,))
+    kl = F.kl_div(F.log_softmax(student / temperature, -1), F.log_softmax(teacher / temperature, -1),
+                  reduction="batchmean", log_target=True)
+    ce = F.cross_entropy(student, labels)
+    torch.testing.assert_close(distillation_loss(student, teacher, labels, temperature, alpha=1.0), temperature ** 2 * kl)
+    torch.testing.assert_close(distillation_loss(student, teacher, labels, temperature, alpha=0.0), ce)
+    torch.testing.assert_close(distillation_loss(student, teacher, labels, temperature, alpha=0.3),
+                               0.3 * temperature ** 2 * kl + 0.7 * ce)
+
+
+def test_t_squared_keeps_gradients_the_same_size():
+    torch.manual_seed(0)
+    teacher = 4 * torch.randn(64, 3)
+    teacher = teacher - teacher.mean(-1, keepdim=True)
+
+    def gradient_norm(temperature, scaled):
+        student = torch.randn(64, 3, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        loss = distillation_loss(student, teacher, None, temperature, alpha=1.0)
+        (loss if scaled else loss / temperature ** 2).backward()
+        return student.grad.norm().item()
+
+    scaled = [gradient_norm(t, scaled=True) for t in (4.0, 8.0, 16.0)]
+    unscaled = [gradient_norm(t, scaled=False) for t in (4.0, 8.0, 16.0)]
+    assert max(scaled) / min(scaled) < 1.3           # with T²: about the same at every T
+    assert unscaled[0] / unscaled[-1] > 10            # without it: 16× smaller from T = 4 to T = 16
+
+
+def test_soft_targets_flatten_with_temperature():
+    logits = torch.tensor([3.0, 1.0, 0.0])
+    torch.testing.assert_close(soft_targets(logits, 1.0), torch.softmax(logits, -1))
+    entropies = [-(p * p.log()).sum().item() for p in (soft_targets(logits, t) for t in (0.5, 1.0, 4.0, 100.0))]
+    assert entropies == sorted(entropies) and entropies[-1] == pytest.approx(math.log(3), abs=1e-3)
+
+
+def test_unlabelled_examples_learn_from_the_teacher_only():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(4, 2), torch.randn(4, 2)
+    labels = torch.tensor([1, UNLABELLED, 0, UNLABELLED])
+    soft = distillation_loss(student, teacher, None, 2.0, alpha=1.0)
+    ce_on_labelled = F.cross_entropy(student[[0, 2]], labels[[0, 2]])
+    torch.testing.assert_close(distillation_loss(student, teacher, labels, 2.0, 0.5), 0.5 * soft + 0.5 * ce_on_labelled)
+    none_labelled = torch.full((4,), UNLABELLED)
+    torch.testing.assert_close(distillation_loss(student, teacher, none_labelled, 2.0, 0.5), 0.5 * soft)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(student_logits=torch.zeros(4, 2), teacher_logits=torch.zeros(4, 3)), "logits"),
+    (dict(student_logits=torch.zeros(4), teacher_logits=torch.zeros(4)), "logits"),
+    (dict(temperature=0.0), "temperature"),
+    (dict(temperature=-1.0), "temperature"),
+    (dict(alpha=1.5), "alpha"),
+    (dict(alpha=-0.1), "alpha"),
+    (dict(labels=torch.zeros(3, dtype=torch.long)), "labels"),
+])
+def test_loss_bad_input(kwargs, message):
+    args = dict(student_logits=torch.zeros(4, 2), teacher_logits=torch.zeros(4, 2),
+                labels=torch.zeros(4, dtype=torch.long)) | kwargs
+    with pytest.raises(ValueError, match=message):
+        distillation_loss(**args)
+
+
+# ------------------------------------------------------------------------------------- intermediate layers
+def test_hidden_state_loss_mse_and_cosine():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    torch.testing.assert_close(hidden_state_loss(student, teacher), F.mse_loss(student, teacher))
+    torch.testing.assert_close(hidden_state_loss(student, teacher, kind="cosine"),
+                               (1 - F.cosine_similarity(student, teacher, dim=-1)).mean())
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    padded_elsewhere = teacher.clone()
+    padded_elsewhere[0, 3:] = 100.0
+    torch.testing.assert_close(hidden_state_loss(student, padded_elsewhere, attention_mask=mask),
+                               hidden_state_loss(student, teacher, attention_mask=mask))
+    real = mask.bool()
+    torch.testing.assert_close(hidden_state_loss(student, teacher, attention_mask=mask),
+                               F.mse_loss(student[real], teacher[real]))
+
+
+def test_hidden_state_loss_needs_a_projection_when_widths_differ():
+    student, teacher = torch.randn(2, 5, 4), torch.randn(2, 5, 8)
+    with pytest.raises(ValueError, match="projection"):
+        hidden_state_loss(student, teacher)
+    projection = nn.Linear(4, 8)
+    hidden_state_loss(student, teacher, projection).backward()
+    assert projection.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="kind"):
+        hidden_state_loss(student, teacher, projection, kind="l1")
+
+
+def test_attention_loss():
+    torch.manual_seed(0)
+    student = torch.softmax(torch.randn(2, 3, 4, 4), -1)
+    teacher = torch.softmax(torch.randn(2, 3, 4, 4), -1)
+    assert attention_loss(teacher, teacher).item() == 0
+    torch.testing.assert_close(attention_loss(student, teacher), F.mse_loss(student, teacher))
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    real = mask.bool()
+    pairs = real[:, None, :, None] & real[:, None, None, :]
+    torch.testing.assert_close(attention_loss(student, teacher, mask),
+                               F.mse_loss(student[pairs.expand_as(student)], teacher[pairs.expand_as(teacher)]))
+    with pytest.raises(ValueError, match="heads"):
+        attention_loss(student[:, :2], teacher)
+
+
+def test_layer_map():
+    assert layer_map(3, 6) == [0, 2, 4, 6]
+    assert layer_map(6, 6) == list(range(7))
+    assert layer_map(1, 6) == [0, 6]
+    for bad in (0, 7):
+        with pytest.raises(ValueError, match="layers"):
+            layer_map(bad, 6)
+
+
+# ----------------------------------------------------------------------------------------------- students
+def tiny_teacher(seed=0, vocab=40, d_model=32, n_layers=4, n_heads=4):
+    torch.manual_seed(seed)
+    config = TransformerConfig(vocab_size=vocab, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
+                               d_ff=2 * d_model, max_len=16, dropout=0.0)
+    return Classifier(Encoder(config), n_classes=2, dropout=0.0).eval()
+
+
+def test_student_from_teacher_copies_every_other_layer():
+    teacher = tiny_teacher()
+    student = student_from_teacher(teacher)
+    assert len(student.encoder.layers) == 2 and student.encoder.config.n_layers == 2
+    for student_layer, teacher_index in zip(student.encoder.layers, [0, 2]):
+        for (name, got), expected in zip(student_layer.state_dict().items(),
+                                         teacher.encoder.layers[teacher_index].state_dict().values()):
+            torch.testing.assert_close(got, expected, msg=name)
+    torch.testing.assert_close(student.encoder.embeddings.token.weight, teacher.encoder.embeddings.token.weight)
+    torch.testing.assert_close(student.head.weight, teacher.head.weight)
+    with torch.no_grad():  # a copy, not shared weights
+        student.encoder.layers[0].ffn.up.weight.zero_()
+    assert teacher.encoder.layers[0].ffn.up.weight.abs().sum() > 0
+    chosen = student_from_teacher(teacher, layers=[1, 3])
+    torch.testing.assert_close(chosen.encoder.layers[1].attn.q_proj.weight, teacher.encoder.layers[3].attn.q_proj.weight)
+    ids = torch.randint(1, 40, (3, 7))
+    assert student(ids, torch.ones_like(ids)).shape == (3, 2)
+    for bad in ([], [0, 4], [1, 1]):
+        with pytest.raises(ValueError, match="layers"):
+            student_from_teacher(teacher, layers=bad)
+
+
+def test_student_from_scratch_is_smaller_and_random():
+    teacher = tiny_teacher()
+    student = student_from_scratch(teacher, d_model=16, n_layers=2)
+    config = student.encoder.config
+    assert (config.d_model, config.n_layers, config.n_heads, config.d_ff) == (16, 2, 4, 64)
+    assert config.vocab_size == teacher.encoder.config.vocab_size
+    assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters()) / 2
+    ids = torch.randint(1, 40, (3, 7))
+    assert student(ids, torch.ones_like(ids)).shape == (3, 2)
+    with pytest.raises(ValueError, match="n_heads"):
+        student_from_scratch(teacher, d_model=18, n_layers=2)
+
+
+# ----------------------------------------------------------------------------------------------- training
+def token_data(n=256, vocab=40, seq=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (n, seq), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[n // 2:, seq // 2:] = 0
+    ids = ids * mask
+    return TensorDataset(ids, mask, torch.randint(0, 2, (n,), generator=generator))
+
+
+def test_teacher_targets_store_the_teachers_outputs():
+    teacher, data = tiny_teacher(), token_data(n=20)
+    targets = teacher_targets(teacher, data, hidden_layers=[0, 2, 4], attention_layers=[1, 3], batch_size=8)
+    ids, mask, labels, logits, hidden, attention = targets.tensors
+    assert hidden.shape == (20, 3, 8, 32) and attention.shape == (20, 2, 4, 8, 8)
+    with torch.no_grad():
+        out = teacher.encoder(ids, mask, output_hidden_states=True, output_attentions=True)
+        torch.testing.assert_close(logits, teacher(ids, mask))
+    torch.testing.assert_close(hidden[:, 1].float(), out.hidden_states[2], atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(attention[:, 1].float(), out.attentions[3], atol=1e-3, rtol=1e-2)
+    assert torch.equal(labels, data.tensors[2])
+
+
+def agreement(student, teacher, data):
+    ids, mask, _ = data.tensors
+    with torch.no_grad():
+        return (student(ids, mask).argmax(-1) == teacher(ids, mask).argmax(-1)).float().mean().item()
+
+
+@pytest.mark.parametrize("hidden_weight, attention_weight", [(0.0, 0.0), (1.0, 1.0)])
+def test_distillation_teaches_the_student_the_teachers_function(hidden_weight, attention_weight):
+    teacher, train, test = tiny_teacher(), token_data(n=256), token_data(n=256, seed=1)
+    student = student_from_scratch(teacher, d_model=16, n_layers=2, seed=1)
+    before = agreement(student.eval(), teacher, test)
+    unlabelled = TensorDataset(*train.tensors[:2], torch.full((256,), UNLABELLED))
+    targets = teacher_targets(teacher, unlabelled, hidden_layers=layer_map(2, 4) if hidden_weight else (),
+                              attention_layers=[1, 3] if attention_weight else ())
+    history = distill(student, targets, teacher_width=32, temperature=2.0, alpha=1.0, hidden_weight=hidden_weight,
+                      attention_weight=attention_weight, epochs=4, batch_size=64, lr=3e-3, progress=False)
+    after = agreement(student.eval(), teacher, test)
+    assert sum(history.losses[-5:]) < sum(history.losses[:5])
+    assert after > max(before, 0.8), (before, after)
+
+
+def test_distill_refuses_targets_without_the_internals_it_needs():
+    teacher, data = tiny_teacher(), token_data(n=16)
+    student = student_from_scratch(teacher, d_model=16, n_layers=2)
+    with pytest.raises(ValueError, match="hidden_layers"):
+        distill(student, teacher_targets(teacher, data), teacher_width=32, hidden_weight=1.0, progress=False)
+
+
+def test_distiller_projects_only_when_widths_differ():
+    teacher = tiny_teacher()
+    assert Distiller(student_from_teacher(teacher), 32, hidden_weight=1.0).projections is None
+    narrow = Distiller(student_from_scratch(teacher, d_model=16, n_layers=2), 32, hidden_weight=1.0)
+    assert len(narrow.projections) == 3 and narrow.projections[0].weight.shape == (32, 16)
