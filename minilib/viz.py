@@ -222,6 +222,8 @@ def loglog_plot(xs, series: dict, reference_slopes: Sequence[float] = (1, 2), ax
     anchor_x, anchor_y = xs[-1], float(np.asarray(next(iter(series.values())), dtype=float)[-1])
     for slope, style in zip(reference_slopes, ["--", ":", "-.", (0, (5, 5))]):
         ax.loglog(xs, anchor_y * (xs / anchor_x) ** slope, linestyle=style, color="gray", label=_big_o(slope))
+    ax.set_xticks(xs, [f"{x:g}" for x in xs])  # label the measured lengths themselves, not powers of ten
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:

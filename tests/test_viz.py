@@ -116,6 +116,7 @@ def test_loglog_plot_draws_series_and_reference_slopes():
         assert np.polyfit(np.log(x), np.log(y), 1)[0] == pytest.approx(slope)
         assert y[-1] == pytest.approx(65.0)  # anchored at the measured curve's largest n
     assert ax.get_xlabel() == "sequence length n"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["128", "256", "512", "1024"]
 
 
 def test_loglog_plot_rejects_bad_data():
