@@ -214,6 +214,16 @@ def test_peak_memory_sees_frees_views_and_in_place_ops():
     assert peak_memory(lambda: x.mul_(1.0)) == 0
 
 
+def test_peak_memory_counts_every_output_of_multi_output_ops():
+    x = torch.randn(1000)
+    # unbind returns views (nothing new); _foreach_mul returns a list of three new tensors
+    assert peak_memory(lambda: x.unbind()) == 0
+    parts = [torch.randn(100) for _ in range(3)]
+    assert peak_memory(lambda: torch._foreach_mul(parts, 2.0)) == 3 * 400
+    values = torch.randn(10, 50)
+    assert peak_memory(lambda: values.max(dim=1)) == 10 * 4 + 10 * 8  # float maxima and int64 indices
+
+
 def test_peak_memory_rejects_a_non_function():
     with pytest.raises(TypeError, match="function of no arguments"):
         peak_memory(torch.randn(3))

@@ -32,6 +32,7 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 __all__ = [
     "Timing", "time_fn", "Comparison", "compare", "Headline", "machine_label", "peak_matmul_gflops",
@@ -335,10 +336,13 @@ class _LiveTensorMemory(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        outputs = out if isinstance(out, (tuple, list)) else (out,)
-        for value, schema_return in zip(outputs, func._schema.returns):
-            if isinstance(value, torch.Tensor) and schema_return.alias_info is None:
-                self._allocated(value.untyped_storage())
+        returns = func._schema.returns
+        outputs = out if len(returns) > 1 else (out,)  # one output per declared return (which may be a list)
+        for value, declared in zip(outputs, returns):
+            if declared.alias_info is None:
+                for tensor in tree_leaves(value):
+                    if isinstance(tensor, torch.Tensor):
+                        self._allocated(tensor.untyped_storage())
         return out
 
     def _allocated(self, storage: torch.UntypedStorage) -> None:
