@@ -118,6 +118,13 @@ def test_find_exercises_reads_headings_points_and_checks():
     assert exercises[0].cells == [3, 4, 5] and exercises[2].cells == [9, 10]    # "## References" ends the last one
 
 
+def test_an_exercise_heading_may_share_its_cell_with_the_section_heading():
+    nb = toy_chapter()
+    nb.cells[2:4] = [new_markdown_cell("## Exercises\n\n" + nb.cells[3].source)]
+    exercises = find_exercises(nb, "toy.ipynb")
+    assert [(e.number, e.cells) for e in exercises] == [("2.1", [2, 3, 4]), ("2.2", [5, 6, 7]), ("2.3", [8, 9])]
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda nb: setattr(nb.cells[4], "source", ATTENTION_SOLUTION.replace("    ### END SOLUTION", "")),
      "cell 5 (\"def softmax_attention(q, k, v):\"): the solution region opened at line 3 is never closed"),

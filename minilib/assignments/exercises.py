@@ -70,13 +70,12 @@ def find_exercises(nb, notebook="notebook") -> list[Exercise]:
     exercises, current = [], None
     for index, cell in enumerate(nb.cells):
         if cell.cell_type == "markdown":
-            headings = [line for line in cell.source.splitlines()
-                        if ANY_HEADING.match(line) and line.strip() not in (BEGIN, END)]
-            if headings:
-                current = _exercise_from_heading(headings[0], notebook, nb, index)
-                if current is not None:
-                    exercises.append(current)
-        if current is not None:
+            for line in cell.source.splitlines():
+                if ANY_HEADING.match(line) and line.strip() not in (BEGIN, END):
+                    current = _exercise_from_heading(line, notebook, nb, index)  # None: another section begins
+                    if current is not None:
+                        exercises.append(current)
+        if current is not None and index not in current.cells:
             current.cells.append(index)
             if cell.cell_type == "code":
                 current.checks += check_calls(cell.source)
@@ -86,7 +85,7 @@ def find_exercises(nb, notebook="notebook") -> list[Exercise]:
 def _exercise_from_heading(line, notebook, nb, index):
     match = EXERCISE_HEADING.match(line.strip())
     if match:
-        return Exercise(match["number"], match["title"], int(match["points"]), bool(match["written"]))
+        return Exercise(match["number"], match["title"], int(match["points"]), bool(match["written"]), cells=[index])
     if re.match(r"^###\s+Exercise\b", line.strip()):
         raise AssignmentError(
             f"{describe_cell(notebook, nb, index)}: exercise heading {line.strip()!r} does not follow the form "
