@@ -121,6 +121,7 @@ def test_find_exercises_reads_headings_points_and_checks():
 def test_an_exercise_heading_may_share_its_cell_with_the_section_heading():
     nb = toy_chapter()
     nb.cells[2:4] = [new_markdown_cell("## Exercises\n\n" + nb.cells[3].source)]
+    nb.cells[2].source += "\n```python\n# a comment in an example, not a heading\n```"
     exercises = find_exercises(nb, "toy.ipynb")
     assert [(e.number, e.cells) for e in exercises] == [("2.1", [2, 3, 4]), ("2.2", [5, 6, 7]), ("2.3", [8, 9])]
 

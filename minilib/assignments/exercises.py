@@ -70,16 +70,25 @@ def find_exercises(nb, notebook="notebook") -> list[Exercise]:
     exercises, current = [], None
     for index, cell in enumerate(nb.cells):
         if cell.cell_type == "markdown":
-            for line in cell.source.splitlines():
-                if ANY_HEADING.match(line) and line.strip() not in (BEGIN, END):
-                    current = _exercise_from_heading(line, notebook, nb, index)  # None: another section begins
-                    if current is not None:
-                        exercises.append(current)
+            for line in _headings(cell.source):
+                current = _exercise_from_heading(line, notebook, nb, index)  # None: another section begins
+                if current is not None:
+                    exercises.append(current)
         if current is not None and index not in current.cells:
             current.cells.append(index)
             if cell.cell_type == "code":
                 current.checks += check_calls(cell.source)
     return exercises
+
+
+def _headings(markdown: str):
+    """The heading lines (levels 1–3) of a markdown cell, skipping fenced code blocks and solution markers."""
+    in_code = False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith(("```", "~~~")):
+            in_code = not in_code
+        elif not in_code and ANY_HEADING.match(line) and line.strip() not in (BEGIN, END):
+            yield line
 
 
 def _exercise_from_heading(line, notebook, nb, index):
