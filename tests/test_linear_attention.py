@@ -1,0 +1,116 @@
+"""Linear attention against its quadratic form, the RNN step against the causal form, Performer
+against softmax attention, Linformer against an explicit projection."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minilib.attention import MultiHeadAttention
+from minilib.linear_attention import (FavorFeatures, LinformerAttention, linear_attention, orthogonal_random_features,
+                                      performer_error, quadratic_linear_attention, step)
+
+
+def _qkv(n, batch=2, heads=3, dim=16, seed=0, scale=1.0):
+    generator = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(batch, heads, n, dim, generator=generator) for _ in range(3))
+
+
+def _explicit(q, k, v, phi, is_causal):
+    """φ(Q)φ(K)ᵀV normalised row by row, written from the formula with an explicit loop over queries."""
+    phi_q, phi_k = phi(q), phi(k)
+    rows = []
+    for i in range(q.shape[-2]):
+        keys = slice(0, i + 1) if is_causal else slice(None)
+        weights = phi_q[..., i:i + 1, :] @ phi_k[..., keys, :].transpose(-2, -1)   # (…, 1, j)
+        rows.append((weights @ v[..., keys, :]) / weights.sum(dim=-1, keepdim=True))
+    return torch.cat(rows, dim=-2)
+
+
+@pytest.mark.parametrize("feature_map, phi", [("elu", lambda x: F.elu(x) + 1), ("relu", F.relu)])
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("n, chunk_size", [(1, 64), (17, 4), (70, 16), (128, 64)])
+def test_linear_attention_equals_the_quadratic_form(feature_map, phi, is_causal, n, chunk_size):
+    q, k, v = _qkv(n, seed=n)
+    if feature_map == "relu":                     # keep every row's normaliser well away from 0
+        q, k = q.abs(), k.abs()
+    out = linear_attention(q, k, v, feature_map, is_causal=is_causal, chunk_size=chunk_size)
+    assert torch.allclose(out, _explicit(q, k, v, phi, is_causal), atol=1e-5, rtol=1e-4)
+    assert torch.allclose(out, quadratic_linear_attention(q, k, v, feature_map, is_causal), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_favor_linear_attention_equals_its_quadratic_form(is_causal):
+    q, k, v = _qkv(50)
+    features = FavorFeatures(16, 32, seed=0)
+    out = linear_attention(q, k, v, features, is_causal=is_causal, chunk_size=8)
+    assert torch.allclose(out, quadratic_linear_attention(q, k, v, features, is_causal), atol=1e-5, rtol=1e-4)
+
+
+def test_recurrent_step_equals_the_causal_form():
+    q, k, v = _qkv(40)
+    state, outputs = None, []
+    for t in range(40):
+        state, out = step(state, q[:, :, t], k[:, :, t], v[:, :, t])
+        outputs.append(out)
+    assert state[0].shape == (2, 3, 16, 16)          # the whole memory: f × d, whatever the length
+    assert torch.allclose(torch.stack(outputs, dim=2), linear_attention(q, k, v, is_causal=True), atol=1e-5)
+
+
+def test_key_padding_mask_drops_padded_keys():
+    q, k, v = _qkv(12)
+    padding = torch.ones(2, 1, 1, 12, dtype=torch.bool)
+    padding[1, ..., 8:] = False
+    out = linear_attention(q, k, v, attn_mask=padding)
+    assert torch.allclose(out[1], linear_attention(q[1:], k[1:, :, :8], v[1:, :, :8])[0], atol=1e-5)
+
+
+def test_favor_features_estimate_the_softmax_kernel():
+    """E[φ(q)·φ(k)] = exp(q·k/√d): averaged over many pairs, the estimate is unbiased (unstabilised features)."""
+    q, k, _ = _qkv(32, batch=1, heads=1, dim=8, scale=0.5)
+    features = FavorFeatures(8, 4096, seed=0)
+    def unstabilised(x):
+        x = x * 8 ** -0.25
+        return torch.exp(x @ features.projection.T - (x * x).sum(-1, keepdim=True) / 2) / math.sqrt(4096)
+    ratio = (unstabilised(q) @ unstabilised(k).transpose(-2, -1)) / torch.exp(q @ k.transpose(-2, -1) / math.sqrt(8))
+    assert abs(ratio.mean().item() - 1) < 0.02          # unbiased
+    assert (ratio - 1).abs().max() < 0.25               # and each pair close
+
+
+def test_orthogonal_random_features_are_orthogonal_within_a_block():
+    w = orthogonal_random_features(20, 8, seed=0)
+    block = w[:8] / w[:8].norm(dim=1, keepdim=True)
+    assert torch.allclose(block @ block.T, torch.eye(8), atol=1e-5)
+    assert torch.equal(w, orthogonal_random_features(20, 8, seed=0))
+
+
+def test_performer_error_falls_as_features_grow():
+    q, k, v = _qkv(128, batch=1, heads=2, dim=32, scale=0.5)
+    errors = performer_error(q, k, v, [8, 512], seeds=(0, 1, 2))
+    assert errors[512].mean() < errors[8].mean() / 3          # ≈ 1/√m: 8× fewer error for 64× the features
+
+
+def test_linformer_equals_softmax_over_projected_keys():
+    torch.manual_seed(0)
+    layer = LinformerAttention(seq_len=20, k=5, share_projection=False)
+    q, k, v = _qkv(20)
+    expected = F.scaled_dot_product_attention(q, layer.key_projection @ k, layer.value_projection @ v)
+    assert torch.allclose(layer(q, k, v), expected, atol=1e-5)
+    mha = MultiHeadAttention(32, 4, attention=LinformerAttention(20, 5))
+    assert any(name.startswith("attention.") for name, _ in mha.named_parameters())   # E, F are learned
+    assert mha(torch.randn(2, 20, 32))[0].shape == (2, 20, 32)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: linear_attention(*_qkv(4), feature_map="tanh"), "unknown feature_map 'tanh'"),
+    (lambda: linear_attention(*_qkv(4), is_causal=True, chunk_size=0), "chunk_size must be a positive integer"),
+    (lambda: FavorFeatures(16, 0), "n_features must be a positive integer"),
+    (lambda: linear_attention(*_qkv(4), feature_map=FavorFeatures(8, 4)), "built for head_dim 8"),
+    (lambda: LinformerAttention(10, 11), "between 1 and seq_len=10"),
+    (lambda: LinformerAttention(10, 4)(*_qkv(12)), "built for sequences of 10 tokens"),
+    (lambda: LinformerAttention(4, 2)(*_qkv(4), is_causal=True), "no causal form"),
+    (lambda: step(None, *(t[:, :, 0] for t in _qkv(3)), feature_map=FavorFeatures(16, 4)), "one token"),
+])
+def test_bad_input_says_what_was_expected(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
