@@ -1,0 +1,172 @@
+"""The course as a learner meets it: JupyterLab in headless Chromium, chapter 02 run cell by cell.
+
+Needs Debian's Chromium (`apt-get install chromium`) and the `playwright` Python package (in
+requirements.txt), which drives /usr/bin/chromium; no browser is downloaded. Without Chromium the
+tests skip and say how to install it, except in CI (CI=true), where they fail instead.
+"""
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CHAPTER = "02_self_attention.ipynb"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+RUN_LIMIT_S = int(os.environ.get('BROWSER_RUN_LIMIT_S', 300))
+
+if CHROMIUM is None:
+    message = "Chromium is not installed: `sudo apt-get install chromium` (Debian/Ubuntu) to run the browser tests"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message, allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the Python package only)")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """JupyterLab on 127.0.0.1 with a random port and token, serving a copy of the chapter.
+
+    A copy, so that JupyterLab's autosave never writes outputs into the course's own notebook.
+    """
+    root = tmp_path_factory.mktemp("lab")
+    shutil.copy(REPO / "notebooks" / CHAPTER, root / CHAPTER)
+    settings = root / ".settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)   # render every cell (no virtual scrolling), so every output is in the page
+    (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+    port, token = _free_port(), secrets.token_hex(16)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+         "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+         "--LabApp.extension_manager=readonly", *(["--allow-root"] if os.geteuid() == 0 else [])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=root,
+        env={**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(root / ".settings")})
+    url = f"http://127.0.0.1:{port}"
+    _wait_until_serving(f"{url}/api/status?token={token}", server)
+    yield {"url": url, "token": token, "root": root}
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def _wait_until_serving(status_url, server, limit_s=90):
+    deadline = time.time() + limit_s
+    while time.time() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"jupyter lab exited with code {server.returncode}")
+        try:
+            urllib.request.urlopen(status_url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"jupyter lab did not answer within {limit_s} s")
+
+
+def _run_chapter(lab, tmp_path, offline):
+    """Open the chapter, run all cells, save; return (page state, console errors, saved notebook)."""
+    errors = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        if offline:  # as on a laptop with no network: only the local Jupyter server answers
+            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(lab["url"])
+                       else route.abort("internetdisconnected"))
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+        page.goto(f"{lab['url']}/lab/tree/{CHAPTER}?token={lab['token']}")
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+        _menu(page, "Run", "Run All Cells")
+        _wait_for_all_cells(page)
+        state = _inspect(page)
+        page.keyboard.press("Control+s")
+        page.wait_for_timeout(2000)
+        page.screenshot(path=str(tmp_path / f"chapter02{'-offline' if offline else ''}.png"), full_page=False)
+        browser.close()
+    notebook = json.loads((lab["root"] / CHAPTER).read_text())
+    return state, errors, notebook
+
+
+def _menu(page, menu, item):
+    page.click(f".lm-MenuBar-itemLabel:text-is('{menu}')")
+    page.click(f".lm-Menu-itemLabel:text-is('{item}')")
+
+
+def _wait_for_all_cells(page):
+    """Until every code cell shows an execution count and the kernel is idle."""
+    deadline = time.time() + RUN_LIMIT_S
+    while time.time() < deadline:
+        prompts = page.eval_on_selector_all(".jp-CodeCell .jp-InputArea-prompt", "els => els.map(e => e.textContent)")
+        idle = page.query_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']") is not None
+        if prompts and idle and all(p.strip() not in ("[ ]:", "[*]:", "") for p in prompts):
+            return
+        time.sleep(1)
+    raise TimeoutError(f"chapter 02 did not finish running in the browser within {RUN_LIMIT_S} s")
+
+
+def _inspect(page):
+    """What a learner sees: widgets, images, and the explorer's reaction to a slider."""
+    explorer = page.locator(".jp-OutputArea-output .widget-vbox").filter(has=page.locator(".widget-slider")).first
+    explorer.scroll_into_view_if_needed()
+    image = explorer.locator(".widget-image")
+    before = image.get_attribute("src")
+    slider = explorer.locator(".widget-slider .noUi-handle, .widget-slider input[type=range]").nth(1)  # the head slider
+    slider.focus()
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("([el, old]) => el.getAttribute('src') !== old",
+                           arg=[image.element_handle(), before], timeout=30_000)
+    return {
+        "explorer_images": image.count(),
+        "image_changed": image.get_attribute("src") != before,
+        "figures": page.locator(".jp-RenderedImage img").count(),
+        "error_outputs_shown": page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] "
+                                            ":text('Traceback')").count(),
+    }
+
+
+def _course_errors(errors):
+    """Console errors caused by the course's outputs; failed network loads are the offline case, not ours."""
+    network = ("Failed to load resource", "net::ERR_", "ERR_INTERNET_DISCONNECTED", "require.js", "Script error")
+    return [e for e in errors if not any(n in e for n in network)]
+
+
+def _error_outputs(notebook):
+    return [(i, o.get("ename"), o.get("evalue")) for i, cell in enumerate(notebook["cells"])
+            for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+
+
+def test_chapter02_runs_in_jupyterlab(lab, tmp_path):
+    state, errors, notebook = _run_chapter(lab, tmp_path, offline=False)
+    assert _error_outputs(notebook) == []
+    assert state["error_outputs_shown"] == 0
+    assert state["explorer_images"] == 1 and state["image_changed"], "the attention explorer did not redraw"
+    assert state["figures"] >= 1, "no matplotlib figure rendered"
+    assert _course_errors(errors) == [], errors
+    assert (tmp_path / "chapter02.png").stat().st_size > 10_000
+
+
+def test_chapter02_offline(lab, tmp_path):
+    state, errors, notebook = _run_chapter(lab, tmp_path, offline=True)
+    assert _error_outputs(notebook) == []
+    assert state["image_changed"], "the offline attention explorer did not redraw"
+    bertviz_cells = [c for c in notebook["cells"] if c["cell_type"] == "code" and "bertviz_view" in "".join(c["source"])]
+    assert bertviz_cells, "chapter 02 has no bertviz cell"
+    said = "".join("".join(o.get("text", "")) + json.dumps(o.get("data", {}))
+                   for c in bertviz_cells for o in c.get("outputs", []))
+    assert "internet" in said.lower(), "the bertviz cell must say why it may be blank offline"
+    assert _course_errors(errors) == [], errors
