@@ -1,0 +1,154 @@
+"""Int8 linear layers that really run on integers: ``W8A8`` with dynamic per-token activations.
+
+A linear layer ``y = x Wᵀ + b`` with ``x ≈ s_x · x_q`` (one scale per token, i.e. per row of ``x``) and
+``W ≈ s_w · W_q`` (one scale per output channel, i.e. per row of ``W``) becomes::
+
+    y[m, n] ≈ s_x[m] · s_w[n] · Σ_k x_q[m, k] · W_q[n, k]  +  b[n]
+              └── float rescale ──┘ └──── int8 × int8 → int32 GEMM ────┘
+
+The sum is computed exactly in int32 by an integer matrix multiply (``torch._int_mm``), which is where
+the speed comes from: int8 GEMM kernels (VNNI / AMX on x86 CPUs, tensor cores on GPUs) do several times
+more multiply-adds per cycle than float32, and read 4× fewer bytes of weights.
+
+What it costs: the activations must be quantized on the fly (find ``max|x|`` per row, divide, round,
+convert) and the int32 result rescaled. Each of those steps is a pass over memory. The GEMM is fast
+enough that these passes become a large part of the time, so the layer does as few of them as
+possible: one reduction for the scales, one divide, one in-place round, one conversion; then two
+passes for the rescale and bias.
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+
+import torch
+import torch.nn as nn
+
+from minilib.quant.affine import quantize
+
+INT8_MAX = 127
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 quantization with one scale per row (per token).
+
+    x: ``(tokens, features)`` float. Returns ``x_q`` ``(tokens, features)`` int8 and ``scale`` ``(tokens, 1)``
+    with ``scale = max_k |x[m, k]| / 127`` and ``x_q = round(x / scale)``: the same numbers as
+    ``quantize(x, 8, symmetric=True, axis=0)``, computed in fewer passes over memory.
+    """
+    tiny = torch.finfo(torch.float32).tiny
+    max_abs = torch.maximum(x.amax(dim=-1, keepdim=True), -x.amin(dim=-1, keepdim=True))  # no (M, K) copy of |x|
+    scale = (max_abs / INT8_MAX).clamp_min(tiny)
+    x_q = torch.div(x, scale).round_().to(torch.int8)  # |x / scale| ≤ 127 by construction: no clamp needed
+    return x_q, scale
+
+
+def rescale(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Float output of the int8 GEMM: ``y[m, n] = acc[m, n] · s_x[m] · s_w[n] + b[n]``.
+
+    acc ``(M, N)`` int32, x_scale ``(M, 1)``, w_scale ``(N,)``, bias ``(N,)`` or None → ``(M, N)`` float32.
+    One conversion, then in-place updates: no further temporary ``(M, N)`` tensors.
+    """
+    out = acc.float().mul_(w_scale).mul_(x_scale)
+    return out if bias is None else out.add_(bias)
+
+
+def int_mm_supported(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``torch._int_mm`` accepts these operands on their device.
+
+    CPU: any shapes. CUDA: needs ``a.shape[0] > 16`` and the inner and output sizes multiples of 8.
+    """
+    if not hasattr(torch, "_int_mm"):
+        return False
+    if a.device.type == "cpu":
+        return True
+    if a.device.type == "cuda":
+        return a.shape[0] > 16 and a.shape[1] % 8 == 0 and b.shape[1] % 8 == 0
+    return False
+
+
+_warned_fallback = False
+
+
+def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact integer matrix product ``a @ b``: ``(M, K)`` int8 × ``(K, N)`` int8 → ``(M, N)`` int32.
+
+    Uses ``torch._int_mm`` (a real int8 GEMM) where the device supports the shapes; elsewhere falls back,
+    with a one-time warning, to a float32 matmul, which is exact while ``K · 127² < 2²⁴`` (K ≤ 1040)
+    and within float rounding beyond.
+    """
+    if a.dtype != torch.int8 or b.dtype != torch.int8:
+        raise TypeError(f"int8_matmul expects two int8 matrices, got {a.dtype} and {b.dtype}")
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"int8_matmul expects (M, K) @ (K, N), got {tuple(a.shape)} @ {tuple(b.shape)}")
+    if int_mm_supported(a, b):
+        return torch._int_mm(a, b)
+    global _warned_fallback
+    if not _warned_fallback:
+        warnings.warn(f"torch._int_mm does not support {tuple(a.shape)} @ {tuple(b.shape)} on {a.device}; "
+                      "falling back to a float matmul (correct, but no int8 speed-up)")
+        _warned_fallback = True
+    return torch.round(a.float() @ b.float()).to(torch.int32)
+
+
+@functools.cache
+def compiled_kernels():
+    """``(quantize_rows, rescale)`` compiled by ``torch.compile``: each becomes one or two fused loops.
+
+    Compiling takes tens of seconds once per process (shapes are dynamic, so it is not repeated per
+    layer). Where ``torch.compile`` does not work (no C++ compiler, unsupported platform) this warns
+    and returns the plain eager functions, which compute the same numbers.
+    """
+    quantize_fn = torch.compile(quantize_rows, dynamic=True)
+    rescale_fn = torch.compile(rescale, dynamic=True)
+    try:  # compile now, on a small example, so that a failure shows here and not in the middle of a model
+        x_q, x_scale = quantize_fn(torch.randn(17, 24))
+        rescale_fn(int8_matmul(x_q, x_q[:8].t()), x_scale, torch.ones(8), torch.zeros(8))
+    except Exception as error:  # any failure of the compiler stack means: use the plain path
+        warnings.warn(f"torch.compile failed here ({type(error).__name__}: {error}); using the eager int8 kernels")
+        return quantize_rows, rescale
+    return quantize_fn, rescale_fn
+
+
+class QuantLinear(nn.Module):
+    """``nn.Linear`` with int8 per-channel weights and int8 per-token activations, run on an int8 GEMM.
+
+    Build it from a trained layer with :meth:`from_linear`. ``compiled=True`` runs the quantize and rescale
+    steps through :func:`compiled_kernels` (fewer passes over memory). Buffers: ``weight_q`` ``(out, in)`` int8,
+    ``weight_scale`` ``(out,)`` float32, ``bias`` ``(out,)`` float32 or None. Input ``(..., in)`` float,
+    output ``(..., out)`` float32.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, compiled: bool = False):
+        super().__init__()
+        self.in_features, self.out_features, self.compiled = in_features, out_features, compiled
+        self.register_buffer("weight_q", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, compiled: bool = False) -> "QuantLinear":
+        """Quantize a float ``nn.Linear``: ``W_q = round(W / s_w)`` with ``s_w[n] = max_k |W[n, k]| / 127``."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"QuantLinear.from_linear expects an nn.Linear, got {type(linear).__name__}")
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, compiled=compiled)
+        qw = quantize(linear.weight, bits=8, symmetric=True, axis=0)
+        layer.weight_q.copy_(qw.q)
+        layer.weight_scale.copy_(qw.scale.flatten())
+        if linear.bias is not None:
+            layer.bias.copy_(linear.bias.detach())
+        return layer.to(linear.weight.device)
+
+    @torch.no_grad()  # inference only: rounding has no useful gradient (train with FakeQuantLinear instead)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"QuantLinear expects input (..., {self.in_features}), got {tuple(x.shape)}")
+        rows = x.reshape(-1, self.in_features).float()
+        quantize_fn, rescale_fn = compiled_kernels() if self.compiled else (quantize_rows, rescale)
+        x_q, x_scale = quantize_fn(rows)  # (M, K) int8, (M, 1)
+        acc = int8_matmul(x_q, self.weight_q.t())  # Σ_k x_q[m,k] · W_q[n,k], exact int32 (M, N)
+        out = rescale_fn(acc, x_scale, self.weight_scale, self.bias)  # · s_x[m] · s_w[n] + b[n]
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8{', compiled' if self.compiled else ''}"

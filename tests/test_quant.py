@@ -1,0 +1,362 @@
+"""minilib.quant against PyTorch's own quantization (torch.quantize_per_*, torch.ao) and exact integer math."""
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from minilib import quant
+from minilib.bench import model_size_bytes
+from minilib.quant import (FakeQuantLinear, Int4Linear, MinMaxObserver, MSEObserver, PercentileObserver, QuantLinear,
+                           dequantize, fake_quantize, int8_matmul, pack_int4, prepare_qat, qrange, quantize,
+                           quantize_model, quantize_rows, unpack_int4)
+from minilib.quant.model import ProjectionSlice, SharedInputProjections
+from minilib.transformer import Classifier, Encoder, TransformerConfig
+
+
+def _rows_of_different_scales(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(16, 64, generator=g) * torch.logspace(-2, 1, 16).unsqueeze(1)
+
+
+# ------------------------------------------------------------------------------- quantize / dequantize
+@pytest.mark.parametrize("bits", range(2, 9))
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("axis", [None, 0, 1, -1])
+def test_round_trip_error_is_at_most_half_a_step(bits, symmetric, axis):
+    x = _rows_of_different_scales() + 0.3  # not centred: exercises the zero point
+    qx = quantize(x, bits, symmetric, axis)
+    q_min, q_max = qrange(bits, symmetric)
+    assert q_min <= qx.q.min() and qx.q.max() <= q_max
+    error = (x - dequantize(qx)).abs()
+    assert torch.all(error <= qx.scale / 2 * (1 + 1e-5) + 1e-7)
+
+
+def test_ranges_and_storage_types():
+    assert qrange(8, True) == (-127, 127) and qrange(8, False) == (0, 255) and qrange(2, True) == (-1, 1)
+    assert quantize(torch.randn(5), 8, True).q.dtype == torch.int8
+    assert quantize(torch.randn(5), 8, False).q.dtype == torch.uint8
+
+
+def test_affine_matches_torch_quantize_per_tensor():
+    x = torch.randn(200) * 3 + 1
+    ours = quantize(x, 8, symmetric=False)
+    theirs = torch.quantize_per_tensor(x, ours.scale.item(), int(ours.zero_point), torch.quint8)
+    assert torch.equal(ours.q, theirs.int_repr())
+    assert torch.allclose(dequantize(ours), theirs.dequantize(), atol=1e-6)
+
+
+def test_symmetric_per_channel_matches_torch_quantize_per_channel():
+    w = _rows_of_different_scales()
+    ours = quantize(w, 8, symmetric=True, axis=0)
+    theirs = torch.quantize_per_channel(w, ours.scale.flatten().double(), torch.zeros(16, dtype=torch.long), 0, torch.qint8)
+    assert torch.equal(ours.q, theirs.int_repr())
+
+
+def test_zero_is_exact_and_constant_tensors_survive():
+    x = torch.tensor([0.0, 0.7, 2.5, -0.2])
+    assert dequantize(quantize(x, 4, symmetric=False))[0] == 0
+    zeros = torch.zeros(3, 4)
+    assert torch.equal(dequantize(quantize(zeros, 8, axis=0)), zeros)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_per_channel_never_worse_than_per_tensor(bits):
+    from minilib.hf import load_minilm
+    bert, _ = load_minilm()
+    for w in (_rows_of_different_scales(), bert.encoder.layer[0].intermediate.dense.weight.detach()):
+        per_tensor = (w - dequantize(quantize(w, bits, axis=None))).pow(2).mean()
+        per_channel = (w - dequantize(quantize(w, bits, axis=0))).pow(2).mean()
+        assert per_channel <= per_tensor
+
+
+def test_clip_range_clips():
+    qx = quantize(torch.tensor([-10.0, 0.5, 10.0]), 8, symmetric=True, clip=(-1.0, 1.0))
+    assert torch.allclose(dequantize(qx), torch.tensor([-1.0, 0.5, 1.0]), atol=qx.scale.item() / 2)
+
+
+@pytest.mark.parametrize("bits", [1, 9, 0, 3.0, True, "8"])
+def test_bad_bits(bits):
+    with pytest.raises(ValueError, match="bits must be an integer from 2 to 8"):
+        quantize(torch.randn(4), bits)
+
+
+def test_bad_axis_and_integer_input():
+    with pytest.raises(ValueError, match="axis must be None or an int in \\[-2, 1\\]"):
+        quantize(torch.randn(3, 4), axis=2)
+    with pytest.raises(TypeError, match="floating-point tensor, got torch.int64"):
+        quantize(torch.arange(5))
+    with pytest.raises(TypeError, match="QuantizedTensor"):
+        dequantize(torch.randn(3))
+
+
+# ----------------------------------------------------------------------------------------- observers
+def _activations_with_outliers():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 4096, generator=g)
+    x[0, :3] = torch.tensor([80.0, -60.0, 70.0])  # the few huge values LLM.int8 found in Transformers
+    return x
+
+
+def test_observers_ranges():
+    x = _activations_with_outliers()
+    minmax, pct = MinMaxObserver(), PercentileObserver(99.0)
+    for batch in x:
+        minmax.update(batch)
+        pct.update(batch)
+    assert minmax.range() == (x.min().item(), x.max().item())
+    bound = torch.quantile(x.abs().flatten(), 0.99).item()
+    assert pct.range(symmetric=True) == pytest.approx((-bound, bound), rel=1e-5)
+    lo, hi = pct.range(symmetric=False)
+    assert lo == pytest.approx(torch.quantile(x.flatten(), 0.01).item(), rel=1e-5)
+
+
+def test_one_outlier_coarsens_the_min_max_grid_for_everything_else():
+    x = _activations_with_outliers()
+    ordinary = x[1:]
+    errors = []
+    for data in (ordinary, x):
+        obs = MinMaxObserver()
+        obs.update(data)
+        x_hat = dequantize(quantize(ordinary, 8, symmetric=True, clip=obs.range(8, True)))
+        errors.append((ordinary - x_hat).pow(2).mean().item())
+    assert errors[1] > 50 * errors[0]
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_clipping_observers_on_heavy_tailed_values(bits):
+    torch.manual_seed(0)
+    x = torch.distributions.Laplace(0.0, 1.0).sample((20000,))
+    errors = {}
+    for name, obs in {"minmax": MinMaxObserver(), "percentile": PercentileObserver(99.9), "mse": MSEObserver()}.items():
+        obs.update(x)
+        errors[name] = (x - dequantize(quantize(x, bits, symmetric=True, clip=obs.range(bits, True)))).pow(2).mean().item()
+    assert errors["mse"] <= errors["minmax"] and errors["mse"] <= errors["percentile"]
+    if bits == 4:  # at low bit widths clipping the tails wins clearly
+        assert errors["percentile"] < errors["minmax"] and errors["mse"] < errors["minmax"] / 2
+
+
+def test_observer_errors():
+    with pytest.raises(ValueError, match="has seen no data"):
+        MinMaxObserver().range()
+    with pytest.raises(ValueError, match="percentile must be in"):
+        PercentileObserver(30)
+    with pytest.raises(TypeError, match="floating-point"):
+        MinMaxObserver().update(torch.arange(3))
+
+
+# ------------------------------------------------------------------------------------ int8 kernels
+def test_quantize_rows_equals_general_per_row_quantization():
+    x = _rows_of_different_scales()
+    x_q, scale = quantize_rows(x)
+    reference = quantize(x, 8, symmetric=True, axis=0)
+    assert torch.equal(x_q, reference.q) and torch.allclose(scale, reference.scale)
+
+
+def test_int8_matmul_is_exact():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-127, 128, (33, 1536), generator=g, dtype=torch.int8)
+    b = torch.randint(-127, 128, (1536, 40), generator=g, dtype=torch.int8)
+    exact = a.long() @ b.long()
+    assert torch.equal(int8_matmul(a, b).long(), exact)
+    assert torch.equal(int8_matmul(a, b.t().contiguous().t()).long(), exact)  # transposed weights (as QuantLinear uses)
+
+
+def test_int8_matmul_fallback_warns_and_is_exact_for_small_k(monkeypatch):
+    monkeypatch.setattr(quant.int8, "int_mm_supported", lambda a, b: False)
+    monkeypatch.setattr(quant.int8, "_warned_fallback", False)
+    a = torch.randint(-127, 128, (5, 384), dtype=torch.int8)
+    b = torch.randint(-127, 128, (384, 7), dtype=torch.int8)
+    with pytest.warns(UserWarning, match="falling back to a float matmul"):
+        out = int8_matmul(a, b)
+    assert out.dtype == torch.int32 and torch.equal(out.long(), a.long() @ b.long())
+
+
+def test_int8_matmul_errors():
+    with pytest.raises(TypeError, match="two int8 matrices"):
+        int8_matmul(torch.ones(2, 2), torch.ones(2, 2))
+    with pytest.raises(ValueError, match=r"\(M, K\) @ \(K, N\)"):
+        int8_matmul(torch.ones(2, 3, dtype=torch.int8), torch.ones(2, 3, dtype=torch.int8))
+
+
+def test_quant_linear_is_the_exact_integer_computation_and_close_to_f_linear():
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 40)
+    x = torch.randn(3, 7, 96)
+    layer = QuantLinear.from_linear(linear)
+    out = layer(x)
+    # reference: dequantized operands multiplied in float64 (what the integers stand for)
+    x_hat = dequantize(quantize(x.reshape(-1, 96), 8, axis=0)).double()
+    w_hat = dequantize(quantize(linear.weight, 8, axis=0)).double()
+    reference = (x_hat @ w_hat.T + linear.bias.double()).reshape(3, 7, 40)
+    assert torch.allclose(out.double(), reference, atol=1e-5)
+    with torch.no_grad():
+        exact = linear(x)
+    assert (out - exact).norm() / exact.norm() < 0.01  # stated tolerance: 1% relative error at 8 bits
+    assert layer.weight_q.dtype == torch.int8 and out.shape == (3, 7, 40)
+
+
+def test_quant_linear_without_bias_and_bad_input():
+    linear = nn.Linear(8, 4, bias=False)
+    layer = QuantLinear.from_linear(linear)
+    x = torch.randn(5, 8)
+    assert torch.allclose(layer(x), F.linear(x, linear.weight), atol=0.05)
+    with pytest.raises(ValueError, match=r"input \(\.\.\., 8\), got \(5, 9\)"):
+        layer(torch.randn(5, 9))
+    with pytest.raises(TypeError, match="expects an nn.Linear"):
+        QuantLinear.from_linear(nn.Conv1d(2, 2, 1))
+
+
+def test_compiled_kernels_compute_the_same_numbers():
+    quantize_fn, rescale_fn = quant.int8.compiled_kernels()
+    x = _rows_of_different_scales()
+    x_q, scale = quantize_fn(x)
+    eager_q, eager_scale = quantize_rows(x)
+    assert torch.equal(x_q, eager_q) and torch.allclose(scale, eager_scale)
+    acc = int8_matmul(x_q, x_q[:8].t())
+    w_scale, bias = torch.rand(8), torch.randn(8)
+    assert torch.allclose(rescale_fn(acc, scale, w_scale, bias), quant.int8.rescale(acc, scale, w_scale, bias))
+
+
+# ----------------------------------------------------------------------------------------------- int4
+def test_pack_int4_layout_and_round_trip():
+    assert pack_int4(torch.tensor([1, 2, 15, 0])).tolist() == [0x21, 0x0F]  # low nibble = even column
+    codes = torch.randint(0, 16, (6, 32), dtype=torch.uint8)
+    packed = pack_int4(codes)
+    assert packed.shape == (6, 16) and packed.dtype == torch.uint8
+    assert torch.equal(unpack_int4(packed), codes)
+
+
+def test_pack_int4_errors():
+    with pytest.raises(ValueError, match="even last dimension"):
+        pack_int4(torch.zeros(3, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"codes in \[0, 15\]"):
+        pack_int4(torch.tensor([3, 16]))
+    with pytest.raises(TypeError, match="integer tensor"):
+        pack_int4(torch.zeros(2))
+    with pytest.raises(TypeError, match="uint8"):
+        unpack_int4(torch.zeros(2))
+
+
+def test_int4_linear_group_error_bound_and_forward():
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 48)
+    layer = Int4Linear.from_linear(linear, group_size=64)
+    w_hat = layer.dequantized_weight()
+    groups_error = (linear.weight - w_hat).abs().reshape(48, 4, 64)
+    assert torch.all(groups_error <= layer.scale / 2 * (1 + 1e-5))
+    x = torch.randn(5, 256)
+    assert torch.allclose(layer(x), F.linear(x, w_hat, linear.bias), atol=1e-5)
+    fp32, packed = model_size_bytes(linear), model_size_bytes(Int4Linear.from_linear(linear, group_size=128))
+    assert fp32 / packed >= 7  # 4 bits + a float32 scale and a uint8 zero point per group of 128 (bias stays float)
+    with pytest.raises(ValueError, match="group_size must be even and divide in_features=256, got 100"):
+        Int4Linear.from_linear(linear, group_size=100)
+
+
+# ---------------------------------------------------------------------------------------- quantize_model
+def _small_classifier():
+    torch.manual_seed(0)
+    config = TransformerConfig(vocab_size=100, d_model=32, n_heads=4, n_layers=2, d_ff=64, dropout=0.0)
+    return Classifier(Encoder(config), n_classes=2).eval()
+
+
+def test_quantize_model_on_minilib_classifier():
+    model = _small_classifier()
+    ids = torch.randint(1, 100, (4, 10))
+    q8 = quantize_model(model, bits=8, skip=("head",)).eval()
+    assert type(q8.head) is nn.Linear and type(model.encoder.layers[0].ffn.up) is nn.Linear  # a copy by default
+    assert isinstance(q8.encoder.layers[0].ffn.up, QuantLinear)
+    assert isinstance(q8.encoder.layers[0].attn.q_proj, ProjectionSlice)
+    with torch.no_grad():
+        reference = model(ids)
+        assert torch.allclose(q8(ids), reference, atol=0.05)
+        assert torch.allclose(quantize_model(model, bits=4, group_size=32)(ids), reference, atol=0.15)
+
+
+def test_fused_qkv_equals_separate_projections():
+    model = _small_classifier()
+    ids = torch.randint(1, 100, (3, 12))
+    with torch.no_grad():
+        fused = quantize_model(model, 8, fuse_qkv=True)(ids)
+        separate = quantize_model(model, 8, fuse_qkv=False)(ids)
+    assert torch.allclose(fused, separate, atol=1e-5)
+
+
+def test_shared_projections_with_different_inputs_like_cross_attention():
+    torch.manual_seed(0)
+    linears = [nn.Linear(16, 8) for _ in range(3)]
+    shared = SharedInputProjections.from_linears(linears)
+    x, context = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    outputs = [shared.project(x, 0), shared.project(context, 1), shared.project(context, 2)]
+    for out, linear, inp in zip(outputs, linears, (x, context, context)):
+        assert torch.allclose(out, QuantLinear.from_linear(linear)(inp), atol=1e-5)
+    assert shared._input is None  # nothing kept alive after all three were handed out
+
+
+def test_quantize_model_errors():
+    with pytest.raises(ValueError, match="has no nn.Linear layers to quantize"):
+        quantize_model(nn.Sequential(nn.ReLU()))
+    with pytest.raises(ValueError, match="bits=8 .* or bits=4 .* got 6"):
+        quantize_model(_small_classifier(), bits=6)
+    with pytest.raises(TypeError, match="expected an nn.Module"):
+        quantize_model("bert")
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        quantize_model(_small_classifier(), skip=("*",))
+
+
+def test_real_minilm_int8_keeps_sentence_embeddings():
+    from minilib.hf import load_minilm, sentence_embeddings
+    bert, tokenizer = load_minilm()
+    sentences = ["The film was not good at all.", "I loved the food, but the service was slow.",
+                 "Quantized models store weights in eight bits.", "Stock prices fell after the announcement."]
+    reference = sentence_embeddings(bert, tokenizer, sentences)
+    q8 = quantize_model(bert, bits=8).eval()
+    cosine = (sentence_embeddings(q8, tokenizer, sentences) * reference).sum(-1)
+    assert cosine.min() >= 0.99
+    assert sum(isinstance(m, QuantLinear) for m in q8.modules()) == 6 * 4 + 1  # fused QKV, out, up, down; pooler
+
+
+# ---------------------------------------------------------------------------------- fake quant and QAT
+def test_fake_quantize_forward_values_and_straight_through_gradient():
+    x = torch.randn(4, 6, requires_grad=True)
+    y = fake_quantize(x, 4, axis=0)
+    assert torch.allclose(y, dequantize(quantize(x, 4, axis=0)))
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+
+
+def test_fake_quant_linear_simulates_quant_linear():
+    torch.manual_seed(0)
+    linear = nn.Linear(32, 16)
+    x = torch.randn(6, 32)
+    with torch.no_grad():
+        assert torch.allclose(FakeQuantLinear.from_linear(linear, 8, 8)(x), QuantLinear.from_linear(linear)(x), atol=1e-5)
+
+
+def test_qat_recovers_what_2_bit_post_training_quantization_loses():
+    torch.manual_seed(0)
+    x = torch.randn(1024, 16)
+    y = torch.sin(x[:, :8].sum(1, keepdim=True)) + x[:, 8:].pow(2).mean(1, keepdim=True)
+    model = nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 1))
+
+    def train(net, lr, steps):
+        optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            F.mse_loss(net(x), y).backward()
+            optimizer.step()
+        return F.mse_loss(net(x), y).item()
+
+    train(model, 1e-2, 300)
+    qat = prepare_qat(model, weight_bits=2, act_bits=None)
+    assert isinstance(qat[0], FakeQuantLinear) and type(model[0]) is nn.Linear  # a copy
+    post_training = F.mse_loss(qat(x), y).item()
+    assert train(qat, 3e-3, 200) < post_training / 4
+
+
+def test_prepare_qat_errors():
+    with pytest.raises(ValueError, match="bits must be"):
+        prepare_qat(_small_classifier(), weight_bits=1)
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        prepare_qat(nn.Sequential(nn.Tanh()))
