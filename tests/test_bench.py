@@ -278,9 +278,11 @@ def _write_notebook(path, *sources):
 
 
 def test_notebook_budget_measures_time_and_kernel_memory(tmp_path, capsys):
-    # the kernel holds 300 MB for half a second: the sampled peak must see it
+    # the kernel holds 300 MB for half a second, then computes for 1 s of CPU time: the samples must see both
     heavy = _write_notebook(tmp_path / "heavy.ipynb",
-                            "import time\nimport numpy as np\nblock = np.ones(300_000_000 // 8)\ntime.sleep(0.5)")
+                            "import time\nimport numpy as np\nblock = np.ones(300_000_000 // 8)\ntime.sleep(0.5)",
+                            "start = time.process_time()\nwhile time.process_time() - start < 1.0:\n    pass\n"
+                            "time.sleep(0.3)")
     failing = _write_notebook(tmp_path / "failing.ipynb", "raise ValueError('broken cell')")
 
     assert main(["notebooks", str(heavy), str(failing), "--markdown"]) == 1  # the failing one misses
@@ -290,6 +292,7 @@ def test_notebook_budget_measures_time_and_kernel_memory(tmp_path, capsys):
     run = notebook_budgets.run_notebook(heavy)
     assert run.error is None and run.seconds > 0.5
     assert run.peak_bytes > 300e6
+    assert run.cpu_seconds >= 1.0
     assert run.within_budget == (run.seconds <= 90 and run.peak_bytes <= 1.5e9)
 
 

@@ -53,7 +53,8 @@ def notebooks_main(argv: list[str]) -> int:
         except ValueError as error:
             print(error, file=sys.stderr)
             return 2
-        print(f"{path.name}: {runs[-1].seconds:.1f} s, {runs[-1].peak_bytes / 1e6:.0f} MB", file=sys.stderr)
+        print(f"{path.name}: {runs[-1].seconds:.1f} s ({runs[-1].cpu_seconds:.1f} s CPU), "
+              f"{runs[-1].peak_bytes / 1e6:.0f} MB", file=sys.stderr)
     print(notebooks.budget_table(runs, markdown=args.markdown))
     print(f"\nMeasured on: {machine_label()}")
     return 0 if notebooks.course_passed(runs) else 1
