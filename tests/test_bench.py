@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig, BertModel
 
 from minilib import bench
-from minilib.bench import (Comparison, Headline, Timing, attention_flops, compare, encoder_flops, linear_flops,
+from minilib.bench import (Comparison, Timing, attention_flops, compare, encoder_flops, linear_flops,
                            model_size_bytes, param_count, peak_matmul_gflops, peak_memory, time_fn)
 from minilib.bench import headlines as headline_runner
 from minilib.bench import notebooks as notebook_budgets

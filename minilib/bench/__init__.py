@@ -113,7 +113,7 @@ class Comparison:
         return self.timings[self.baseline].median / self.timings[name].median
 
     def rows(self) -> list[tuple[str, str, str, str]]:
-        """(variant, median, spread, ratio) as display strings, baseline first in the given order."""
+        """(variant, median, spread, ratio) as display strings, in the order the variants were given."""
         return [
             (name, _format_seconds(t.median), _format_seconds(t.spread), f"{self.ratio(name):.2f}×")
             for name, t in self.timings.items()
