@@ -1,0 +1,88 @@
+"""Chapter 11's exercise checks pass the reference answers and fail stubs and plausible mistakes."""
+import math
+
+import torch
+import torch.nn.functional as F
+
+from minilib.checks import (check_brevity_penalty, check_clipped_matches, check_lcs_length, check_pareto_points,
+                            check_perplexity_from_logits)
+from minilib.metrics import lcs_length, ngram_counts
+from minilib.picker import Candidate, pareto_front
+
+
+def stub(*args):
+    raise NotImplementedError
+
+
+def test_perplexity_from_logits():
+    assert check_perplexity_from_logits(lambda logits, targets: math.exp(F.cross_entropy(logits, targets).item()))
+    assert check_perplexity_from_logits(lambda logits, targets: torch.exp(F.cross_entropy(logits, targets)))
+    assert not check_perplexity_from_logits(stub)
+    # averaging per-token perplexities instead of log-probabilities
+    assert not check_perplexity_from_logits(
+        lambda logits, targets: torch.exp(F.cross_entropy(logits, targets, reduction="none")).mean())
+    # treating logits as probabilities
+    assert not check_perplexity_from_logits(
+        lambda logits, targets: math.exp(F.nll_loss(torch.log(logits.clamp_min(1e-9)), targets).item()))
+
+
+def clipped_matches(hyp, ref, n):
+    hyp_counts, ref_counts = ngram_counts(hyp, n), ngram_counts(ref, n)
+    return sum(min(c, ref_counts[g]) for g, c in hyp_counts.items()), sum(hyp_counts.values())
+
+
+def test_clipped_matches():
+    assert check_clipped_matches(clipped_matches)
+    assert not check_clipped_matches(stub)
+
+    def unclipped(hyp, ref, n):
+        hyp_counts, ref_counts = ngram_counts(hyp, n), ngram_counts(ref, n)
+        return sum(c for g, c in hyp_counts.items() if g in ref_counts), sum(hyp_counts.values())
+
+    assert not check_clipped_matches(unclipped)
+
+
+def test_brevity_penalty():
+    def brevity_penalty(hyp_len, ref_len):
+        return 1.0 if hyp_len > ref_len else (math.exp(1 - ref_len / hyp_len) if hyp_len else 0.0)
+
+    assert check_brevity_penalty(brevity_penalty)
+    assert not check_brevity_penalty(stub)
+    assert not check_brevity_penalty(lambda c, r: 1.0 if c > r else math.exp(1 - c / r))  # ratio upside down
+
+
+def test_lcs_length():
+    assert check_lcs_length(lcs_length)
+    assert not check_lcs_length(stub)
+
+    def longest_common_substring(a, b):
+        best = 0
+        for i in range(len(a)):
+            for j in range(len(b)):
+                k = 0
+                while i + k < len(a) and j + k < len(b) and a[i + k] == b[j + k]:
+                    k += 1
+                best = max(best, k)
+        return best
+
+    assert not check_lcs_length(longest_common_substring)
+
+
+def test_pareto_points():
+    def pareto_points(points):
+        candidates = [Candidate(str(i), latency, 0.0, accuracy) for i, (latency, accuracy) in enumerate(points)]
+        return [(c.latency_ms, c.accuracy) for c in pareto_front(candidates, use_memory=False)]
+
+    assert check_pareto_points(pareto_points)
+    assert not check_pareto_points(stub)
+
+    def best_so_far_with_ties_dropped(points):  # a plausible sweep that forgets equal points
+        front, best = [], -1.0
+        for latency, accuracy in sorted(set(points)):
+            if accuracy > best:
+                front.append((latency, accuracy))
+                best = accuracy
+        return front
+
+    assert not check_pareto_points(best_so_far_with_ties_dropped)
+    assert not check_pareto_points(lambda points: sorted(points))  # no filtering at all
