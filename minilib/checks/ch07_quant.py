@@ -1,0 +1,80 @@
+"""Checks for chapter 07 (quantization): the symmetric grid, the affine grid, the int8 linear layer, int4 packing."""
+import torch
+
+from minilib.checks import CheckFailed, exercise, expect_close, expect_equal
+from minilib.quant import dequantize, pack_int4, quantize, scale_and_zero_point
+from minilib.quant.int8 import int8_matmul
+
+
+def _pair(got, what):
+    if not isinstance(got, tuple) or len(got) != 2:
+        raise CheckFailed(what, "a tuple of two tensors", type(got).__name__, "return both values: (first, second)")
+    return got
+
+
+@exercise(points=2)
+def check_symmetric_quantize(fn):
+    """fn(x, bits) -> (q, scale): s = max|x| / (2^(b−1) − 1), q = clamp(round(x / s)) as integers."""
+    x = torch.tensor([-1.2, 0.25, 0.5, 2.0])
+    q, scale = _pair(fn(x, 3), "fn(x, 3)")
+    expect_close("scale for x = [−1.2, 0.25, 0.5, 2], 3 bits (grid −3 … 3)", torch.as_tensor(scale).float(),
+                 torch.tensor(2.0 / 3), hint="s = max|x| / (2^(bits−1) − 1): the largest |x| lands on the last level")
+    expect_close("q for x = [−1.2, 0.25, 0.5, 2], 3 bits", q, torch.tensor([-2, 0, 1, 3]),
+                 hint="q = round(x / s), e.g. −1.2 / (2/3) = −1.8 → −2")
+    generator = torch.Generator().manual_seed(7)
+    for bits in (2, 4, 8):
+        x = torch.randn(50, generator=generator) * 3
+        q, scale = _pair(fn(x, bits), f"fn(x, {bits})")
+        reference = quantize(x, bits, symmetric=True)
+        expect_close(f"q for 50 random values, {bits} bits, against minilib.quant.quantize", q, reference.q.float(),
+                     hint="keep q inside [−(2^(bits−1) − 1), 2^(bits−1) − 1]")
+        expect_close(f"round trip s·q for {bits} bits", torch.as_tensor(scale).float() * q.float(), dequantize(reference))
+
+
+@exercise(points=2)
+def check_affine_params(fn):
+    """fn(lo, hi, bits) -> (scale, zero_point) for the unsigned grid 0 … 2^b − 1 that covers [lo, hi] and 0."""
+    scale, zero_point = _pair(fn(torch.tensor(-1.0), torch.tensor(3.0), 2), "fn(-1, 3, 2)")
+    expect_close("scale for [lo, hi] = [−1, 3], 2 bits (levels 0, 1, 2, 3)", torch.as_tensor(scale).float(),
+                 torch.tensor(4.0 / 3), hint="s = (hi − lo) / (2^bits − 1)")
+    expect_close("zero point for [−1, 3], 2 bits", torch.as_tensor(zero_point).float(), torch.tensor(1.0),
+                 hint="z = round(−lo / s): the integer that stands for 0.0")
+    for lo, hi, bits in [(-0.3, 5.0, 8), (0.5, 2.0, 4), (-4.0, -1.0, 8)]:
+        scale, zero_point = _pair(fn(torch.tensor(lo), torch.tensor(hi), bits), f"fn({lo}, {hi}, {bits})")
+        ref_scale, ref_zero = scale_and_zero_point(torch.tensor(lo), torch.tensor(hi), bits, symmetric=False)
+        expect_close(f"scale for [{lo}, {hi}], {bits} bits", torch.as_tensor(scale).float(), ref_scale,
+                     hint="widen the range to contain 0 first: lo = min(lo, 0), hi = max(hi, 0)")
+        expect_close(f"zero point for [{lo}, {hi}], {bits} bits", torch.as_tensor(zero_point).float(), ref_zero.float(),
+                     hint="z = round(−lo / s), with lo already widened to contain 0")
+
+
+@exercise(points=3)
+def check_int8_linear(fn):
+    """fn(x_q, x_scale, w_q, w_scale, bias) -> y = (x_q W_qᵀ) · s_x · s_w + b, with an integer matmul."""
+    x_q = torch.tensor([[1, -2], [3, 4]], dtype=torch.int8)
+    w_q = torch.tensor([[2, 0], [1, 1], [0, -1]], dtype=torch.int8)
+    x_scale, w_scale, bias = torch.tensor([[0.5], [2.0]]), torch.tensor([1.0, 0.1, 10.0]), torch.tensor([0.0, 1.0, 0.0])
+    expected = torch.tensor([[1.0, 0.95, 10.0], [12.0, 2.4, -80.0]])
+    got = fn(x_q, x_scale, w_q, w_scale, bias)
+    expect_close("hand case: x_q [[1, −2], [3, 4]], w_q [[2, 0], [1, 1], [0, −1]]", got, expected,
+                 hint="integer sums x_q @ w_q.T first, then multiply row m by x_scale[m] and column n by w_scale[n], then add b")
+    generator = torch.Generator().manual_seed(7)
+    x_q = torch.randint(-127, 128, (9, 64), generator=generator, dtype=torch.int8)
+    w_q = torch.randint(-127, 128, (5, 64), generator=generator, dtype=torch.int8)
+    x_scale, w_scale, bias = torch.rand(9, 1, generator=generator), torch.rand(5, generator=generator), torch.randn(5, generator=generator)
+    reference = int8_matmul(x_q, w_q.t()).double() * x_scale.double() * w_scale.double() + bias.double()
+    expect_close("random (9, 64) int8 activations × (5, 64) int8 weights", fn(x_q, x_scale, w_q, w_scale, bias).double(),
+                 reference, rtol=1e-5, hint="int8 values overflow int8 arithmetic: multiply as int32 (torch._int_mm) or "
+                                            "convert to a wider type before the matmul")
+
+
+@exercise(points=2)
+def check_pack_nibbles(fn):
+    """fn(codes (..., n) in [0, 15]) -> (..., n/2) uint8 with the even column in the low nibble."""
+    got = fn(torch.tensor([1, 2, 15, 0], dtype=torch.uint8))
+    expect_equal("dtype", getattr(got, "dtype", type(got)), torch.uint8, hint="return uint8 bytes")
+    expect_equal("fn([1, 2, 15, 0])", got.tolist(), [0x21, 0x0F],
+                 hint="byte = even | (odd << 4): 1 | (2 << 4) = 0x21 = 33")
+    codes = torch.randint(0, 16, (3, 8), generator=torch.Generator().manual_seed(7), dtype=torch.uint8)
+    expect_equal("random (3, 8) codes", fn(codes).tolist(), pack_int4(codes).tolist(),
+                 hint="pair columns 0-1, 2-3, ... of each row: codes[..., 0::2] and codes[..., 1::2]")

@@ -1,0 +1,84 @@
+"""The chapter's experiment on the real MiniLM: fp32 vs ``minilib`` int8 vs PyTorch's ``quantize_dynamic`` vs int4.
+
+Shared by the notebook and ``python -m minilib.bench quant`` so that both measure the same thing:
+size in MB, latency (median, ratios measured interleaved in one run), and output fidelity (cosine
+similarity of sentence embeddings to fp32's, on real English sentences).
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn as nn
+
+from minilib.bench import Comparison, compare, model_size_bytes
+from minilib.quant.int4 import Int4Linear
+from minilib.quant.int8 import QuantLinear
+from minilib.quant.model import quantize_model
+
+FP32, TORCH_AO, INT8, INT8_COMPILED, INT4 = ("fp32", "torch.ao dynamic int8", "minilib int8",
+                                             "minilib int8 + compile", "minilib int4 weights")
+
+
+def real_sentences(n: int = 64, min_words: int = 6, max_words: int = 40) -> list[str]:
+    """``n`` English sentences from Python's own documentation prose (``minilib.data.lm_text``), in order."""
+    from minilib.data import lm_text
+
+    sentences = []
+    for sentence in re.split(r"(?<=[.!?])\s+", " ".join(lm_text().split())):
+        if min_words <= len(sentence.split()) <= max_words and sentence[0].isupper():
+            sentences.append(sentence)
+            if len(sentences) == n:
+                return sentences
+    raise ValueError(f"lm_text() has only {len(sentences)} sentences of {min_words}-{max_words} words, asked for {n}")
+
+
+def torch_ao_dynamic(model: nn.Module) -> nn.Module:
+    """PyTorch's reference: ``torch.ao.quantization.quantize_dynamic`` (int8 per-tensor weights and activations)."""
+    import warnings
+
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao; still the reference here
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+
+
+def quantized_variants(model: nn.Module, compiled: bool = False, skip=()) -> dict[str, nn.Module]:
+    """The float model and its quantized versions, all in eval mode. ``compiled`` adds the torch.compile int8 path."""
+    variants = {FP32: model.eval(), TORCH_AO: torch_ao_dynamic(model).eval(),
+                INT8: quantize_model(model, bits=8, skip=skip).eval()}
+    if compiled:
+        variants[INT8_COMPILED] = quantize_model(model, bits=8, skip=skip, compiled=True).eval()
+    variants[INT4] = quantize_model(model, bits=4, skip=skip).eval()
+    return variants
+
+
+def linear_weight_bytes(model: nn.Module) -> int:
+    """Bytes held by the model's linear layers (float, int8 or int4; each layer counted once)."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, QuantLinear, Int4Linear))]
+    return sum(model_size_bytes(m) for m in layers)
+
+
+def sizes_mb(variants: dict[str, nn.Module]) -> dict[str, float]:
+    """Whole-model size in MB (weights, buffers and packed integers at their real size)."""
+    return {name: model_size_bytes(m) / 1e6 for name, m in variants.items()}
+
+
+def embedding_cosines(variants: dict[str, nn.Module], tokenizer, sentences: list[str]) -> dict[str, torch.Tensor]:
+    """Per sentence, cosine similarity of each variant's sentence embedding to the fp32 one: ``(n_sentences,)``."""
+    from minilib.hf import sentence_embeddings
+
+    reference = sentence_embeddings(variants[FP32], tokenizer, sentences)
+    return {name: (sentence_embeddings(m, tokenizer, sentences) * reference).sum(-1)
+            for name, m in variants.items() if name != FP32}
+
+
+def latency(variants: dict[str, nn.Module], batch: int = 32, seq: int = 128, warmup: int = 1, repeats: int = 5,
+            vocab_size: int = 30522) -> Comparison:
+    """Interleaved timing of one forward pass on ``(batch, seq)`` random token ids; ratios against fp32."""
+    ids = torch.randint(1000, vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        for model in variants.values():  # first call: lazy initialisation (and compilation) outside the timing
+            model(input_ids=ids, attention_mask=mask)
+        return compare({name: (lambda m=m: m(input_ids=ids, attention_mask=mask)) for name, m in variants.items()},
+                       baseline=FP32, warmup=warmup, repeats=repeats)

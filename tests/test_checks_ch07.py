@@ -1,0 +1,61 @@
+"""Chapter 07's exercise checks pass the reference answers and fail stubs and plausible mistakes."""
+import torch
+
+from minilib.checks import check_affine_params, check_int8_linear, check_pack_nibbles, check_symmetric_quantize
+
+
+def stub(*args):
+    raise NotImplementedError
+
+
+def symmetric(x, bits, clamp=True, levels=None):
+    q_max = 2 ** (bits - 1) - 1 if levels is None else levels
+    scale = x.abs().max() / q_max
+    q = torch.round(x / scale)
+    return (q.clamp(-q_max, q_max) if clamp else q), scale
+
+
+def test_symmetric_quantize():
+    assert check_symmetric_quantize(symmetric)
+    assert not check_symmetric_quantize(stub)
+    assert not check_symmetric_quantize(lambda x, bits: symmetric(x, bits, levels=2 ** bits - 1))    # unsigned level count
+    assert not check_symmetric_quantize(lambda x, bits: (torch.trunc(x / symmetric(x, bits)[1]), symmetric(x, bits)[1]))  # truncates
+    assert not check_symmetric_quantize(lambda x, bits: symmetric(x, bits)[0])                       # forgets the scale
+
+
+def affine(lo, hi, bits, widen=True):
+    if widen:
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+    scale = (hi - lo) / (2 ** bits - 1)
+    return scale, torch.round(-lo / scale)
+
+
+def test_affine_params():
+    assert check_affine_params(affine)
+    assert not check_affine_params(stub)
+    assert not check_affine_params(lambda lo, hi, bits: affine(lo, hi, bits, widen=False))          # 0 not representable
+    assert not check_affine_params(lambda lo, hi, bits: ((hi - lo) / 2 ** bits, affine(lo, hi, bits)[1]))  # 2^b steps
+
+
+def int8_linear(x_q, x_scale, w_q, w_scale, bias):
+    acc = torch._int_mm(x_q, w_q.t()) if x_q.shape[0] > 16 else (x_q.int() @ w_q.int().t())
+    return acc.float() * x_scale * w_scale + bias
+
+
+def test_int8_linear():
+    assert check_int8_linear(int8_linear)
+    assert not check_int8_linear(stub)
+    assert not check_int8_linear(lambda x_q, x_scale, w_q, w_scale, bias: (x_q @ w_q.t()).float() * x_scale * w_scale + bias)  # int8 overflow
+    assert not check_int8_linear(lambda x_q, x_scale, w_q, w_scale, bias: int8_linear(x_q, x_scale, w_q, w_scale, bias) - bias)  # no bias
+    assert not check_int8_linear(lambda x_q, x_scale, w_q, w_scale, bias: int8_linear(x_q, x_scale.T[:, :1], w_q, w_scale, bias))  # one scale
+
+
+def pack(codes):
+    return codes[..., 0::2] | (codes[..., 1::2] << 4)
+
+
+def test_pack_nibbles():
+    assert check_pack_nibbles(pack)
+    assert not check_pack_nibbles(stub)
+    assert not check_pack_nibbles(lambda codes: (codes[..., 0::2] << 4) | codes[..., 1::2])          # nibbles swapped
+    assert not check_pack_nibbles(lambda codes: (codes[..., 0::2] | (codes[..., 1::2] << 4)).int())  # not uint8
