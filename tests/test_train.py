@@ -1,0 +1,210 @@
+"""The fit loop and its parts: schedule, clipping, weight decay, losses and metrics, on tiny tasks."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from minilib.train import (accuracy, classification_loss, evaluate, fit, lm_loss, lr_multiplier,
+                           make_optimizer, predict_logits, seq2seq_loss, set_seed, trim_padding)
+
+
+class BagOfWords(nn.Module):
+    """Mean of token embeddings over the real tokens, then a linear layer: (batch, seq) -> (batch, 2)."""
+
+    def __init__(self, vocab=20, dim=16):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.head = nn.Linear(dim, 2)
+
+    def forward(self, input_ids, attention_mask):
+        weights = attention_mask.unsqueeze(-1).float()
+        return self.head((self.embed(input_ids) * weights).sum(1) / weights.sum(1))
+
+
+def contains_five(n, seed):
+    """Label 1 when token 5 occurs among a row's real (unpadded) tokens; rows padded on the right with 0."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 20, (n, 8), generator=g)
+    lengths = torch.randint(3, 9, (n,), generator=g)
+    mask = (torch.arange(8) < lengths[:, None]).long()
+    ids = ids * mask
+    labels = ((ids == 5) & mask.bool()).any(1).long()
+    return TensorDataset(ids, mask, labels)
+
+
+@pytest.fixture(scope="module")
+def task():
+    return contains_five(512, seed=0), contains_five(256, seed=1)
+
+
+def test_set_seed_repeats_random_draws():
+    set_seed(3)
+    a = torch.randn(4), torch.rand(1).item()
+    set_seed(3)
+    assert torch.equal(a[0], torch.randn(4)) and a[1] == torch.rand(1).item()
+
+
+def test_fit_lowers_the_loss_and_learns_the_task(task):
+    train, val = task
+    model = BagOfWords()
+    before = accuracy(model, val)
+    history = fit(model, train, val, epochs=8, batch_size=32, lr=3e-2, progress=False)
+    steps_per_epoch = math.ceil(len(train) / 32)
+    assert len(history.losses) == len(history.lrs) == len(history.grad_norms) == 8 * steps_per_epoch
+    first, last = history.losses[:steps_per_epoch], history.losses[-steps_per_epoch:]
+    assert sum(last) / len(last) < 0.5 * sum(first) / len(first)
+    assert [v["epoch"] for v in history.val] == list(range(1, 9))
+    assert history.val[-1]["accuracy"] > 0.9 > before
+    assert history.val[-1]["loss"] < history.val[0]["loss"]
+    assert not model.training
+
+
+def test_fit_is_repeatable_with_the_same_seed(task):
+    train, _ = task
+    runs = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(7)  # the same initial weights each time
+        runs.append(fit(BagOfWords(), train, epochs=1, seed=seed, progress=False).losses)
+    assert runs[0] == runs[1] and runs[0] != runs[2]  # the seed decides the batch order
+
+
+def test_learning_rates_follow_warmup_then_cosine(task):
+    train, _ = task
+    history = fit(BagOfWords(), train, epochs=4, batch_size=32, lr=0.01, warmup=0.25, progress=False)
+    total, warm = len(history.lrs), round(0.25 * len(history.lrs))
+    expected = [0.01 * lr_multiplier(s, total, warm) for s in range(total)]
+    assert history.lrs == pytest.approx(expected)
+    assert history.lrs[warm - 1] == pytest.approx(0.01)  # the peak, reached at the end of warm-up
+    assert all(a < b for a, b in zip(history.lrs[:warm - 1], history.lrs[1:warm]))  # rising before it
+    assert all(a >= b for a, b in zip(history.lrs[warm - 1:], history.lrs[warm:]))  # only falling after it
+
+
+def test_lr_multiplier_shapes():
+    total, warm = 100, 10
+    assert lr_multiplier(0, total, warm) == pytest.approx(0.1)
+    assert lr_multiplier(9, total, warm) == pytest.approx(1.0)
+    assert lr_multiplier(10, total, warm, "cosine") == pytest.approx(1.0)
+    assert lr_multiplier(55, total, warm, "cosine") == pytest.approx(0.5)  # halfway through the decay
+    assert lr_multiplier(55, total, warm, "linear") == pytest.approx(0.5)
+    assert lr_multiplier(32, total, warm, "cosine") > lr_multiplier(32, total, warm, "linear")  # cosine stays high longer
+    assert lr_multiplier(100, total, warm, "cosine") == pytest.approx(0.0, abs=1e-12)
+    assert lr_multiplier(80, total, warm, "constant") == 1.0
+    assert lr_multiplier(0, total, 0) == 1.0  # no warm-up: start at the peak
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        lr_multiplier(0, total, warm, "step")
+
+
+def test_gradients_are_clipped_before_each_step(task):
+    train, _ = task
+    norms_at_step = []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms_at_step.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        clipped = fit(BagOfWords(), train, epochs=1, lr=1e-3, clip_grad=0.05, progress=False)
+        at_clipped = list(norms_at_step)
+        norms_at_step.clear()
+        free = fit(BagOfWords(), train, epochs=1, lr=1e-3, clip_grad=None, progress=False)
+    finally:
+        handle.remove()
+    assert max(clipped.grad_norms) > 0.05  # the raw gradients were larger than the limit ...
+    assert max(at_clipped) <= 0.05 * 1.001  # ... but the optimiser only saw clipped ones
+    assert norms_at_step == pytest.approx(free.grad_norms, rel=1e-4)  # clip_grad=None leaves them alone
+
+
+def test_weight_decay_skips_biases_and_norms():
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    decayed, plain = make_optimizer(model, lr=1e-3, weight_decay=0.1).param_groups
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert [p.shape for p in decayed["params"]] == [torch.Size([4, 4])]
+    assert len(plain["params"]) == 3  # linear bias, LayerNorm weight and bias
+
+
+def test_frozen_parameters_are_not_trained(task):
+    train, _ = task
+    model = BagOfWords()
+    model.embed.weight.requires_grad_(False)
+    frozen = model.embed.weight.clone()
+    fit(model, train, epochs=1, progress=False)
+    assert torch.equal(model.embed.weight, frozen)
+
+
+def test_bad_fit_arguments_are_named(task):
+    train, _ = task
+    model = BagOfWords()
+    for kwargs, message in [({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch_size"), ({"lr": 0}, "lr"),
+                            ({"warmup": 1.5}, "warmup"), ({"clip_grad": -1.0}, "clip_grad"),
+                            ({"schedule": "step"}, "schedule")]:
+        with pytest.raises(ValueError, match=message):
+            fit(model, train, progress=False, **kwargs)
+    with pytest.raises(ValueError, match="non-empty dataset"):
+        fit(model, TensorDataset(torch.zeros(0, 3)), progress=False)
+
+
+def test_trim_padding_keeps_the_longest_row():
+    ids = torch.tensor([[5, 6, 0, 0], [7, 0, 0, 0]])
+    mask = (ids != 0).long()
+    trimmed_ids, trimmed_mask = trim_padding(ids, mask)
+    assert trimmed_ids.tolist() == [[5, 6], [7, 0]] and trimmed_mask.tolist() == [[1, 1], [1, 0]]
+
+
+def test_predict_logits_accuracy_and_evaluate_agree_with_a_direct_computation(task):
+    _, val = task
+    model = BagOfWords().train()
+    logits = predict_logits(model, val, batch_size=50)
+    assert model.training  # restored
+    ids, mask, labels = val.tensors
+    model.eval()
+    with torch.no_grad():
+        direct = model(ids, mask)
+    assert torch.allclose(logits, direct, atol=1e-6)
+    expected_accuracy = (direct.argmax(1) == labels).float().mean().item()
+    assert accuracy(model, val) == pytest.approx(expected_accuracy)
+    results = evaluate(model, val, loss_fn=classification_loss, batch_size=100)
+    assert results["accuracy"] == pytest.approx(expected_accuracy)
+    assert results["loss"] == pytest.approx(F.cross_entropy(direct, labels).item(), rel=1e-5)
+    assert evaluate(model, val, metric_fn=None) == {}
+
+
+class FixedLogits(nn.Module):
+    """Returns stored logits whatever the input: lets a test compute a loss by hand."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = nn.Parameter(logits)
+        self.seen = None
+
+    def forward(self, *args, **kwargs):
+        self.seen = (args, kwargs)
+        return self.logits
+
+
+def test_seq2seq_loss_shifts_targets_and_ignores_padding():
+    torch.manual_seed(0)
+    src = torch.tensor([[4, 5, 2, 0], [6, 2, 0, 0]])
+    tgt = torch.tensor([[1, 7, 8, 2], [1, 9, 2, 0]])  # <bos> y... <eos> <pad>
+    logits = torch.randn(2, 3, 10)
+    model = FixedLogits(logits)
+    loss = seq2seq_loss(model, (src, tgt))
+    (seen_src, seen_tgt_in), kwargs = model.seen
+    assert seen_tgt_in.tolist() == [[1, 7, 8], [1, 9, 2]]
+    assert kwargs["src_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 0, 0]]
+    # the five real target positions: 7 8 <eos> | 9 <eos>
+    picked = torch.stack([logits[0, 0], logits[0, 1], logits[0, 2], logits[1, 0], logits[1, 1]])
+    assert loss.item() == pytest.approx(F.cross_entropy(picked, torch.tensor([7, 8, 2, 9, 2])).item())
+
+
+def test_lm_loss_is_next_token_cross_entropy():
+    logits = torch.randn(2, 3, 5)
+    targets = torch.tensor([[1, 2, 3], [4, 0, 1]])
+    loss = lm_loss(FixedLogits(logits), (torch.zeros(2, 3, dtype=torch.long), targets))
+    manual = -torch.log_softmax(logits, -1).gather(-1, targets[..., None]).mean()
+    assert loss.item() == pytest.approx(manual.item(), rel=1e-6)
+
