@@ -1,0 +1,81 @@
+"""Checks for chapter 03 (the Transformer): sinusoidal positions, a pre-norm residual block, the warm-up
+schedule and gradient clipping by global norm."""
+import math
+
+import torch
+from torch import nn
+
+from minilib.checks import CheckFailed, exercise, expect_close, expect_equal
+from minilib.train import lr_multiplier
+from minilib.transformer import SinusoidalPositions
+
+
+@exercise(points=2)
+def check_sinusoidal_positions(fn):
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)), as a (max_len, d) table."""
+    expect_close("position 0 of a (4, 4) table: sin 0 = 0 in even columns, cos 0 = 1 in odd ones", fn(4, 4)[0],
+                 torch.tensor([0.0, 1.0, 0.0, 1.0]), hint="even columns use sin, odd columns cos")
+    expect_close("position 1, d = 4: columns sin(1), cos(1), sin(1/100), cos(1/100)", fn(4, 4)[1],
+                 torch.tensor([math.sin(1), math.cos(1), math.sin(0.01), math.cos(0.01)]),
+                 hint="columns 2i and 2i+1 share the frequency 1 / 10000^(2i/d); here 2i/d = 2/4 for the second pair")
+    for max_len, d in [(50, 16), (7, 6)]:
+        expect_close(f"the ({max_len}, {d}) table against minilib.transformer.SinusoidalPositions", fn(max_len, d),
+                     SinusoidalPositions(max_len, d).table, atol=1e-5)
+
+
+@exercise(points=1)
+def check_pre_norm_residual(fn):
+    """Pre-norm (GPT-2): x + sublayer(norm(x)), so the residual path carries x untouched."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 5, 8, generator=generator) * 3 + 1
+    norm, sublayer = nn.LayerNorm(8), nn.Linear(8, 8)
+    with torch.no_grad():
+        sublayer.weight.copy_(torch.randn(8, 8, generator=generator))
+        got = fn(x, sublayer, norm)
+        expect_close("a LayerNorm and a Linear sublayer on x (2, 5, 8)", got, x + sublayer(norm(x)),
+                     hint="normalise the sublayer's input, not the sum: x + sublayer(norm(x))")
+        zero = nn.Linear(8, 8)
+        nn.init.zeros_(zero.weight)
+        nn.init.zeros_(zero.bias)
+        expect_close("with a sublayer that outputs 0 the block must return x itself", fn(x, zero, norm), x,
+                     hint="the residual path is the identity; the LayerNorm sits on the branch")
+
+
+@exercise(points=2)
+def check_warmup_linear(fn):
+    """Linear warm-up to the peak over warmup_steps, then linear decay to 0 at total_steps (a multiplier of lr)."""
+    total, warmup = 20, 4
+    got = torch.tensor([float(fn(step, total, warmup)) for step in range(total + 1)])
+    expected = torch.tensor([lr_multiplier(step, total, warmup, "linear") for step in range(total + 1)])
+    expect_close("the first steps: (step + 1) / warmup_steps", got[:warmup], expected[:warmup],
+                 hint="step is 0-based: the first update already uses 1 / warmup_steps of the peak, not 0")
+    expect_close(f"all steps 0…{total} with total_steps={total}, warmup_steps={warmup}", got, expected,
+                 hint="after warm-up, progress p = (step − warmup) / (total − warmup) and the multiplier is 1 − p")
+    expect_close("no warm-up (warmup_steps=0): start at the peak", torch.tensor([float(fn(0, 10, 0))]),
+                 torch.tensor([1.0]), hint="with warmup_steps = 0 skip the warm-up branch (no division by 0)")
+
+
+@exercise(points=2)
+def check_clip_by_global_norm(fn):
+    """Scale all gradients by one factor max_norm / ‖g‖ when their global L2 norm ‖g‖ exceeds max_norm."""
+    small = [torch.tensor([0.3, 0.4])]
+    got = fn([g.clone() for g in small], 1.0)
+    if not isinstance(got, (list, tuple)) or len(got) != 1:
+        raise CheckFailed("the return value", "a list with one tensor per gradient", repr(got))
+    expect_close("a gradient of norm 0.5 with max_norm=1: unchanged", got[0], small[0],
+                 hint="only scale when the norm is larger than max_norm")
+    grads = [torch.tensor([3.0, 0.0]), torch.tensor([[0.0], [4.0]])]  # global norm √(9 + 16) = 5
+    got = fn([g.clone() for g in grads], 1.0)
+    expect_equal("number of tensors returned", len(got), 2)
+    expect_close("gradients [3, 0] and [[0], [4]] (global norm 5) with max_norm=1: first", got[0],
+                 torch.tensor([0.6, 0.0]), hint="one factor for all tensors: max_norm / global norm = 1/5")
+    expect_close("… second", got[1], torch.tensor([[0.0], [0.8]]),
+                 hint="the global norm is √(Σ over all tensors of Σ g²), not each tensor's own norm")
+    generator = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    model(torch.randn(4, 6, generator=generator)).pow(2).sum().backward()
+    got = fn([p.grad.clone() for p in model.parameters()], 0.1)
+    nn.utils.clip_grad_norm_(model.parameters(), 0.1)  # the reference clips the real gradients in place
+    for (name, p), mine in zip(model.named_parameters(), got):
+        expect_close(f"a small network's gradient {name} against torch.nn.utils.clip_grad_norm_", mine, p.grad,
+                     atol=1e-6)

@@ -1,0 +1,152 @@
+"""Expensive artefacts shared by chapters, built once and cached on disk.
+
+``sentiment_teacher()`` is the fine-tuned MiniLM that chapters 06 (distillation), 07 (quantization),
+08 (pruning) and 12 (capstone) compress. Its tokenizer is MiniLM's: ``minilib.hf.load_minilm()[1]``.
+
+The cache lives in ``cache_dir()`` (``<repo>/data/cache``, or ``$MINILIB_CACHE``). Files are named
+``<name>-<version>.pt``: changing a recipe means bumping its version, and the stale file is replaced.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from .train import accuracy, fit, set_seed
+from .transformer import Classifier, Encoder, mean_pool, padding_mask
+
+TEACHER_VERSION = "v1"
+
+
+def cache_dir() -> Path:
+    """The folder for cached artefacts (created if missing): ``$MINILIB_CACHE`` or ``<repo>/data/cache``."""
+    path = Path(os.environ.get("MINILIB_CACHE") or Path(__file__).resolve().parents[1] / "data" / "cache")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cached_model(name: str, version: str, skeleton: Callable[[], nn.Module],
+                 build: Callable[[nn.Module], None]) -> nn.Module:
+    """``skeleton()`` with the weights cached as ``<name>-<version>.pt``, or, the first time, with ``build`` run on it.
+
+    ``build(model)`` trains the fresh skeleton in place; its state dict is then saved. A cache file
+    that cannot be read or does not fit the skeleton is rebuilt; other versions of ``name`` are removed.
+    """
+    path = cache_dir() / f"{name}-{version}.pt"
+    model = skeleton()
+    if path.exists():
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            return model.eval()
+        except (RuntimeError, EOFError, OSError, KeyError, pickle.UnpicklingError) as error:
+            warnings.warn(f"the cached {path.name} is unreadable ({type(error).__name__}); building it again")
+            model = skeleton()
+    build(model)
+    model.cpu()
+    partial = path.with_suffix(".partial")  # write, then rename: an interrupted save never looks complete
+    torch.save(model.state_dict(), partial)
+    os.replace(partial, path)
+    for stale in cache_dir().glob(f"{name}-*.pt"):
+        if stale != path:
+            stale.unlink()
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------------------
+# The sentiment teacher: MiniLM fine-tuned on minilib.data's sentiment task
+# ------------------------------------------------------------------------------------------------
+
+class TopLayers(nn.Module):
+    """The last layers and the head of a :class:`Classifier`, fed with hidden states instead of token ids.
+
+    forward(hidden ``(batch, seq, d_model)`` = the output of the frozen lower layers, attention_mask
+    ``(batch, seq)``) -> logits ``(batch, n_classes)``. Shares its modules with the classifier, so
+    training it trains the classifier.
+    """
+
+    def __init__(self, classifier: Classifier, first_layer: int):
+        super().__init__()
+        self.layers = classifier.encoder.layers[first_layer:]
+        self.dropout, self.head = classifier.dropout, classifier.head
+
+    def forward(self, hidden, attention_mask):
+        mask = padding_mask(attention_mask)
+        for layer in self.layers:
+            hidden, _ = layer(hidden, attn_mask=mask)
+        return self.head(self.dropout(mean_pool(hidden, attention_mask)))
+
+
+@torch.no_grad()
+def lower_layer_features(encoder: Encoder, n_layers: int, data: TensorDataset, batch_size: int = 256) -> TensorDataset:
+    """Run the embeddings and the first ``n_layers`` layers once over ``data`` = (input_ids, attention_mask, labels).
+
+    Returns ``TensorDataset(hidden (n, seq, d_model), attention_mask, labels)``. Sentences are batched
+    by length so that little time goes into padding.
+    """
+    input_ids, attention_mask, labels = data.tensors
+    hidden = torch.zeros(*input_ids.shape, encoder.config.d_model)
+    by_length = attention_mask.sum(dim=1).argsort()
+    encoder.eval()
+    for start in range(0, len(by_length), batch_size):
+        rows = by_length[start:start + batch_size]
+        width = int(attention_mask[rows].sum(dim=1).max())
+        mask = attention_mask[rows, :width]
+        x = encoder.embeddings(input_ids[rows, :width])
+        for layer in encoder.layers[:n_layers]:
+            x, _ = layer(x, attn_mask=padding_mask(mask))
+        hidden[rows, :width] = x
+    return TensorDataset(hidden, attention_mask, labels)
+
+
+def fine_tune_top(classifier: Classifier, train: TensorDataset, val: TensorDataset | None = None,
+                  n_trainable: int = 1, **fit_kwargs):
+    """Fine-tune only the last ``n_trainable`` encoder layers and the head; the rest stays as pretrained.
+
+    The frozen lower layers are run once over the data (:func:`lower_layer_features`) instead of once
+    per step, which makes fine-tuning several times faster. Returns ``fit``'s History.
+    """
+    first_trainable = len(classifier.encoder.layers) - n_trainable
+    top = TopLayers(classifier, first_trainable)
+    for p in classifier.parameters():
+        p.requires_grad_(False)
+    for p in top.parameters():
+        p.requires_grad_(True)
+    features = [None if d is None else lower_layer_features(classifier.encoder, first_trainable, d)
+                for d in (train, val)]
+    history = fit(top, *features, **fit_kwargs)
+    for p in classifier.parameters():
+        p.requires_grad_(True)
+    return history
+
+
+def _train_teacher(classifier: Classifier, tokenizer) -> None:
+    from .data import sentiment_dataset
+    splits = sentiment_dataset(tokenizer)
+    fine_tune_top(classifier, splits.train, n_trainable=1, epochs=2, lr=3e-4, batch_size=32,
+                  desc="fine-tuning the sentiment teacher (once; then cached)")
+    classifier.cpu().eval()
+    print(f"sentiment teacher: test accuracy {accuracy(classifier, splits.test):.3f}, cached in {cache_dir()}")
+
+
+def sentiment_teacher() -> Classifier:
+    """MiniLM (a ``minilib`` :class:`Encoder` with its pretrained weights) fine-tuned on the sentiment task.
+
+    The first call fine-tunes the top layer and the head (under a minute on a laptop CPU) and caches
+    the weights; later calls load them. Returns the classifier in eval mode on CPU.
+    Its tokenizer: ``minilib.hf.load_minilm()[1]``; its data: ``minilib.data.sentiment_dataset()``.
+    """
+    from .hf import encoder_from_hf, load_minilm
+    bert, tokenizer = load_minilm()
+
+    def minilm_classifier():
+        set_seed(0)  # the head's initial weights
+        return Classifier(encoder_from_hf(bert), n_classes=2)
+
+    return cached_model("sentiment_teacher", TEACHER_VERSION, minilm_classifier,
+                        lambda classifier: _train_teacher(classifier, tokenizer))

@@ -1,0 +1,140 @@
+"""The cache of expensive artefacts, and the fast top-layer fine-tuning behind the sentiment teacher."""
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from minilib import zoo
+from minilib.transformer import Classifier, Encoder, TransformerConfig
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINILIB_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_cache_dir_follows_the_environment(private_cache):
+    assert zoo.cache_dir() == private_cache and private_cache.is_dir()
+
+
+class Builds:
+    """A stand-in recipe: a tiny linear model whose 'training' sets known weights, counting the builds."""
+
+    def __init__(self, value=1.0):
+        self.value, self.count = value, 0
+
+    def skeleton(self):
+        return nn.Linear(3, 2)
+
+    def build(self, model):
+        self.count += 1
+        nn.init.constant_(model.weight, self.value)
+
+
+def test_cached_model_builds_once_then_loads():
+    recipe = Builds(0.5)
+    first = zoo.cached_model("toy", "v1", recipe.skeleton, recipe.build)
+    second = zoo.cached_model("toy", "v1", recipe.skeleton, recipe.build)
+    assert recipe.count == 1
+    assert torch.equal(first.weight, second.weight) and torch.equal(first.bias, second.bias)
+    assert (second.weight == 0.5).all() and not second.training
+
+
+def test_a_new_version_replaces_the_stale_file(private_cache):
+    zoo.cached_model("toy", "v1", Builds().skeleton, Builds().build)
+    recipe = Builds(2.0)
+    model = zoo.cached_model("toy", "v2", recipe.skeleton, recipe.build)
+    assert recipe.count == 1 and (model.weight == 2.0).all()
+    assert sorted(p.name for p in private_cache.iterdir()) == ["toy-v2.pt"]
+
+
+@pytest.mark.parametrize("damage", [b"not a checkpoint", b""])
+def test_a_corrupt_cache_is_rebuilt(private_cache, damage):
+    recipe = Builds(0.25)
+    zoo.cached_model("toy", "v1", recipe.skeleton, recipe.build)
+    (private_cache / "toy-v1.pt").write_bytes(damage)
+    with pytest.warns(UserWarning, match="unreadable"):
+        model = zoo.cached_model("toy", "v1", recipe.skeleton, recipe.build)
+    assert recipe.count == 2 and (model.weight == 0.25).all()
+    zoo.cached_model("toy", "v1", recipe.skeleton, recipe.build)
+    assert recipe.count == 2  # the rebuilt file loads
+
+
+def test_a_cache_that_does_not_fit_the_model_is_rebuilt():
+    zoo.cached_model("toy", "v1", lambda: nn.Linear(5, 2), Builds().build)
+    recipe = Builds(3.0)
+    with pytest.warns(UserWarning, match="unreadable"):
+        model = zoo.cached_model("toy", "v1", recipe.skeleton, recipe.build)
+    assert recipe.count == 1 and model.weight.shape == (2, 3)
+
+
+# ---------------------------------------------------------------------------------------------- top-layer fine-tuning
+
+def tiny_classifier(seed=0):
+    torch.manual_seed(seed)
+    config = TransformerConfig(vocab_size=30, d_model=32, n_heads=4, n_layers=3, d_ff=64, max_len=16, dropout=0.0)
+    return Classifier(Encoder(config), n_classes=2, dropout=0.0)
+
+
+def tiny_task(n=256, seed=0):
+    """Label 1 when token 7 comes before token 8 (order matters: attention is needed)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 30, (n, 10), generator=g)
+    lengths = torch.randint(5, 11, (n,), generator=g)
+    mask = (torch.arange(10) < lengths[:, None]).long()
+    ids = ids * mask
+    first_seven = torch.where(ids == 7, torch.arange(10), 99).min(1).values
+    first_eight = torch.where(ids == 8, torch.arange(10), 99).min(1).values
+    return TensorDataset(ids, mask, (first_seven < first_eight).long())
+
+
+def test_lower_layer_features_equal_the_encoders_hidden_states():
+    model = tiny_classifier().eval()
+    data = tiny_task(40)
+    ids, mask, labels = data.tensors
+    features = zoo.lower_layer_features(model.encoder, 2, data, batch_size=16)
+    expected = model.encoder(ids, mask, output_hidden_states=True).hidden_states[2]
+    real = mask.bool()
+    assert torch.allclose(features.tensors[0][real], expected[real], atol=1e-5)
+    assert torch.equal(features.tensors[1], mask) and torch.equal(features.tensors[2], labels)
+
+
+def test_top_layers_on_features_equal_the_whole_classifier():
+    model = tiny_classifier().eval()
+    data = tiny_task(40)
+    ids, mask, _ = data.tensors
+    features = zoo.lower_layer_features(model.encoder, 1, data)
+    top = zoo.TopLayers(model, 1)
+    assert torch.allclose(top(features.tensors[0], mask), model(ids, mask), atol=1e-5)
+
+
+def test_fine_tune_top_trains_only_the_top():
+    model = tiny_classifier()
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    history = zoo.fine_tune_top(model, tiny_task(128), tiny_task(64, seed=1), n_trainable=1, epochs=2, lr=1e-2,
+                                progress=False)
+    assert len(history.val) == 2
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and all(name.startswith(("encoder.layers.2.", "head.")) for name in changed)
+    assert any(name.startswith("encoder.layers.2.") for name in changed) and "head.weight" in changed
+    assert all(p.requires_grad for p in model.parameters())  # handed back ready for full training
+
+
+def test_sentiment_teacher_wiring_and_cache(monkeypatch):
+    """The real MiniLM skeleton, with training replaced by a stand-in that only perturbs the head."""
+    builds = []
+
+    def stand_in(classifier, tokenizer):
+        builds.append(tokenizer.name_or_path)
+        with torch.no_grad():
+            classifier.head.bias.fill_(0.5)
+
+    monkeypatch.setattr(zoo, "_train_teacher", stand_in)
+    teacher = zoo.sentiment_teacher()
+    again = zoo.sentiment_teacher()
+    assert len(builds) == 1
+    assert isinstance(teacher, Classifier) and len(teacher.encoder.layers) == 6 and teacher.head.out_features == 2
+    assert (again.head.bias == 0.5).all() and not again.training
+    ids = torch.tensor([[101, 2025, 2919, 102]])
+    assert torch.equal(teacher(ids), again(ids))
