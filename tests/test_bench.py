@@ -296,6 +296,20 @@ def test_notebook_budget_measures_time_and_kernel_memory(tmp_path, capsys):
     assert run.within_budget == (run.seconds <= 90 and run.peak_bytes <= 1.5e9)
 
 
+def test_notebook_budget_saves_the_tagged_figure(tmp_path, capsys):
+    path = _write_notebook(tmp_path / "plot.ipynb",
+                           "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()",
+                           "import matplotlib.pyplot as plt\nplt.bar([0, 1], [2, 3])\nplt.show()")
+    notebook = nbformat.read(path, as_version=4)
+    notebook.cells[1].metadata["tags"] = ["readme-figure"]
+    nbformat.write(notebook, path)
+    assert main(["notebooks", str(path), "--figures", str(tmp_path / "figures")]) in (0, 1)
+    saved = (tmp_path / "figures" / "plot.png").read_bytes()
+    assert saved.startswith(b"\x89PNG")
+    untagged = _write_notebook(tmp_path / "untagged.ipynb", "1 + 1")
+    assert notebook_budgets.run_notebook(untagged).figure is None
+
+
 def test_notebook_budget_rejects_a_path_that_is_not_a_notebook(tmp_path):
     with pytest.raises(ValueError, match="existing .ipynb"):
         notebook_budgets.run_notebook(tmp_path / "missing.ipynb")

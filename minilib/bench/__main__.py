@@ -4,6 +4,7 @@
     python -m minilib.bench attention quant      # only these headline modules
     python -m minilib.bench notebooks            # every notebook's time and memory vs its budget
     python -m minilib.bench notebooks notebooks/02_self_attention.ipynb --markdown
+    python -m minilib.bench notebooks --figures notebooks/figures   # also save each chapter's key plot
 
 Exit code 0 when everything met its target, 1 otherwise, 2 for a bad command line.
 """
@@ -41,6 +42,8 @@ def notebooks_main(argv: list[str]) -> int:
                                      description="Run notebooks headless and check time and memory budgets.")
     parser.add_argument("paths", nargs="*", type=Path, help=f"notebooks to run (default: all in {NOTEBOOK_DIR})")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table (for the README)")
+    parser.add_argument("--figures", type=Path, metavar="DIR",
+                        help='save the plot of each notebook\'s cell tagged "readme-figure" as DIR/<notebook>.png')
     args = parser.parse_args(argv)
     paths = args.paths or sorted(NOTEBOOK_DIR.glob("[0-9]*.ipynb"))
     if not paths:
@@ -55,6 +58,9 @@ def notebooks_main(argv: list[str]) -> int:
             return 2
         print(f"{path.name}: {runs[-1].seconds:.1f} s ({runs[-1].cpu_seconds:.1f} s CPU), "
               f"{runs[-1].peak_bytes / 1e6:.0f} MB", file=sys.stderr)
+        if args.figures and runs[-1].figure:
+            args.figures.mkdir(parents=True, exist_ok=True)
+            (args.figures / f"{path.stem}.png").write_bytes(runs[-1].figure)
     print(notebooks.budget_table(runs, markdown=args.markdown))
     print(f"\nMeasured on: {machine_label()}")
     return 0 if notebooks.course_passed(runs) else 1

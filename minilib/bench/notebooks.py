@@ -8,6 +8,7 @@ machine wall time is inflated by waiting for a core, CPU time much less so.
 """
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class NotebookRun:
     peak_bytes: int
     cpu_seconds: float = 0.0
     error: str | None = None
+    figure: bytes | None = None     # the PNG of the cell tagged "readme-figure", if it ran
 
     @property
     def within_budget(self) -> bool:
@@ -84,7 +86,17 @@ def run_notebook(path, timeout: float = 600, sample_every: float = 0.05) -> Note
         error = lines[-1] if lines else type(failure).__name__
     seconds = time.perf_counter() - start
     sampler.stop()
-    return NotebookRun(path, seconds, sampler.peak_rss, sampler.cpu_seconds, error)
+    return NotebookRun(path, seconds, sampler.peak_rss, sampler.cpu_seconds, error, key_figure(notebook))
+
+
+def key_figure(notebook, tag: str = "readme-figure") -> bytes | None:
+    """The last PNG drawn by the code cell tagged ``tag``: the chapter's picture in the README."""
+    for cell in notebook.cells:
+        if cell.cell_type == "code" and tag in cell.metadata.get("tags", []):
+            pngs = [output["data"]["image/png"] for output in cell.get("outputs", [])
+                    if "image/png" in output.get("data", {})]
+            return base64.b64decode(pngs[-1]) if pngs else None
+    return None
 
 
 def budget_table(runs: list[NotebookRun], markdown: bool = False) -> str:
