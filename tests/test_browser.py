@@ -116,6 +116,7 @@ def _wait_for_all_cells(page):
         if prompts and idle and all(p.strip() not in ("[ ]:", "[*]:", "") for p in prompts):
             return
         time.sleep(1)
+    page.screenshot(path="/tmp/chapter02-timeout.png")
     raise TimeoutError(f"chapter 02 did not finish running in the browser within {RUN_LIMIT_S} s")
 
 
