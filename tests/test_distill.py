@@ -7,8 +7,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from minilib.distill import (UNLABELLED, Distiller, attention_loss, distill, distillation_loss, hidden_state_loss,
-                             layer_map, soft_targets, student_from_scratch, student_from_teacher, teacher_targets)
+from minilib.arch import FactorisedEmbedding
+from minilib.data import Splits
+from minilib.distill import (METHODS, UNLABELLED, Distiller, StudentRun, accuracy_by, attention_loss, chapter_student,
+                             distill, distillation_loss, factorised_embedding, hidden_state_loss, hide_labels,
+                             latency_comparison, layer_map, run_students, soft_targets, student_from_scratch,
+                             student_from_teacher, teacher_targets, train_student)
 from minilib.transformer import Classifier, Encoder, TransformerConfig
 
 
@@ -167,6 +171,32 @@ def test_student_from_teacher_copies_every_other_layer():
             student_from_teacher(teacher, layers=bad)
 
 
+def test_factorised_embedding_is_the_best_low_rank_table():
+    torch.manual_seed(0)
+    table = nn.Embedding(50, 16, padding_idx=0)
+    factorised = factorised_embedding(table, rank=4)
+    assert isinstance(factorised, FactorisedEmbedding) and factorised.lookup.weight.shape == (50, 4)
+    rebuilt = factorised(torch.arange(50))                                     # (50, 16)
+    singular_values = torch.linalg.svdvals(table.weight.detach())
+    # Eckart–Young: the squared error of the best rank-4 approximation is the sum of the other σ²
+    error = (rebuilt - table.weight).pow(2).sum()
+    torch.testing.assert_close(error, singular_values[4:].pow(2).sum(), rtol=1e-3, atol=1e-4)
+    full = factorised_embedding(table, rank=15)(torch.arange(50))
+    assert (full - table.weight).pow(2).sum() < error
+    for bad in (0, 16):
+        with pytest.raises(ValueError, match="embedding_rank"):
+            factorised_embedding(table, bad)
+
+
+def test_chapter_student_keeps_evenly_spaced_layers_and_a_small_table():
+    teacher = tiny_teacher(n_layers=6)
+    student = chapter_student(teacher, n_layers=2, embedding_rank=8)
+    torch.testing.assert_close(student.encoder.layers[1].ffn.down.weight, teacher.encoder.layers[3].ffn.down.weight)
+    assert len(student.encoder.layers) == 2 and student.encoder.embeddings.token.lookup.weight.shape == (40, 8)
+    ids = torch.randint(1, 40, (3, 7))
+    assert student(ids, torch.ones_like(ids)).shape == (3, 2)
+
+
 def test_student_from_scratch_is_smaller_and_random():
     teacher = tiny_teacher()
     student = student_from_scratch(teacher, d_model=16, n_layers=2)
@@ -236,3 +266,63 @@ def test_distiller_projects_only_when_widths_differ():
     assert Distiller(student_from_teacher(teacher), 32, hidden_weight=1.0).projections is None
     narrow = Distiller(student_from_scratch(teacher, d_model=16, n_layers=2), 32, hidden_weight=1.0)
     assert len(narrow.projections) == 3 and narrow.projections[0].weight.shape == (32, 16)
+
+
+# ----------------------------------------------------------------------------------------- the experiment
+def test_hide_labels_keeps_a_balanced_few():
+    data = token_data(n=100)
+    hidden = hide_labels(data, n_labelled=10, seed=3)
+    labels, original = hidden.tensors[2], data.tensors[2]
+    kept = labels != UNLABELLED
+    assert kept.sum() == 10 and (labels[kept] == 1).sum() == 5
+    assert torch.equal(labels[kept], original[kept]) and torch.equal(hidden.tensors[0], data.tensors[0])
+    assert torch.equal(hide_labels(data, 10, seed=3).tensors[2], labels)
+    assert not torch.equal(hide_labels(data, 10, seed=4).tensors[2], labels)
+    for bad in (0, 11, 101):
+        with pytest.raises(ValueError, match="n_labelled"):
+            hide_labels(data, bad)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_for_the_same_number_of_steps(method):
+    teacher = tiny_teacher()
+    data = hide_labels(token_data(n=64), n_labelled=16)
+    transfer = teacher_targets(teacher, data, hidden_layers=layer_map(1, 4), attention_layers=[3])
+    student = student_from_scratch(teacher, d_model=16, n_layers=1)
+    history = train_student(method, student, transfer, teacher_width=32, epochs=2, batch_size=16, progress=False)
+    assert len(history.losses) == 2 * 64 // 16
+
+
+def test_train_student_rejects_an_unknown_method():
+    teacher = tiny_teacher()
+    transfer = teacher_targets(teacher, token_data(n=16))
+    with pytest.raises(ValueError, match="method"):
+        train_student("dark magic", student_from_scratch(teacher, 16, 1), transfer, 32)
+
+
+def test_accuracy_by_groups_mean_and_spread():
+    results = [{"method": "a", "accuracy": 0.8}, {"method": "a", "accuracy": 0.9}, {"method": "b", "accuracy": 0.5}]
+    summary = accuracy_by(results)
+    assert summary["a"][0] == pytest.approx(0.85) and summary["a"][1] == pytest.approx(0.0707, abs=1e-4)
+    assert summary["b"] == (0.5, 0.0, 1)
+
+
+def test_run_students_caches_results_per_teacher(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINILIB_CACHE", str(tmp_path))
+    teacher = tiny_teacher()
+    splits = Splits(hide_labels(token_data(n=64), 64), token_data(n=16, seed=1), token_data(n=32, seed=2))
+    run = StudentRun("logits", n_sentences=48, n_labelled=16, n_layers=1, embedding_rank=8, epochs=1)
+    first = run_students(teacher, splits, [run], progress=False)
+    assert first[0]["method"] == "logits" and 0 <= first[0]["accuracy"] <= 1
+    monkeypatch.setattr("minilib.distill.train_student", lambda *args, **kwargs: pytest.fail("retrained"))
+    assert run_students(teacher, splits, [run], progress=False) == first
+    with pytest.raises(pytest.fail.Exception, match="retrained"):  # another teacher: its own results
+        run_students(tiny_teacher(seed=1), splits, [run], progress=False)
+
+
+def test_latency_comparison_times_each_model_against_the_first():
+    teacher = tiny_teacher()
+    comparison = latency_comparison({"teacher": teacher, "student": student_from_teacher(teacher)},
+                                    token_data(n=40), repeats=3)
+    assert set(comparison.timings) == {"teacher", "student"} and comparison.ratio("teacher") == 1.0
+    assert len(comparison.timings["student"].times) == 3
