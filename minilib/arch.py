@@ -10,7 +10,9 @@ Each variant is a small change to :class:`minilib.transformer.Encoder`, so every
   and of MobileNet's depthwise-separable convolutions: g groups cost 1/g of the weights and FLOPs;
 - cross-layer parameter sharing and factorised embeddings, as in ALBERT (2019): one layer's weights
   used n times;
-- layer drop at inference (LayerDrop, Fan et al. 2019): skip layers of a trained model.
+- layer drop at inference (LayerDrop, Fan et al. 2019): skip layers of a trained model;
+- a trimmed vocabulary: keep only the embedding rows of the tokens a task uses (the rows of the
+  other 30 000 WordPiece tokens are most of a small model's weights and are never read).
 """
 from __future__ import annotations
 
@@ -149,6 +151,51 @@ def drop_layers(encoder: Encoder, keep: list[int]) -> Encoder:
     shallow.embeddings, shallow.final_norm = encoder.embeddings, encoder.final_norm
     shallow.layers = nn.ModuleList(encoder.layers[i] for i in sorted(keep))
     return shallow.train(encoder.training)
+
+
+class TrimmedEmbedding(nn.Module):
+    """The rows of a token embedding for the ids a task uses: V·d weights become k·d.
+
+    ids (...) in the full vocabulary → row = index[id] → (..., d). ``index`` (int32, one entry per id
+    of the full vocabulary, 4 bytes each) sends every id that was not kept to the row of ``unk_id``.
+    """
+
+    def __init__(self, embedding: nn.Embedding, kept_ids: torch.Tensor, unk_id: int):
+        super().__init__()
+        kept_ids = torch.unique(torch.cat([torch.as_tensor(kept_ids).flatten(), torch.tensor([unk_id])]))
+        if kept_ids.min() < 0 or kept_ids.max() >= embedding.num_embeddings:
+            raise ValueError(f"token ids must be in [0, {embedding.num_embeddings}); got ids from "
+                             f"{kept_ids.min().item()} to {kept_ids.max().item()}")
+        index = torch.full((embedding.num_embeddings,), int((kept_ids == unk_id).nonzero()), dtype=torch.int32)
+        index[kept_ids] = torch.arange(len(kept_ids), dtype=torch.int32)
+        self.register_buffer("index", index)
+        self.weight = nn.Parameter(embedding.weight.detach()[kept_ids].clone())
+
+    def forward(self, input_ids):
+        return nn.functional.embedding(self.index[input_ids], self.weight)
+
+
+def trim_vocabulary(encoder: Encoder, kept_ids: torch.Tensor, unk_id: int) -> Encoder:
+    """Keep only the token embeddings of ``kept_ids`` (e.g. every id in the task's data), in place.
+
+    Outputs on kept ids are unchanged; any other id reads ``unk_id``'s row, as an unknown word would.
+    Works on plain and factorised (ALBERT) embeddings.
+    """
+    owner, name = encoder.embeddings, "token"
+    if isinstance(owner.token, FactorisedEmbedding):
+        owner, name = owner.token, "lookup"
+    table = getattr(owner, name)
+    if not isinstance(table, nn.Embedding):
+        raise TypeError(f"expected the encoder's token embedding to be an nn.Embedding, got {type(table).__name__}")
+    setattr(owner, name, TrimmedEmbedding(table, kept_ids, unk_id))
+    return encoder
+
+
+def task_token_ids(*datasets) -> torch.Tensor:
+    """Every distinct token id in the ``input_ids`` (first tensor) of the given TensorDatasets, sorted."""
+    if not datasets:
+        raise ValueError("give at least one TensorDataset whose first tensor holds input_ids")
+    return torch.unique(torch.cat([data.tensors[0].flatten() for data in datasets]))
 
 
 VARIANTS = {

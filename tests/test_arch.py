@@ -1,8 +1,10 @@
 """minilib.arch: every variant's shapes, exact parameter and FLOP counts computed by hand."""
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
-from minilib.arch import (GroupedLinear, build, channel_shuffle, count_flops, drop_layers, shared_layers)
+from minilib.arch import (GroupedLinear, build, channel_shuffle, count_flops, drop_layers, shared_layers, task_token_ids,
+                          trim_vocabulary)
 from minilib.bench import param_count
 from minilib.transformer import Classifier, Encoder, TransformerConfig
 
@@ -102,3 +104,21 @@ def test_drop_layers_runs_the_kept_layers_only():
 def test_bad_input(call, words):
     with pytest.raises(ValueError, match=words):
         call()
+
+
+def test_trimmed_vocabulary_keeps_outputs_and_drops_rows():
+    torch.manual_seed(0)
+    for encoder in (Encoder(CONFIG), build("shared layers", CONFIG, embedding_dim=16)):
+        ids = torch.tensor([[1, 5, 7, 5], [7, 7, 1, 0]])
+        before = encoder.eval()(ids).last_hidden_state
+        rows_before = param_count(encoder)
+        trim_vocabulary(encoder, task_token_ids(TensorDataset(ids)), unk_id=3)
+        assert torch.allclose(encoder(ids).last_hidden_state, before, atol=1e-6)
+        width = 16 if encoder.layers[0] is encoder.layers[1] else D
+        assert param_count(encoder) == rows_before - (V - 5) * width          # kept 0, 1, 3 (unk), 5, 7
+        unknown = encoder(torch.tensor([[1, 42]])).last_hidden_state          # 42 was not kept: reads [UNK]
+        assert torch.allclose(unknown, encoder(torch.tensor([[1, 3]])).last_hidden_state)
+    with pytest.raises(ValueError, match="token ids must be in"):
+        trim_vocabulary(Encoder(CONFIG), torch.tensor([1, V + 5]), unk_id=3)
+    with pytest.raises(ValueError, match="at least one TensorDataset"):
+        task_token_ids()
