@@ -49,7 +49,7 @@ def cached_model(name: str, version: str, skeleton: Callable[[], nn.Module],
             model = skeleton()
     build(model)
     model.cpu()
-    partial = path.with_suffix(".partial")  # write, then rename: an interrupted save never looks complete
+    partial = path.with_suffix(f".{os.getpid()}.partial")  # write, then rename: a half-written file is never loaded
     torch.save(model.state_dict(), partial)
     os.replace(partial, path)
     for stale in cache_dir().glob(f"{name}-*.pt"):
