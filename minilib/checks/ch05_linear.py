@@ -1,0 +1,47 @@
+"""Checks for chapter 05 (linear attention): the elu+1 feature map, attention by the kernel trick, one RNN step."""
+import torch
+import torch.nn.functional as F
+
+from minilib.checks import exercise, expect_close
+from minilib.linear_attention import elu_features, step
+
+
+@exercise(points=1)
+def check_elu_feature_map(fn):
+    """φ(x) = elu(x) + 1, elementwise."""
+    x = torch.tensor([-2.0, 0.0, 3.0])
+    expect_close("φ([-2, 0, 3])", fn(x), elu_features(x),
+                 hint="elu(x) = x for x > 0 and e^x - 1 for x ≤ 0; then add 1 so that φ > 0")
+    x = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(0))
+    expect_close("φ of a random (2, 3, 5) tensor", fn(x), elu_features(x))
+
+
+@exercise(points=3)
+def check_kernel_attention(fn):
+    """kernel_attention(q, k, v) = φ(Q)(φ(K)ᵀV) / φ(Q)(φ(K)ᵀ1) with φ = elu + 1; q, k (n, d), v (n, d_v)."""
+    v = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    zeros = torch.zeros(2, 2)
+    expect_close("q = k = 0: φ = 1 everywhere, so every output row is the mean of v", fn(zeros, zeros, v),
+                 torch.full((2, 2), 0.5), hint="divide by φ(q_i)·Σ_j φ(k_j), the row sums of φ(Q)φ(K)ᵀ")
+    generator = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(6, 4, generator=generator) for _ in range(3))
+    weights = (F.elu(q) + 1) @ (F.elu(k) + 1).T
+    expect_close("random q, k, v (6, 4) against the quadratic form φ(Q)φ(K)ᵀV / rows sums", fn(q, k, v),
+                 weights @ v / weights.sum(dim=-1, keepdim=True), atol=1e-4,
+                 hint="compute S = φ(K)ᵀ V (d × d_v) and z = φ(K)ᵀ 1 first; never build the n × n matrix")
+
+
+@exercise(points=3)
+def check_rnn_step(fn):
+    """rnn_step(S, z, q_t, k_t, v_t) → (S, z, out_t): one token of causal linear attention (φ = elu + 1)."""
+    generator = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(5, 3, generator=generator) for _ in range(3))
+    S, z = torch.zeros(3, 3), torch.zeros(3)
+    state = None
+    for t in range(5):
+        S, z, out = fn(S, z, q[t], k[t], v[t])
+        state, expected = step(state, q[t], k[t], v[t])
+        expect_close(f"S after token {t}", S, state[0], hint="S ← S + φ(k_t) v_tᵀ (an outer product, d × d_v)")
+        expect_close(f"z after token {t}", z, state[1], hint="z ← z + φ(k_t)")
+        expect_close(f"output for token {t}", out, expected,
+                     hint="update S and z first (token t sees itself), then out = φ(q_t)ᵀS / φ(q_t)ᵀz")

@@ -1,0 +1,48 @@
+"""Chapter 05's exercise checks pass the reference answers and fail stubs and plausible mistakes."""
+import torch
+import torch.nn.functional as F
+
+from minilib.checks import check_elu_feature_map, check_kernel_attention, check_rnn_step
+
+
+def stub(*args):
+    raise NotImplementedError
+
+
+def phi(x):
+    return F.elu(x) + 1
+
+
+def test_elu_feature_map():
+    assert check_elu_feature_map(phi)
+    assert not check_elu_feature_map(stub)
+    assert not check_elu_feature_map(F.elu)                    # forgets the + 1
+    assert not check_elu_feature_map(lambda x: F.relu(x) + 1)
+
+
+def test_kernel_attention():
+    def reference(q, k, v):
+        kv, z = phi(k).T @ v, phi(k).sum(dim=0)
+        return (phi(q) @ kv) / (phi(q) @ z)[:, None]
+
+    assert check_kernel_attention(reference)
+    assert not check_kernel_attention(stub)
+    assert not check_kernel_attention(lambda q, k, v: phi(q) @ (phi(k).T @ v))                  # not normalised
+    assert not check_kernel_attention(lambda q, k, v: torch.softmax(q @ k.T, dim=-1) @ v)       # softmax instead
+
+
+def test_rnn_step():
+    def reference(S, z, q, k, v):
+        S = S + torch.outer(phi(k), v)
+        z = z + phi(k)
+        return S, z, (phi(q) @ S) / (phi(q) @ z)
+
+    def output_before_update(S, z, q, k, v):                   # token t does not see itself
+        new_S, new_z = S + torch.outer(phi(k), v), z + phi(k)
+        return new_S, new_z, (phi(q) @ S) / (phi(q) @ z + 1e-6)
+
+    assert check_rnn_step(reference)
+    assert not check_rnn_step(stub)
+    assert not check_rnn_step(output_before_update)
+    assert not check_rnn_step(lambda S, z, q, k, v: (S + torch.outer(v, phi(k)), z + phi(k),     # transposed outer product
+                                                      (phi(q) @ (S + torch.outer(v, phi(k)))) / (phi(q) @ (z + phi(k)))))
