@@ -590,3 +590,22 @@ def least_important(importance: torch.Tensor, fraction: float, keep_per_layer: i
         chosen.setdefault(layer, []).append(unit)
         budget -= 1
     return {layer: sorted(units) for layer, units in sorted(chosen.items())}
+
+
+def prune_least_important(model: nn.Module, data, head_fraction: float = 0.0, neuron_fraction: float = 0.0,
+                          loss_fn=None, batch_size: int = 32, max_batches: int | None = None):
+    """Score heads (:func:`head_importance`) and FFN neurons (:func:`neuron_importance`) on ``data``, then remove
+    the globally least important ``head_fraction`` of heads and ``neuron_fraction`` of neurons, in place.
+
+    Returns ``(heads, neurons)``: what was removed, as ``{layer: [indices]}`` (indices before pruning).
+    """
+    scores = {}
+    for name, fraction, score in (("heads", head_fraction, head_importance), ("neurons", neuron_fraction, neuron_importance)):
+        _check_fraction(fraction, f"{name[:-1]}_fraction")
+        # both scored on the unpruned model, so neither choice depends on the other
+        scores[name] = score(model, data, loss_fn, batch_size, max_batches) if fraction else None
+    heads = least_important(scores["heads"], head_fraction) if head_fraction else {}
+    neurons = least_important(scores["neurons"], neuron_fraction) if neuron_fraction else {}
+    prune_heads(model, heads)
+    prune_neurons(model, neurons)
+    return heads, neurons

@@ -431,3 +431,16 @@ def test_least_important_picks_the_global_lowest_but_never_a_whole_layer():
 
 def test_head_columns_lists_each_kept_heads_features():
     assert prune.head_columns(torch.tensor([0, 2]), 2).tolist() == [0, 1, 4, 5]
+
+
+def test_prune_least_important_removes_the_requested_fractions_of_the_lowest_scores():
+    model = Classifier(small_encoder(), n_classes=2, dropout=0.0)
+    data = torch.utils.data.TensorDataset(*inputs(), torch.tensor([0, 1, 1]))
+    expected_heads = prune.least_important(prune.head_importance(model, data), 0.5)
+    expected_neurons = prune.least_important(prune.neuron_importance(model, data), 0.25)
+    heads, neurons = prune.prune_least_important(model, data, head_fraction=0.5, neuron_fraction=0.25)
+    assert (heads, neurons) == (expected_heads, expected_neurons)
+    assert sum(layer.attn.n_heads for layer in model.encoder.layers) == N_LAYERS * N_HEADS // 2
+    assert sum(layer.ffn.up.out_features for layer in model.encoder.layers) == N_LAYERS * D_FF * 3 // 4
+    with pytest.raises(ValueError, match="head_fraction must be in"):
+        prune.prune_least_important(model, data, head_fraction=1.0)
