@@ -61,10 +61,6 @@ class QuantizedTensor:
         """x̂ = s · (q − z), as float32."""
         return dequantize(self)
 
-    @property
-    def shape(self) -> torch.Size:
-        return self.q.shape
-
 
 def _channel_range(x: torch.Tensor, axis: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """min and max of ``x`` over everything (``axis=None``) or over all dims but ``axis`` (kept, size-1 elsewhere)."""

@@ -53,8 +53,7 @@ class Observer:
     @property
     def samples(self) -> torch.Tensor:
         """The kept values, at most ``max_samples`` of them (a random subset when more were seen)."""
-        if not self._samples:
-            raise ValueError(f"{type(self).__name__} has seen no data: call update(x) on calibration batches first")
+        self._check_seen()
         values = torch.cat(self._samples)
         if values.numel() > self.max_samples:
             values = values[torch.randint(values.numel(), (self.max_samples,), generator=self._generator)]
@@ -65,13 +64,17 @@ class Observer:
         """The clipping range ``(lo, hi)`` this observer proposes for ``bits``-bit quantization."""
         raise NotImplementedError
 
+    def _check_seen(self) -> None:
+        if self.min is None:
+            raise ValueError(f"{type(self).__name__} has seen no data: call update(x) on calibration batches first")
+
 
 class MinMaxObserver(Observer):
     """``[min, max]`` of everything seen: never clips, but outliers stretch the grid."""
 
     def range(self, bits: int = 8, symmetric: bool = True) -> tuple[float, float]:
         check_bits(bits)
-        self.samples  # raises a clear error if nothing was observed
+        self._check_seen()
         return self.min.item(), self.max.item()
 
 
@@ -102,7 +105,7 @@ class MSEObserver(Observer):
 
     def range(self, bits: int = 8, symmetric: bool = True) -> tuple[float, float]:
         check_bits(bits)
-        values = self.samples
+        values = self.samples  # checks that data was seen
         lo, hi = self.min.item(), self.max.item()
         best_error, best_range = float("inf"), (lo, hi)
         for alpha in torch.linspace(1.0 / self.n_candidates, 1.0, self.n_candidates).tolist():
