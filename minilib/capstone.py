@@ -1,0 +1,341 @@
+"""The capstone (seed §6, §8): compress one model until it fits a deployment target, and say what it cost.
+
+A deployment target is a *stated budget*, measured the way that device runs the model:
+
+- ``phone``: at most 10 MB of weights and 20 ms per sentence, one sentence at a time, on one thread;
+- ``edge box``: at most 50 ms for a batch of 8 sentences on two threads;
+- ``cloud``: sentences per second per core (batch 32, one thread), at an accuracy floor.
+
+:func:`measure` runs a classifier under a target's conditions (batch size, thread count) and returns a
+:class:`Measurement`; :func:`check_budget` measures one model or several and returns a :class:`BudgetReport`
+that says which meet the budget and, when none does, which came closest and by how much it misses: it
+never raises because a budget was missed. :func:`plot_waterfall` draws size and latency after each
+compression step with the accuracy alongside; :func:`changes_by_template` is the fairness check (does
+compression change predictions more for some sentence patterns than for others?).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from minilib.arch import task_token_ids, trim_vocabulary
+from minilib.bench import model_size_bytes, time_fn
+from minilib.distill import distill, student_from_teacher
+from minilib.picker import Budget, Candidate
+from minilib.prune import prune_least_important
+from minilib.train import accuracy, predict_logits, trim_padding
+from minilib.transformer import Classifier
+from minilib.zoo import TEACHER_VERSION, cached_model
+
+
+@dataclass(frozen=True)
+class Target:
+    """A deployment budget and the conditions it is measured under.
+
+    ``batch_size`` sentences per call on ``threads`` threads; at most ``max_size_mb`` (10⁶ bytes) of weights
+    and ``max_latency_ms`` per call; at least ``min_accuracy`` and ``min_throughput`` sentences per second
+    per thread ("per core").
+    """
+
+    name: str
+    batch_size: int
+    threads: int
+    max_size_mb: float = math.inf
+    max_latency_ms: float = math.inf
+    min_accuracy: float = 0.0
+    min_throughput: float = 0.0
+
+    def __post_init__(self):
+        for field in ("batch_size", "threads"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{field} must be a positive int, got {value!r}")
+        if not self.min_throughput >= 0:
+            raise ValueError(f"min_throughput must be >= 0 sentences/s per core, got {self.min_throughput!r}")
+        Budget(self.max_latency_ms, self.max_size_mb, self.min_accuracy)  # checks the other limits
+
+    def describe(self) -> str:
+        """The budget in words, e.g. ``phone: ≤ 10 MB, ≤ 20 ms per call (batch 1, 1 thread), accuracy ≥ 0.9``."""
+        limits = [f"≤ {self.max_size_mb:g} MB" if math.isfinite(self.max_size_mb) else "",
+                  f"≤ {self.max_latency_ms:g} ms per call" if math.isfinite(self.max_latency_ms) else "",
+                  f"≥ {self.min_throughput:g} sentences/s per core" if self.min_throughput else "",
+                  f"accuracy ≥ {self.min_accuracy:g}" if self.min_accuracy else ""]
+        threads = f"{self.threads} thread{'s' * (self.threads > 1)}"
+        return f"{self.name}: {', '.join(l for l in limits if l)} (batch {self.batch_size}, {threads})"
+
+
+TARGETS = {
+    "phone": Target("phone", batch_size=1, threads=1, max_size_mb=10, max_latency_ms=20, min_accuracy=0.9),
+    "edge box": Target("edge box", batch_size=8, threads=2, max_latency_ms=50, min_accuracy=0.9),
+    "cloud": Target("cloud", batch_size=32, threads=1, min_accuracy=0.95),
+}
+"""The three targets of seed §6. The cloud one has no latency limit: its score is throughput per core."""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One model measured under one target: weights in MB, median ms per call, sentences/s per core, accuracy."""
+
+    name: str
+    size_mb: float
+    latency_ms: float
+    throughput: float
+    accuracy: float
+
+    def misses(self, target: Target) -> list[str]:
+        """What this measurement misses of ``target``'s budget, in words; empty when it meets it."""
+        candidate = Candidate(self.name, self.latency_ms, self.size_mb, self.accuracy)
+        misses = Budget(target.max_latency_ms, target.max_size_mb, target.min_accuracy).violations(candidate)
+        if self.throughput < target.min_throughput:
+            misses.append(f"throughput {self.throughput:.0f} < {target.min_throughput:g} sentences/s per core")
+        return misses
+
+    def shortfall(self, target: Target) -> float:
+        """How far outside the budget, summed over limits as fractions: 0 inside; 0.5 = 50 % over one limit."""
+        over = [self.size_mb / target.max_size_mb - 1, self.latency_ms / target.max_latency_ms - 1,
+                1 - self.accuracy / target.min_accuracy if target.min_accuracy else 0.0,
+                1 - self.throughput / target.min_throughput if target.min_throughput else 0.0]
+        return sum(max(0.0, x) for x in over)
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """Run the block with PyTorch using ``n`` threads, then restore the previous count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def resolve_target(target) -> Target:
+    """A :class:`Target`, or the name of one in :data:`TARGETS`."""
+    if isinstance(target, Target):
+        return target
+    if isinstance(target, str) and target in TARGETS:
+        return TARGETS[target]
+    raise ValueError(f"target must be a Target or one of {sorted(TARGETS)}, got {target!r}")
+
+
+def latency_seconds(model: nn.Module, target, data: TensorDataset, repeats: int = 10) -> float:
+    """Median seconds of one call on the first ``batch_size`` sentences of ``data`` (padding trimmed), on
+    ``threads`` threads: the target's conditions."""
+    target = resolve_target(target)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a classifier (an nn.Module), got {type(model).__name__}")
+    model.eval()
+    input_ids, attention_mask = trim_padding(*[t[:target.batch_size] for t in data.tensors[:2]])
+    with threads(target.threads), torch.inference_mode():
+        return time_fn(lambda: model(input_ids, attention_mask), warmup=2, repeats=repeats).median
+
+
+def measure(model: nn.Module, target, data: TensorDataset, name: str = "model", repeats: int = 10) -> Measurement:
+    """Size, latency, throughput and accuracy of ``model`` under ``target``'s conditions.
+
+    Latency: :func:`latency_seconds`. Throughput per core = batch_size / latency / threads.
+    Accuracy: every sentence of ``data`` = (input_ids, attention_mask, labels).
+    """
+    return measure_steps({name: model}, [target], data, repeats)[resolve_target(target).name][0]
+
+
+def measure_steps(models: dict, targets, data: TensorDataset, repeats: int = 10) -> dict[str, list[Measurement]]:
+    """Every model under every target: ``{target name: [Measurement per model, in order]}``.
+
+    Size and accuracy do not depend on the target, so they are measured once per model.
+    """
+    targets = [resolve_target(t) for t in targets]
+    results = {t.name: [] for t in targets}
+    for name, model in models.items():
+        seconds = {t.name: latency_seconds(model, t, data, repeats) for t in targets}
+        size_mb, correct = model_size_bytes(model) / 1e6, accuracy(model, data)
+        for t in targets:
+            results[t.name].append(Measurement(name, size_mb, 1000 * seconds[t.name],
+                                               t.batch_size / seconds[t.name] / t.threads, correct))
+    return results
+
+
+@dataclass
+class BudgetReport:
+    """What :func:`check_budget` found: every measurement, which meet the target, and the best or the closest."""
+
+    target: Target
+    measurements: list[Measurement]
+    failures: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> why it could not be measured
+
+    @property
+    def meeting(self) -> list[Measurement]:
+        """The measurements inside the budget, best first (highest throughput for the cloud, else accuracy)."""
+        inside = [m for m in self.measurements if not m.misses(self.target)]
+        return sorted(inside, key=lambda m: (-m.throughput, -m.accuracy) if self.target.min_throughput or
+                      not math.isfinite(self.target.max_latency_ms) else (-m.accuracy, m.latency_ms))
+
+    @property
+    def meets(self) -> bool:
+        return bool(self.meeting)
+
+    @property
+    def best(self) -> Measurement | None:
+        """The best model inside the budget or, when none is, the one with the smallest shortfall."""
+        if self.meeting:
+            return self.meeting[0]
+        return min(self.measurements, key=lambda m: m.shortfall(self.target), default=None)
+
+    def __str__(self) -> str:
+        lines = [f"Budget: {self.target.describe()}"]
+        for m in self.measurements:
+            misses = m.misses(self.target)
+            lines.append(f"  {'✔' if not misses else '✘'} {m.name}: {m.size_mb:.1f} MB, {m.latency_ms:.1f} ms per call, "
+                         f"{m.throughput:.0f} sentences/s per core, accuracy {m.accuracy:.3f}"
+                         + (f" — misses: {'; '.join(misses)}" if misses else ""))
+        lines += [f"  ✘ {name}: could not be measured: {why}" for name, why in self.failures.items()]
+        if self.meets:
+            lines.append(f"Meets the budget: {self.best.name}.")
+        elif self.best is not None:
+            lines.append(f"Nothing meets the budget. Closest: {self.best.name} "
+                         f"({self.best.shortfall(self.target):.0%} outside it in total): {'; '.join(self.best.misses(self.target))}.")
+        else:
+            lines.append("Nothing meets the budget: no model could be measured.")
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, printer, cycle):
+        printer.text(str(self))
+
+
+def check_budget(models, target, data: TensorDataset, repeats: int = 10) -> BudgetReport:
+    """Measure ``models`` (one classifier, or a dict name -> classifier) under ``target`` and report.
+
+    A model that misses the budget, or even crashes when run, is reported, not raised: ``print(report)``
+    says what each one misses, and when nothing meets the budget, which model came closest.
+    """
+    target = resolve_target(target)
+    if isinstance(models, nn.Module):
+        models = {"model": models}
+    if not isinstance(models, dict) or not models:
+        raise TypeError(f"expected a classifier or a non-empty dict of name -> classifier, got {type(models).__name__}")
+    report = BudgetReport(target, [])
+    for name, model in models.items():
+        try:
+            report.measurements.append(measure(model, target, data, name, repeats))
+        except Exception as error:  # a learner's model that cannot run is a finding to report, not a crash
+            report.failures[name] = f"{type(error).__name__}: {error}"
+    return report
+
+
+# ------------------------------------------------------------------------------------ the compression steps
+STUDENT_LAYERS = (0, 2, 4)
+"""The teacher layers the student keeps (DistilBERT's every other layer of MiniLM's six)."""
+
+
+def trimmed_copy(model: Classifier, datasets, unk_id: int) -> Classifier:
+    """A copy of ``model`` whose token embedding keeps only the ids that occur in ``datasets`` (lossless on them)."""
+    model = copy.deepcopy(model)
+    trim_vocabulary(model.encoder, task_token_ids(*datasets), unk_id)
+    return model.eval()
+
+
+def distilled_student(teacher: Classifier, transfer: Callable[[], TensorDataset], layers=STUDENT_LAYERS,
+                      epochs: int = 2, lr: float = 2e-4, name: str = "capstone-student") -> Classifier:
+    """The teacher's ``layers`` (weights copied), then distilled on the teacher's soft targets; cached.
+
+    transfer() returns ``minilib.distill.teacher_targets(teacher, data)``: it is only called when the
+    student is not cached yet (running the teacher over the data is the expensive part).
+    """
+    return cached_model(name, f"{TEACHER_VERSION}-{'-'.join(map(str, layers))}-e{epochs}",
+                        lambda: student_from_teacher(teacher, list(layers)),
+                        lambda student: distill(student, transfer(), teacher.encoder.config.d_model, epochs=epochs,
+                                                lr=lr, temperature=2.0, alpha=0.5, progress=False))
+
+
+def pruned_student(student: Classifier, data: TensorDataset, transfer: Callable[[], TensorDataset],
+                   fraction: float = 0.5, recovery_epochs: int = 1, lr: float = 2e-4,
+                   name: str = "capstone-pruned") -> Classifier:
+    """``student`` without the least important ``fraction`` of its heads and FFN neurons, then distilled again
+    for ``recovery_epochs`` to recover; cached.
+
+    Importance is scored on ``data`` (a few batches): deterministic, so the pruned shape is rebuilt the same
+    way before the cached weights are loaded into it.
+    """
+    def pruned_shape():
+        model = copy.deepcopy(student)
+        prune_least_important(model, data, head_fraction=fraction, neuron_fraction=fraction, max_batches=8)
+        return model.eval()
+
+    def recover(model):
+        if recovery_epochs:
+            distill(model, transfer(), student.encoder.config.d_model, epochs=recovery_epochs, lr=lr, progress=False)
+
+    return cached_model(name, f"{TEACHER_VERSION}-f{fraction}-e{recovery_epochs}", pruned_shape, recover)
+
+
+# ------------------------------------------------------------------------------------------- fairness
+@torch.no_grad()
+def changes_by_template(reference: nn.Module, compressed: nn.Module, data: TensorDataset,
+                        templates: Sequence[int]) -> list[dict]:
+    """Per sentence template: how often the compressed model's prediction differs from the reference's.
+
+    data = (input_ids, attention_mask, labels), one row per sentence; ``templates[i]`` is row i's
+    ``Example.template``. Returns one dict per template, most changed first: ``template``, ``n``,
+    ``changed`` (fraction of its sentences whose predicted class changed), ``reference_accuracy``,
+    ``compressed_accuracy``.
+    """
+    templates = torch.as_tensor(list(templates))
+    labels = data.tensors[2]
+    if len(templates) != len(labels):
+        raise ValueError(f"need one template id per sentence: {len(labels)} sentences, {len(templates)} templates")
+    before, after = predict_logits(reference, data).argmax(-1), predict_logits(compressed, data).argmax(-1)
+    rows = []
+    for template in templates.unique().tolist():
+        rows_of = templates == template
+        rows.append({"template": template, "n": int(rows_of.sum()),
+                     "changed": (before[rows_of] != after[rows_of]).float().mean().item(),
+                     "reference_accuracy": (before[rows_of] == labels[rows_of]).float().mean().item(),
+                     "compressed_accuracy": (after[rows_of] == labels[rows_of]).float().mean().item()})
+    return sorted(rows, key=lambda row: -row["changed"])
+
+
+# ------------------------------------------------------------------------------------------- plotting
+def plot_waterfall(steps: Sequence[Measurement], target=None, axes=None):
+    """Size and latency after each compression step, as waterfall bars, with each step's accuracy on top.
+
+    steps: measurements in the order the steps were applied (the first is the starting model). Each bar
+    spans from the previous step's value to this one's: green when the step saved, red when it cost.
+    The target's size and latency limits are drawn as dashed lines. Returns the two matplotlib Axes.
+    """
+    import matplotlib.pyplot as plt
+
+    if not steps or not all(isinstance(s, Measurement) for s in steps):
+        raise ValueError(f"steps must be a non-empty list of Measurement, got {steps!r}")
+    target = None if target is None else resolve_target(target)
+    axes = axes if axes is not None else plt.subplots(1, 2, figsize=(11, 4))[1]
+    names = [s.name for s in steps]
+    for ax, field, unit, limit in ((axes[0], "size_mb", "size (MB)", target and target.max_size_mb),
+                                   (axes[1], "latency_ms", "latency per call (ms, median)", target and target.max_latency_ms)):
+        values = [getattr(s, field) for s in steps]
+        starts = [0.0] + values[:-1]
+        bottoms = [0.0] + [min(a, b) for a, b in zip(starts[1:], values[1:])]
+        heights = [values[0]] + [abs(b - a) for a, b in zip(starts[1:], values[1:])]
+        colors = ["tab:gray"] + ["tab:green" if b <= a else "tab:red" for a, b in zip(starts[1:], values[1:])]
+        ax.bar(range(len(steps)), heights, bottom=bottoms, color=colors)
+        ax.plot(range(len(steps)), values, "k_", markersize=18)  # where each step ends up
+        for i, (value, step) in enumerate(zip(values, steps)):
+            ax.annotate(f"{value:.3g}\nacc {step.accuracy:.3f}", (i, max(value, bottoms[i] + heights[i])),
+                        textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7)
+        if limit is not None and math.isfinite(limit):
+            ax.axhline(limit, color="tab:red", ls="--", label=f"{target.name} limit {limit:g}")
+            ax.legend(fontsize=8)
+        ax.set_xticks(range(len(steps)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(unit)
+        ax.margins(y=0.2)
+    if target is not None:
+        axes[0].figure.suptitle(f"Each step's saving ({target.describe()})", fontsize=10)
+    axes[0].figure.tight_layout()
+    return axes

@@ -1,0 +1,29 @@
+"""Chapter 09's exercise checks pass the reference answers and fail stubs and plausible mistakes."""
+from minilib.arch import channel_shuffle
+from minilib.checks import check_albert_savings, check_grouped_ffn_params, check_shuffle
+
+
+def stub(*args):
+    raise NotImplementedError
+
+
+def test_grouped_ffn_params():
+    assert check_grouped_ffn_params(lambda d, f, g: 2 * d * f // g + f + d)
+    assert not check_grouped_ffn_params(stub)
+    assert not check_grouped_ffn_params(lambda d, f, g: 2 * d * f // g)                    # forgot the biases
+    assert not check_grouped_ffn_params(lambda d, f, g: 2 * d * f // g ** 2 + f + d)       # divided twice
+
+
+def test_shuffle():
+    assert check_shuffle(channel_shuffle)
+    assert not check_shuffle(stub)
+    assert not check_shuffle(lambda x, g: x)                                              # no shuffle
+    assert not check_shuffle(lambda x, g: x.reshape(*x.shape[:-1], x.shape[-1] // g, g).transpose(-1, -2)
+                             .reshape(x.shape))                                          # (c, g) grid: the inverse
+
+
+def test_albert_savings():
+    assert check_albert_savings(lambda n, p, v, d, e: (n - 1) * p + v * d - (v * e + e * d))
+    assert not check_albert_savings(stub)
+    assert not check_albert_savings(lambda n, p, v, d, e: n * p + v * d - (v * e + e * d))   # keeps no layer
+    assert not check_albert_savings(lambda n, p, v, d, e: (n - 1) * p + v * d - v * e)       # forgot e·d
