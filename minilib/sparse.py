@@ -140,9 +140,7 @@ def sliding_window_attention(q, k, v, window, global_tokens=0, is_causal=False, 
 
     # Tiles: (batch, n_blocks, heads, tokens, d). Query block t and the m keys of blocks t+s, s in shifts.
     q_tiles = _blocks(q, block_size, n_blocks)
-    k_tiles, v_tiles = (torch.cat([blocks[:, reach + s:reach + s + n_blocks] for s in shifts], dim=-2)
-                        for blocks in (_blocks(t, block_size, n_blocks + reach + shifts[-1], before=reach * block_size)
-                                       for t in (k, v)))
+    k_tiles, v_tiles = (_neighbour_tiles(t, block_size, n_blocks, shifts) for t in (k, v))
     block_start = _positions(n_blocks, q.device)[:, None] * block_size
     key_pos = torch.cat([block_start + s * block_size + _positions(block_size, q.device) for s in shifts],
                         dim=1)                                           # (n_blocks, m): where those keys sit
@@ -219,6 +217,15 @@ def _blocks(t, block_size, n_blocks, before=0):
     ``before`` tokens in front and up to n_blocks·b tokens in all."""
     padded = F.pad(t, (0, 0, before, n_blocks * block_size - before - t.shape[-2]))
     return padded.unflatten(-2, (n_blocks, block_size)).transpose(1, 2)
+
+
+def _neighbour_tiles(t, block_size, n_blocks, shifts):
+    """(batch, heads, n, d) → (batch, n_blocks, heads, len(shifts)·b, d): for query block i, the key
+    blocks i+s (s in shifts) side by side. Zero blocks pad both ends so that blocks -r … n_blocks-1+r
+    exist; the mask hides them."""
+    reach = -shifts[0]
+    blocks = _blocks(t, block_size, n_blocks + reach + shifts[-1], before=reach * block_size)
+    return torch.cat([blocks[:, reach + s:reach + s + n_blocks] for s in shifts], dim=-2)
 
 
 def _attend_tiles(q_tiles, k_tiles, v_tiles, allowed):
