@@ -168,12 +168,11 @@ def encode_examples(examples: Sequence[Example], tokenizer, max_len: int = 32) -
                         f"of {type(examples[0]).__name__ if examples else 'nothing'}")
     if not isinstance(max_len, int) or max_len < 3:
         raise ValueError(f"max_len must be an int >= 3 (room for [CLS] x [SEP]), got {max_len!r}")
-    texts = [e.text for e in examples]
-    lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
-    longest = max(range(len(texts)), key=lengths.__getitem__)
+    batch = tokenizer([e.text for e in examples], padding="longest", return_tensors="pt")
+    lengths = batch["attention_mask"].sum(dim=1).tolist()
+    longest = max(range(len(lengths)), key=lengths.__getitem__)
     if lengths[longest] > max_len:
-        raise ValueError(f"max_len={max_len} is too short: {texts[longest]!r} has {lengths[longest]} tokens")
-    batch = tokenizer(texts, padding="longest", return_tensors="pt")
+        raise ValueError(f"max_len={max_len} is too short: {examples[longest].text!r} has {lengths[longest]} tokens")
     labels = torch.tensor([e.label for e in examples])
     return TensorDataset(batch["input_ids"], batch["attention_mask"], labels)
 
