@@ -92,15 +92,16 @@ def lower_layer_features(encoder: Encoder, n_layers: int, data: TensorDataset, b
     input_ids, attention_mask, labels = data.tensors
     hidden = torch.zeros(*input_ids.shape, encoder.config.d_model)
     by_length = attention_mask.sum(dim=1).argsort()
+    device = next(encoder.parameters()).device
     encoder.eval()
     for start in range(0, len(by_length), batch_size):
         rows = by_length[start:start + batch_size]
         width = int(attention_mask[rows].sum(dim=1).max())
-        mask = attention_mask[rows, :width]
-        x = encoder.embeddings(input_ids[rows, :width])
+        mask = attention_mask[rows, :width].to(device)
+        x = encoder.embeddings(input_ids[rows, :width].to(device))
         for layer in encoder.layers[:n_layers]:
             x, _ = layer(x, attn_mask=padding_mask(mask))
-        hidden[rows, :width] = x
+        hidden[rows, :width] = x.cpu()
     return TensorDataset(hidden, attention_mask, labels)
 
 
@@ -109,7 +110,8 @@ def fine_tune_top(classifier: Classifier, train: TensorDataset, val: TensorDatas
     """Fine-tune only the last ``n_trainable`` encoder layers and the head; the rest stays as pretrained.
 
     The frozen lower layers are run once over the data (:func:`lower_layer_features`) instead of once
-    per step, which makes fine-tuning several times faster. Returns ``fit``'s History.
+    per step, which makes fine-tuning several times faster. Afterwards every parameter is trainable
+    again. Returns ``fit``'s History.
     """
     first_trainable = len(classifier.encoder.layers) - n_trainable
     top = TopLayers(classifier, first_trainable)
@@ -120,6 +122,7 @@ def fine_tune_top(classifier: Classifier, train: TensorDataset, val: TensorDatas
     features = [None if d is None else lower_layer_features(classifier.encoder, first_trainable, d)
                 for d in (train, val)]
     history = fit(top, *features, **fit_kwargs)
+    classifier.to(next(top.parameters()).device)  # fit may have moved the top to the GPU: keep the model in one piece
     for p in classifier.parameters():
         p.requires_grad_(True)
     return history
