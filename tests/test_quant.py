@@ -360,3 +360,28 @@ def test_prepare_qat_errors():
         prepare_qat(_small_classifier(), weight_bits=1)
     with pytest.raises(ValueError, match="no nn.Linear"):
         prepare_qat(nn.Sequential(nn.Tanh()))
+
+
+# ------------------------------------------------------------------------------------ the experiment
+def test_experiment_helpers_on_a_small_model():
+    from minilib.quant import experiment
+    torch.manual_seed(0)
+    config = TransformerConfig(vocab_size=100, d_model=128, n_heads=4, n_layers=1, d_ff=256, dropout=0.0)
+    model = Classifier(Encoder(config), n_classes=2).eval()
+    variants = experiment.quantized_variants(model)
+    assert list(variants) == [experiment.FP32, experiment.TORCH_AO, experiment.INT8, experiment.INT4]
+    fp32_bytes = experiment.linear_weight_bytes(model)
+    assert fp32_bytes == sum(4 * p.numel() for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters())
+    for name in (experiment.TORCH_AO, experiment.INT8):
+        assert 3.5 < fp32_bytes / experiment.linear_weight_bytes(variants[name]) < 4
+    assert fp32_bytes / experiment.linear_weight_bytes(variants[experiment.INT4]) > 6
+    timing = experiment.latency(variants, batch=2, seq=8, warmup=0, repeats=1, vocab_size=100)
+    assert set(timing.timings) == set(variants) and timing.ratio(experiment.FP32) == 1
+
+
+def test_real_sentences_are_english_prose():
+    from minilib.quant.experiment import real_sentences
+    sentences = real_sentences(10)
+    assert len(sentences) == 10 and all(s[0].isupper() and 6 <= len(s.split()) <= 40 for s in sentences)
+    with pytest.raises(ValueError, match="asked for 1000000"):
+        real_sentences(1_000_000)

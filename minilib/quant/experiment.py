@@ -54,7 +54,8 @@ def quantized_variants(model: nn.Module, compiled: bool = False, skip=()) -> dic
 
 def linear_weight_bytes(model: nn.Module) -> int:
     """Bytes held by the model's linear layers (float, int8 or int4; each layer counted once)."""
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, QuantLinear, Int4Linear))]
+    kinds = (nn.Linear, QuantLinear, Int4Linear, torch.ao.nn.quantized.Linear)  # the last: quantize_dynamic's layers
+    layers = [m for m in model.modules() if isinstance(m, kinds)]
     return sum(model_size_bytes(m) for m in layers)
 
 
@@ -75,7 +76,7 @@ def embedding_cosines(variants: dict[str, nn.Module], tokenizer, sentences: list
 def latency(variants: dict[str, nn.Module], batch: int = 32, seq: int = 128, warmup: int = 1, repeats: int = 5,
             vocab_size: int = 30522) -> Comparison:
     """Interleaved timing of one forward pass on ``(batch, seq)`` random token ids; ratios against fp32."""
-    ids = torch.randint(1000, vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(1, vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))  # 0 is padding
     mask = torch.ones_like(ids)
     with torch.inference_mode():
         for model in variants.values():  # first call: lazy initialisation (and compilation) outside the timing

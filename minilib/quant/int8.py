@@ -13,8 +13,8 @@ more multiply-adds per cycle than float32, and read 4× fewer bytes of weights.
 What it costs: the activations must be quantized on the fly (find ``max|x|`` per row, divide, round,
 convert) and the int32 result rescaled. Each of those steps is a pass over memory. The GEMM is fast
 enough that these passes become a large part of the time, so the layer does as few of them as
-possible: one reduction for the scales, one divide, one in-place round, one conversion; then two
-passes for the rescale and bias.
+possible: two reductions for the scales, one divide, one in-place round, one conversion; then one
+conversion and two in-place passes for the rescale and bias.
 """
 from __future__ import annotations
 
@@ -49,8 +49,10 @@ def rescale(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, bia
     acc ``(M, N)`` int32, x_scale ``(M, 1)``, w_scale ``(N,)``, bias ``(N,)`` or None → ``(M, N)`` float32.
     One conversion, then in-place updates: no further temporary ``(M, N)`` tensors.
     """
-    out = acc.float().mul_(w_scale).mul_(x_scale)
-    return out if bias is None else out.add_(bias)
+    out = acc.float().mul_(w_scale)
+    if bias is None:
+        return out.mul_(x_scale)
+    return torch.addcmul(bias, out, x_scale, out=out)  # b + out · s_x, one pass, written over out
 
 
 def int_mm_supported(a: torch.Tensor, b: torch.Tensor) -> bool:
