@@ -23,7 +23,7 @@ def headlines():
         Headline(f"sliding window (w={WINDOW}) speed-up over torch fused SDPA (n=8192, d={HEAD_DIM}, {HEADS} heads)",
                  speedup, 3.0, "×", speedup >= 3.0,
                  f"with 16 global tokens: {timing.ratio('sliding window + 16 global'):.2f}×"),
-        Headline(f"sliding window extra memory, n=8192 vs n=4096 (linear = 2, quadratic = 4)", growth, 2.2, "×",
+        Headline("sliding window extra memory, n=8192 vs n=4096 (linear = 2, quadratic = 4)", growth, 2.2, "×",
                  growth <= 2.2),
     ]
 
