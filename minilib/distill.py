@@ -278,14 +278,15 @@ def _distiller_loss(model: Distiller, batch) -> torch.Tensor:
     return model.loss(batch)
 
 
-def distill(student: Classifier, targets: TensorDataset, teacher_width: int, val_data=None, temperature: float = 2.0,
+def distill(student: Classifier, targets: TensorDataset, teacher_width: int, temperature: float = 2.0,
             alpha: float = 0.5, hidden_weight: float = 0.0, attention_weight: float = 0.0, hidden_kind: str = "mse",
             **fit_kwargs):
     """Train ``student`` on ``targets`` (from :func:`teacher_targets`) with :func:`minilib.train.fit`.
 
     targets must hold the teacher's hidden states for every student hidden state (see :func:`layer_map`)
     when hidden_weight > 0, and its attention maps for every student layer when attention_weight > 0.
-    Returns fit's History; the student is trained in place.
+    Returns fit's History; the student is trained in place. A ``val_data`` for fit must come from
+    :func:`teacher_targets` too: it is scored with the distillation loss (accuracy: :func:`minilib.train.accuracy`).
     """
     n_extras = len(targets.tensors) - 4
     wanted = (hidden_weight > 0) + (attention_weight > 0)
@@ -294,7 +295,7 @@ def distill(student: Classifier, targets: TensorDataset, teacher_width: int, val
                          f"attention_weight={attention_weight} need {wanted}; build them with teacher_targets("
                          f"hidden_layers=..., attention_layers=...)")
     distiller = Distiller(student, teacher_width, temperature, alpha, hidden_weight, attention_weight, hidden_kind)
-    return fit(distiller, targets, val_data, loss_fn=_distiller_loss, **fit_kwargs)
+    return fit(distiller, targets, loss_fn=_distiller_loss, metric_fn=None, **fit_kwargs)
 
 
 # ------------------------------------------------------------------------------------ the chapter's experiment
@@ -333,7 +334,7 @@ def train_student(method: str, student: Classifier, transfer: TensorDataset, tea
     input_ids, attention_mask, labels, teacher_logits, *_ = transfer.tensors
     labelled = labels != UNLABELLED
     steps = epochs * math.ceil(len(labels) / batch_size)
-    fit_kwargs = dict(batch_size=batch_size, metric_fn=None, **fit_kwargs)
+    fit_kwargs = dict(batch_size=batch_size, **fit_kwargs)
     if method == "labels only":
         data = TensorDataset(input_ids[labelled], attention_mask[labelled], labels[labelled])
         return fit(student, data, epochs=max(1, round(steps / math.ceil(len(data) / batch_size))), **fit_kwargs)
