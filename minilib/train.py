@@ -40,6 +40,23 @@ def get_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@torch.no_grad()
+def init_weights(model: nn.Module, std: float = 0.02) -> nn.Module:
+    """BERT's and GPT-2's initialisation, for a model trained from scratch: weights ~ N(0, std²), biases 0.
+
+    Linear and embedding weights (embeddings of d = 64 drawn from PyTorch's default N(0, 1) give tied
+    output logits of size ~√d, and a first loss far above log(vocab)); LayerNorm keeps gain 1, shift 0.
+    """
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.normal_(0.0, std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.zero_()
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            module.weight[module.padding_idx].zero_()
+    return model
+
+
 # ------------------------------------------------------------------------------------------------
 # Losses: (model, batch) -> scalar
 # ------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from minilib.train import (accuracy, classification_loss, evaluate, fit, lm_loss, lr_multiplier,
+from minilib.train import (accuracy, classification_loss, evaluate, fit, init_weights, lm_loss, lr_multiplier,
                            make_optimizer, predict_logits, seq2seq_loss, set_seed, trim_padding)
 
 
@@ -208,3 +208,16 @@ def test_lm_loss_is_next_token_cross_entropy():
     manual = -torch.log_softmax(logits, -1).gather(-1, targets[..., None]).mean()
     assert loss.item() == pytest.approx(manual.item(), rel=1e-6)
 
+
+
+def test_init_weights_gives_a_first_loss_near_uniform():
+    from minilib.transformer import LanguageModel, TransformerConfig
+    torch.manual_seed(0)
+    model = LanguageModel(TransformerConfig(vocab_size=50, d_model=64, n_heads=4, n_layers=1, d_ff=64, max_len=16))
+    batch = (torch.randint(0, 50, (4, 16)), torch.randint(0, 50, (4, 16)))
+    before = lm_loss(model, batch).item()
+    init_weights(model)
+    after = lm_loss(model, batch).item()
+    assert abs(after - math.log(50)) < 0.1 < abs(before - math.log(50))  # uniform guess: loss = log(vocab)
+    assert all(m.bias.abs().max() == 0 for m in model.modules() if isinstance(m, nn.Linear) and m.bias is not None)
+    assert model.embeddings.token.weight.std().item() == pytest.approx(0.02, rel=0.1)
