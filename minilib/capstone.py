@@ -174,9 +174,13 @@ class BudgetReport:
     @property
     def meeting(self) -> list[Measurement]:
         """The measurements inside the budget, best first (highest throughput for the cloud, else accuracy)."""
-        inside = [m for m in self.measurements if not m.misses(self.target)]
-        return sorted(inside, key=lambda m: (-m.throughput, -m.accuracy) if self.target.min_throughput or
-                      not math.isfinite(self.target.max_latency_ms) else (-m.accuracy, m.latency_ms))
+        return sorted((m for m in self.measurements if not m.misses(self.target)), key=self._rank)
+
+    def _rank(self, m: Measurement) -> tuple:
+        """A target without a latency limit (the cloud) prefers throughput; the others accuracy, then speed."""
+        if math.isinf(self.target.max_latency_ms):
+            return (-m.throughput, -m.accuracy)
+        return (-m.accuracy, m.latency_ms)
 
     @property
     def meets(self) -> bool:

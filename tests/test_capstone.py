@@ -122,3 +122,9 @@ def test_waterfall_draws_one_bar_per_step():
     with pytest.raises(ValueError, match="Measurement"):
         plot_waterfall([], "phone")
     assert math.isinf(TARGETS["cloud"].max_latency_ms)
+
+
+def test_the_cloud_prefers_throughput_the_phone_accuracy():
+    accurate, fast = Measurement("accurate", 5, 10, 100, 0.99), Measurement("fast", 5, 5, 200, 0.96)
+    assert BudgetReport(TARGETS["cloud"], [accurate, fast]).best.name == "fast"
+    assert BudgetReport(TARGETS["phone"], [fast, accurate]).best.name == "accurate"
