@@ -90,6 +90,7 @@ def _run_chapter(lab, tmp_path, offline):
         page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
         page.goto(f"{lab['url']}/lab/tree/{CHAPTER}?token={lab['token']}")
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
+        _accept_kernel_dialog(page)
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
         _menu(page, "Run", "Run All Cells")
         _wait_for_all_cells(page)
@@ -100,6 +101,15 @@ def _run_chapter(lab, tmp_path, offline):
         browser.close()
     notebook = json.loads((lab["root"] / CHAPTER).read_text())
     return state, errors, notebook
+
+
+def _accept_kernel_dialog(page):
+    """A slow kernel start can make JupyterLab ask which kernel to use: take the proposed one."""
+    try:
+        page.wait_for_selector(".jp-Dialog", timeout=10_000)
+    except sync_api.TimeoutError:
+        return
+    page.click(".jp-Dialog button:has-text('Select')")
 
 
 def _menu(page, menu, item):
