@@ -181,11 +181,11 @@ def sentiment_dataset(tokenizer=None, seed: int = 0, max_len: int = 32,
                       sizes: Sequence[int] = (4000, 500, 1000)) -> Splits:
     """The sentiment task tokenised: ``Splits`` of ``TensorDataset(input_ids, attention_mask, labels)``.
 
-    ``tokenizer`` defaults to MiniLM's (``minilib.hf.load_minilm()[1]``), the one the teacher uses.
+    ``tokenizer`` defaults to MiniLM's (``minilib.hf.load_tokenizer()``), the one the teacher uses.
     """
     if tokenizer is None:
-        from minilib.hf import load_minilm
-        tokenizer = load_minilm()[1]
+        from minilib.hf import load_tokenizer
+        tokenizer = load_tokenizer()
     return Splits(*(encode_examples(part, tokenizer, max_len) for part in sentiment_examples(seed, sizes)))
 
 

