@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import importlib
 import random
 import re
 import string
@@ -401,13 +402,18 @@ def register_dataset(name: str, fn: Callable, overwrite: bool = False) -> None:
     _REGISTRY[name] = fn
 
 
+CHAPTER_DATASET_MODULES = ("minilib.longrange",)   # chapter modules that register their own generators
+
+
 def dataset_names() -> list[str]:
-    """The names :func:`load_dataset` knows."""
+    """The names :func:`load_dataset` knows, including those that chapter modules register."""
+    for module in CHAPTER_DATASET_MODULES:
+        importlib.import_module(module)            # imported here, not at the top: they import this module
     return sorted(_REGISTRY)
 
 
 def load_dataset(name: str, seed: int = 0, **kw):
     """The dataset registered as ``name``, e.g. ``load_dataset("translation", seed=1)``."""
-    if name not in _REGISTRY:
+    if name not in dataset_names():
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
     return _REGISTRY[name](seed=seed, **kw)

@@ -230,3 +230,12 @@ def test_register_dataset():
             register_dataset("", toy)
     finally:
         data._REGISTRY.pop("toy_for_test")
+
+
+def test_chapter_datasets_load_without_importing_their_module_first():
+    import subprocess
+    import sys
+
+    code = "from minilib.data import load_dataset; print(len(load_dataset('long_range').train))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and int(done.stdout) > 0, done.stderr
