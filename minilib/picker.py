@@ -186,5 +186,5 @@ def plot_candidates(candidates: Sequence[Candidate], budget: Budget | None = Non
             ax.axhline(budget.min_accuracy, color="tab:green", ls="--", label=f"accuracy ≥ {budget.min_accuracy:g}")
     ax.set(xlabel="latency of one batch (ms, median)", ylabel="accuracy",
            title="Candidates (marker area ∝ memory; hollow = over the memory budget)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     return ax
