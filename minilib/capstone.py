@@ -7,7 +7,7 @@ A deployment target is a *stated budget*, measured the way that device runs the 
 - ``cloud``: sentences per second per core (batch 32, one thread), at an accuracy floor.
 
 :func:`measure` runs a classifier under a target's conditions (batch size, thread count) and returns a
-:class:`Measurement`; :func:`check_budget` measures one model or several and returns a :class:`BudgetReport`
+:class:`Measurement`; :func:`budget_report` measures one model or several and returns a :class:`BudgetReport`
 that says which meet the budget and, when none does, which came closest and by how much it misses: it
 never raises because a budget was missed. :func:`plot_waterfall` draws size and latency after each
 compression step with the accuracy alongside; :func:`changes_by_template` is the fairness check (does
@@ -165,7 +165,7 @@ def measure_steps(models: dict, targets, data: TensorDataset, repeats: int = 10)
 
 @dataclass
 class BudgetReport:
-    """What :func:`check_budget` found: every measurement, which meet the target, and the best or the closest."""
+    """What :func:`budget_report` found: every measurement, which meet the target, and the best or the closest."""
 
     target: Target
     measurements: list[Measurement]
@@ -214,8 +214,10 @@ class BudgetReport:
         printer.text(str(self))
 
 
-def check_budget(models, target, data: TensorDataset, repeats: int = 10) -> BudgetReport:
+def budget_report(models, target, data: TensorDataset, repeats: int = 10) -> BudgetReport:
     """Measure ``models`` (one classifier, or a dict name -> classifier) under ``target`` and report.
+
+    (Not named ``check_budget``: ``check_*`` names are reserved for exercise checks, see ``minilib.checks``.)
 
     A model that misses the budget, or even crashes when run, is reported, not raised: ``print(report)``
     says what each one misses, and when nothing meets the budget, which model came closest.

@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from minilib.bench import model_size_bytes
-from minilib.capstone import (TARGETS, BudgetReport, Measurement, Target, changes_by_template, check_budget, measure,
+from minilib.capstone import (TARGETS, BudgetReport, Measurement, Target, changes_by_template, budget_report, measure,
                               plot_waterfall, threads)
 from minilib.transformer import Classifier, Encoder, TransformerConfig
 
@@ -50,8 +50,8 @@ def test_misses_and_shortfall_by_hand():
     assert Measurement("slow", 1, 1, 50, 0.45).shortfall(cloud) == pytest.approx(0.5 + 0.5)
 
 
-def test_check_budget_meets_and_picks_the_best():
-    report = check_budget({"right": FirstToken(), "wrong": FirstToken(flip=True)}, "edge box", data(), repeats=2)
+def test_budget_report_meets_and_picks_the_best():
+    report = budget_report({"right": FirstToken(), "wrong": FirstToken(flip=True)}, "edge box", data(), repeats=2)
     assert report.meets and [m.name for m in report.meeting] == ["right"]
     assert report.best.name == "right"
     assert "Meets the budget: right" in str(report) and "accuracy 0.000 < 0.9" in str(report)
@@ -61,12 +61,12 @@ def test_an_impossible_budget_reports_the_closest_without_raising():
     impossible = Target("tiny", batch_size=2, threads=1, max_size_mb=1e-4, min_accuracy=0.9)
     models = {"small": FirstToken(width=100), "large": FirstToken(width=10_000),
               "broken": nn.Linear(3, 2)}                  # takes one input, is called with two: crashes
-    report = check_budget(models, impossible, data(), repeats=2)
+    report = budget_report(models, impossible, data(), repeats=2)
     assert not report.meets and report.best.name == "small"
     text = str(report)
     assert "Nothing meets the budget. Closest: small" in text and "memory 0.0 MB > 0.0001 MB" in text
     assert "broken: could not be measured: TypeError" in text
-    nothing = check_budget({"broken": nn.Linear(3, 2)}, impossible, data(), repeats=2)
+    nothing = budget_report({"broken": nn.Linear(3, 2)}, impossible, data(), repeats=2)
     assert nothing.best is None and "no model could be measured" in str(nothing)
 
 
@@ -74,15 +74,15 @@ def test_a_real_classifier_under_every_target():
     torch.manual_seed(0)
     model = Classifier(Encoder(TransformerConfig(vocab_size=50, d_model=16, n_heads=2, n_layers=1, d_ff=32)), 2)
     for name in TARGETS:
-        report = check_budget(model, name, data(), repeats=2)
+        report = budget_report(model, name, data(), repeats=2)
         assert isinstance(report, BudgetReport) and len(report.measurements) == 1
 
 
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="one of"):
-        check_budget(FirstToken(), "satellite", data())
+        budget_report(FirstToken(), "satellite", data())
     with pytest.raises(TypeError, match="dict of name"):
-        check_budget([FirstToken()], "phone", data())
+        budget_report([FirstToken()], "phone", data())
     with pytest.raises(ValueError, match="threads"):
         Target("t", batch_size=1, threads=0)
     with pytest.raises(ValueError, match="max_memory_mb"):
