@@ -51,7 +51,7 @@ def headlines():
 
     points = prune.sparse_vs_dense(sparsities=(0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999))
     crossover = prune.crossover_sparsity(points)
-    speedups = ", ".join(f"{p.sparsity:.0%}: {p.speedup:.2f}×" for p in points)
+    speedups = ", ".join(f"{p.sparsity:.1%}: {p.speedup:.2f}×" for p in points)
     shape = f"batch {BATCH}, seq {SEQ}"
     return [
         Headline(f"remove 50% heads + 50% FFN neurons: × faster ({shape})", timing.ratio("structured"), 1.6, "×",
