@@ -21,7 +21,7 @@ from torch.utils.data import TensorDataset
 from .train import accuracy, fit, set_seed
 from .transformer import Classifier, Encoder, mean_pool, padding_mask
 
-TEACHER_VERSION = "v1"
+TEACHER_VERSION = "v2"
 
 
 def cache_dir() -> Path:
@@ -131,7 +131,7 @@ def fine_tune_top(classifier: Classifier, train: TensorDataset, val: TensorDatas
 def _train_teacher(classifier: Classifier, tokenizer) -> None:
     from .data import sentiment_dataset
     splits = sentiment_dataset(tokenizer)
-    fine_tune_top(classifier, splits.train, n_trainable=1, epochs=2, lr=3e-4, batch_size=32,
+    fine_tune_top(classifier, splits.train, n_trainable=1, epochs=3, lr=3e-4, batch_size=32,
                   desc="fine-tuning the sentiment teacher (once; then cached)")
     classifier.cpu().eval()
     print(f"sentiment teacher: test accuracy {accuracy(classifier, splits.test):.3f}, cached in {cache_dir()}")
