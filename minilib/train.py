@@ -220,6 +220,7 @@ def _check_fit_args(train_data, epochs, batch_size, lr, warmup, clip_grad):
         raise ValueError(f"clip_grad must be a positive max norm or None (no clipping), got {clip_grad!r}")
 
 
+@torch.enable_grad()   # train even where a notebook turned gradients off (torch.set_grad_enabled(False))
 def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
         loss_fn: Callable = classification_loss, metric_fn: Callable | None = accuracy, epochs: int = 1,
         batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 0.01, warmup: float = 0.1,
