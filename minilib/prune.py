@@ -57,9 +57,14 @@ def linear_weights(model: nn.Module) -> dict[str, torch.Tensor]:
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Keep-mask (True = keep) shaped like ``weight`` that zeroes exactly round(sparsity · numel) smallest |w|."""
     n_pruned = round(_check_fraction(sparsity) * weight.numel())
-    keep = torch.ones(weight.numel(), dtype=torch.bool, device=weight.device)
-    # a stable sort breaks ties by position, so the count is exact even when many |w| are equal (e.g. zeros)
-    keep[torch.argsort(weight.abs().flatten(), stable=True)[:n_pruned]] = False
+    scores = weight.detach().abs().flatten()
+    if n_pruned == 0:
+        return torch.ones_like(weight, dtype=torch.bool)
+    threshold = scores.kthvalue(n_pruned).values  # τ = the n_pruned-th smallest |w|
+    keep = scores > threshold
+    # weights equal to τ (e.g. many zeros): prune just enough of them, the first by position, to be exact
+    tied = (scores == threshold).nonzero().squeeze(1)
+    keep[tied[n_pruned - int((scores < threshold).sum()):]] = True
     return keep.view_as(weight)
 
 

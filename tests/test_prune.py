@@ -444,3 +444,10 @@ def test_prune_least_important_removes_the_requested_fractions_of_the_lowest_sco
     assert sum(layer.ffn.up.out_features for layer in model.encoder.layers) == N_LAYERS * D_FF * 3 // 4
     with pytest.raises(ValueError, match="head_fraction must be in"):
         prune.prune_least_important(model, data, head_fraction=1.0)
+
+
+def test_magnitude_mask_is_exact_with_ties():
+    weight = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, -1.0, 2.0, 0.5])
+    assert prune.magnitude_mask(weight, 0.25).tolist() == [False, False, True, True, True, True, True, True]
+    assert prune.magnitude_mask(weight, 0.75).tolist() == [False] * 4 + [False, True, True, False]
+    assert prune.magnitude_mask(weight, 0.0).all()
