@@ -245,7 +245,10 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_multiplier(step, total_steps, warmup_steps, schedule))
     history = History()
-    bar = tqdm(total=total_steps, desc=desc or "training", disable=not progress)
+    # At most ~100 redraws however long the run: in a notebook each redraw is a widget message,
+    # and a kernel that sends thousands of them drops some (nbval then waits for output forever).
+    bar = tqdm(total=total_steps, desc=desc or "training", disable=not progress,
+               miniters=max(1, total_steps // 100), mininterval=0.5)
     for epoch in range(1, epochs + 1):
         model.train()
         for batch in loader:
@@ -260,8 +263,8 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
             history.grad_norms.append(norm.item())
             optimizer.step()
             scheduler.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{history.lrs[-1]:.2g}", refresh=False)
             bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{history.lrs[-1]:.2g}")
         if val_data is not None:
             history.val.append({"epoch": epoch, **evaluate(model, val_data, metric_fn, loss_fn=loss_fn)})
             bar.set_postfix({f"val_{k}": f"{v:.3f}" for k, v in history.val[-1].items() if k != "epoch"})

@@ -63,6 +63,24 @@ def test_fit_lowers_the_loss_and_learns_the_task(task):
     assert not model.training
 
 
+def test_progress_bar_redraws_a_bounded_number_of_times(task, monkeypatch):
+    """In a notebook every redraw is a kernel message; thousands of them get dropped and stall nbval."""
+    from tqdm.std import tqdm as plain_tqdm
+
+    class CountingBar(plain_tqdm):
+        redraws = 0
+
+        def display(self, *args, **kwargs):
+            CountingBar.redraws += 1
+            return super().display(*args, **kwargs)
+
+    monkeypatch.setattr("minilib.train.tqdm", CountingBar)
+    train, val = task
+    history = fit(BagOfWords(), train, val, epochs=4, batch_size=1, lr=1e-3)   # 2048 steps
+    assert len(history.losses) == 2048
+    assert 1 <= CountingBar.redraws <= 110
+
+
 def test_fit_is_repeatable_with_the_same_seed(task):
     train, _ = task
     runs = []
