@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
@@ -25,6 +24,8 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+
+from minilib.layer_parts import encoder_layer_parts
 
 # --------------------------------------------------------------------------------------------------
 # Unstructured pruning: masks on individual weights
@@ -318,76 +319,6 @@ def crossover_sparsity(points: list[MatmulPoint]) -> float | None:
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Slot:
-    """A Linear layer found inside a module, and where to put its replacement."""
-
-    owner: nn.Module
-    attribute: str
-
-    @property
-    def linear(self) -> nn.Linear:
-        return getattr(self.owner, self.attribute)
-
-    def replace(self, linear: nn.Linear) -> None:
-        setattr(self.owner, self.attribute, linear)
-
-
-@dataclass
-class _LayerParts:
-    """The pieces of one Transformer layer that head and neuron pruning touch."""
-
-    attention: nn.Module      # holds the head count
-    head_inputs: list[_Slot]  # q, k, v projections: head h owns output rows h·d_h … (h+1)·d_h − 1
-    head_output: _Slot        # output projection: head h owns those input columns
-    ffn_up: _Slot             # neuron j is output row j
-    ffn_down: _Slot           # neuron j is input column j
-    head_dim: int
-
-    @property
-    def n_heads(self) -> int:
-        return self.head_output.linear.in_features // self.head_dim
-
-    @property
-    def n_neurons(self) -> int:
-        return self.ffn_up.linear.out_features
-
-    def set_head_count(self, n_heads: int) -> None:
-        if hasattr(self.attention, "n_heads"):  # minilib MultiHeadAttention
-            self.attention.n_heads = n_heads
-        else:  # Hugging Face BertSelfAttention reads both when reshaping
-            self.attention.num_attention_heads = n_heads
-            self.attention.all_head_size = n_heads * self.head_dim
-
-
-def _layer_parts(model: nn.Module) -> list[_LayerParts]:
-    """Every Transformer encoder layer in ``model`` (minilib ``EncoderLayer`` or HF ``BertLayer``), in order."""
-    from minilib.transformer import EncoderLayer
-
-    hf_bert = sys.modules.get("transformers.models.bert.modeling_bert")  # loaded if model holds a BertLayer
-    parts = []
-    for module in model.modules():
-        if isinstance(module, EncoderLayer):
-            attn, ffn = module.attn, module.ffn
-            parts.append(_LayerParts(
-                attn, [_Slot(attn, "q_proj"), _Slot(attn, "k_proj"), _Slot(attn, "v_proj")], _Slot(attn, "out_proj"),
-                _Slot(ffn, "up"), _Slot(ffn, "down"), attn.head_dim,
-            ))
-        elif hf_bert is not None and isinstance(module, hf_bert.BertLayer):
-            attn = module.attention.self
-            parts.append(_LayerParts(
-                attn, [_Slot(attn, "query"), _Slot(attn, "key"), _Slot(attn, "value")],
-                _Slot(module.attention.output, "dense"),
-                _Slot(module.intermediate, "dense"), _Slot(module.output, "dense"), attn.attention_head_size,
-            ))
-    if not parts:
-        raise TypeError(
-            f"found no Transformer encoder layer in {type(model).__name__}: expected a minilib Encoder/Classifier "
-            "or a Hugging Face BERT model"
-        )
-    return parts
-
-
 def _keep_rows(linear: nn.Linear, index: torch.Tensor) -> nn.Linear:
     """A smaller Linear computing only outputs ``index``: W[index, :], b[index]."""
     return _new_linear(linear.weight[index], None if linear.bias is None else linear.bias[index])
@@ -452,7 +383,7 @@ def prune_heads(model: nn.Module, heads: dict[int, list[int]]) -> nn.Module:
     Indices refer to the layer's current heads (after an earlier pruning they are renumbered 0 … n−1).
     Works on minilib encoders and on Hugging Face BERT models. Returns ``model``.
     """
-    layers = _layer_parts(model)
+    layers = encoder_layer_parts(model)
     for layer, removed in _check_removal(heads, [p.n_heads for p in layers], "head").items():
         parts = layers[layer]
         keep_heads = _kept(parts.n_heads, removed)
@@ -471,7 +402,7 @@ def prune_neurons(model: nn.Module, neurons: dict[int, list[int]]) -> nn.Module:
     Neuron j is row j of the up projection (d_model → d_ff) and column j of the down projection
     (d_ff → d_model); removing both equals masking the neuron's activation. Returns ``model``.
     """
-    layers = _layer_parts(model)
+    layers = encoder_layer_parts(model)
     for layer, removed in _check_removal(neurons, [p.n_neurons for p in layers], "neuron").items():
         parts = layers[layer]
         index = _kept(parts.n_neurons, removed).to(parts.ffn_up.linear.weight.device)
@@ -488,7 +419,7 @@ def gates(model: nn.Module, heads: list[torch.Tensor] | None = None, neurons: li
     Michel et al., 2019); neurons[l] ``(d_ff_l,)`` scales the activations entering the down projection.
     A gate of 0 is a mask; gates that require grad give importance scores. Works on minilib and HF models.
     """
-    layers = _layer_parts(model)
+    layers = encoder_layer_parts(model)
     handles = []
 
     def gate_heads(gate, parts):
@@ -524,7 +455,7 @@ def _importance(model, data, loss_fn, batch_size, max_batches, of: str, normaliz
     from minilib.train import classification_loss
 
     loss_fn = loss_fn or classification_loss
-    layers = _layer_parts(model)
+    layers = encoder_layer_parts(model)
     device = next(model.parameters()).device
     counts = [p.n_heads if of == "heads" else p.n_neurons for p in layers]
     gate_list = [torch.ones(n, device=device, requires_grad=True) for n in counts]

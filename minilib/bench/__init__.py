@@ -34,6 +34,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from minilib.layer_parts import encoder_layer_parts
+
 __all__ = [
     "Timing", "time_fn", "Comparison", "compare", "Headline", "machine_label", "peak_matmul_gflops",
     "attention_flops", "linear_flops", "encoder_flops", "param_count", "model_size_bytes", "peak_memory",
@@ -244,32 +246,6 @@ def attention_flops(batch: int, heads: int, seq: int, head_dim: int, causal: boo
     return 4 * batch * heads * pairs * head_dim
 
 
-def _layer_parts(layer: nn.Module) -> tuple[list[nn.Linear], int, int, list[nn.Linear]]:
-    """(projection Linears, heads, head_dim, FFN Linears) of a minilib ``EncoderLayer`` or an HF ``BertLayer``."""
-    if hasattr(layer, "attn") and hasattr(layer, "ffn"):  # minilib
-        attn = layer.attn
-        projections = [attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj]
-        head_dim, ffn = attn.head_dim, [layer.ffn.up, layer.ffn.down]
-    elif hasattr(layer, "attention") and hasattr(layer, "intermediate"):  # Hugging Face BERT family
-        attn = layer.attention.self
-        projections = [attn.query, attn.key, attn.value, layer.attention.output.dense]
-        head_dim, ffn = attn.attention_head_size, [layer.intermediate.dense, layer.output.dense]
-    else:
-        raise TypeError(f"expected a minilib EncoderLayer or a Hugging Face BertLayer, got {type(layer).__name__}")
-    heads = projections[0].out_features // head_dim  # from the shapes: pruned layers have fewer heads
-    return projections, heads, head_dim, ffn
-
-
-def _encoder_layers(model: nn.Module) -> nn.ModuleList:
-    if hasattr(model, "layers"):  # minilib Encoder
-        return model.layers
-    if hasattr(model, "encoder") and hasattr(model.encoder, "layer"):  # HF BertModel
-        return model.encoder.layer
-    if hasattr(model, "encoder"):  # minilib Classifier
-        return _encoder_layers(model.encoder)
-    raise TypeError(f"expected a minilib Encoder/Classifier or a Hugging Face BertModel, got {type(model).__name__}")
-
-
 def encoder_flops(model: nn.Module, seq: int, batch: int = 1) -> dict[str, int]:
     """FLOPs of one forward pass through an encoder's layers, by component.
 
@@ -282,11 +258,10 @@ def encoder_flops(model: nn.Module, seq: int, batch: int = 1) -> dict[str, int]:
     _check_positive(seq=seq, batch=batch)
     tokens = batch * seq
     counts = {"projections": 0, "attention": 0, "ffn": 0}
-    for layer in _encoder_layers(model):
-        projections, heads, head_dim, ffn = _layer_parts(layer)
-        counts["projections"] += sum(linear_flops(tokens, p.in_features, p.out_features) for p in projections)
-        counts["attention"] += attention_flops(batch, heads, seq, head_dim)
-        counts["ffn"] += sum(linear_flops(tokens, f.in_features, f.out_features) for f in ffn)
+    for layer in encoder_layer_parts(model):
+        counts["projections"] += sum(linear_flops(tokens, p.in_features, p.out_features) for p in layer.projections)
+        counts["attention"] += attention_flops(batch, layer.n_heads, seq, layer.head_dim)
+        counts["ffn"] += sum(linear_flops(tokens, f.in_features, f.out_features) for f in layer.ffn)
     counts["total"] = sum(counts.values())
     return counts
 
