@@ -2,8 +2,8 @@
 
 Every check the notebook runs appends one JSON line to the file named by ``MINILIB_GRADING_LOG``
 (see :mod:`minilib.checks`); the grader points that variable at a temporary file, executes the notebook
-with nbclient, and reads the lines back. A notebook that raises or runs out of time stops there and
-keeps the points of the checks that ran before.
+(:mod:`minilib.notebook_runner`), and reads the lines back. A notebook that raises or runs out of time
+stops there and keeps the points of the checks that ran before.
 """
 from __future__ import annotations
 
@@ -15,15 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from time import monotonic
 
-import ipykernel.kernelspec
-from jupyter_client import AsyncKernelManager
-from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
-from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
-
 from minilib.assignments.exercises import AssignmentError, describe_cell, find_exercises, read_notebook
-
-THIS_PYTHON = "minilib-grader"
+from minilib.notebook_runner import CellFailed, run_cells
 
 
 @dataclass
@@ -89,33 +82,16 @@ def grade_notebook(path, timeout: float = 300.0) -> Grade:
 
 def _execute(nb, path: Path, timeout: float, log: Path) -> tuple[str, str]:
     """Run every cell of ``nb`` in a fresh kernel of this Python; ("completed", "") or (status, reason)."""
-    kernel = AsyncKernelManager(kernel_name=THIS_PYTHON, kernel_spec_manager=_ThisPythonOnly())
-    client = NotebookClient(nb, km=kernel, shutdown_kernel="immediate",
-                            resources={"metadata": {"path": str(path.resolve().parent)}})
-    clock, running = {}, {"index": 0}
-    client.on_notebook_start = lambda notebook: clock.update(deadline=monotonic() + timeout)
-    client.timeout_func = lambda cell: max(1.0, clock["deadline"] - monotonic())   # what is left of the budget
-    client.on_cell_execute = lambda cell, cell_index: running.update(index=cell_index)
     try:
-        client.execute(cleanup_kc=True, env={**os.environ, "MINILIB_GRADING_LOG": str(log)})
-    except CellTimeoutError:
-        return "timed out", f"stopped at the {timeout:g} s limit while running {describe_cell(path, nb, running['index'])}"
-    except DeadKernelError:
-        return "crashed", (f"Python died while running {describe_cell(path, nb, running['index'])} "
-                           f"(out of memory, or the code exited the kernel)")
-    except CellExecutionError as error:
-        return "crashed", f"{describe_cell(path, nb, running['index'])} raised {error.ename}: {error.evalue}"
+        run_cells(nb, path.resolve().parent, timeout, env={**os.environ, "MINILIB_GRADING_LOG": str(log)})
+    except CellFailed as failure:
+        cell = describe_cell(path, nb, failure.index)
+        if failure.reason == "timeout":
+            return "timed out", f"stopped at the {timeout:g} s limit while running {cell}"
+        if failure.reason == "dead":
+            return "crashed", f"Python died while running {cell} (out of memory, or the code exited the kernel)"
+        return "crashed", f"{cell} raised {failure.ename}: {failure.evalue}"
     return "completed", ""
-
-
-class _ThisPythonOnly(KernelSpecManager):
-    """Kernel specs in which the grader's kernel is this very Python (the one with minilib installed),
-    whatever other "python3" kernels the machine has; the same idea as nbval's --nbval-current-env."""
-
-    def get_kernel_spec(self, kernel_name):
-        if kernel_name != THIS_PYTHON:
-            return super().get_kernel_spec(kernel_name)
-        return KernelSpec(resource_dir=ipykernel.kernelspec.RESOURCES, **ipykernel.kernelspec.get_kernel_dict())
 
 
 def _read_log(log: Path) -> dict[str, dict]:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import nbformat
 import psutil
-from nbclient import NotebookClient
 
 from minilib.bench import _text_table
+from minilib.notebook_runner import CellFailed, run_cells
 
 NOTEBOOK_SECONDS = 90.0
 NOTEBOOK_BYTES = 1.5e9
@@ -69,21 +69,18 @@ class _KernelSampler(threading.Thread):
 
 
 def run_notebook(path, timeout: float = 600, sample_every: float = 0.05) -> NotebookRun:
-    """Execute the notebook at ``path`` in a fresh kernel (outputs discarded) and measure it."""
+    """Execute the notebook at ``path`` in a fresh kernel (the file is not changed) and measure it."""
     path = Path(path)
     if not path.is_file() or path.suffix != ".ipynb":
         raise ValueError(f"expected the path of an existing .ipynb file, got {str(path)!r}")
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent.resolve())}})
     sampler = _KernelSampler(sample_every)
     sampler.start()
     start, error = time.perf_counter(), None
     try:
-        client.execute()
-    except Exception as failure:  # a failing cell is a result to report, not a reason to stop
-        lines = str(failure).strip().splitlines()  # nbclient ends its message with the cell's error line
-        error = lines[-1] if lines else type(failure).__name__
+        run_cells(notebook, path.parent.resolve(), timeout)
+    except CellFailed as failure:  # a failing cell is a result to report, not a reason to stop
+        error = str(failure)
     seconds = time.perf_counter() - start
     sampler.stop()
     return NotebookRun(path, seconds, sampler.peak_rss, sampler.cpu_seconds, error, key_figure(notebook))
