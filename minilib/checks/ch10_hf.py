@@ -16,11 +16,9 @@ TEXTS = ["This is a great movie!", "Not bad at all.", "Boring, far too long.", "
 
 @functools.lru_cache(maxsize=1)
 def _tokenizer():
-    from transformers import AutoTokenizer
+    from minilib.hf import load_tokenizer
 
-    from minilib.hf import minilm_path
-
-    return AutoTokenizer.from_pretrained(minilm_path())
+    return load_tokenizer()
 
 
 def tiny_bert(n_layers: int = 2, seed: int = 0):
