@@ -33,7 +33,8 @@ from minilib.picker import Budget, Candidate
 from minilib.prune import prune_least_important
 from minilib.train import accuracy, predict_logits, trim_padding
 from minilib.transformer import Classifier
-from minilib.zoo import TEACHER_VERSION, cached_model
+from minilib.cache import cached_model
+from minilib.experiments.zoo import TEACHER_VERSION
 
 
 @dataclass(frozen=True)

@@ -418,7 +418,7 @@ def teacher_accuracy(teacher: Classifier, test: TensorDataset) -> float:
 
 def _cached(key, compute):
     """compute()'s JSON-able result, stored in ``cache_dir()/distill`` under a hash of ``key``."""
-    from minilib.zoo import cache_dir
+    from minilib.cache import cache_dir
 
     path = cache_dir() / "distill" / f"{hashlib.sha1(json.dumps(key).encode()).hexdigest()[:16]}.json"
     if not path.exists():

@@ -131,8 +131,8 @@ def check_device() -> Check:
 
 
 def check_cache_dir(path=None) -> Check:
-    """The course's cache folder (``minilib.zoo.cache_dir()``, or ``path``): create it, write and delete a file."""
-    from minilib.zoo import cache_dir
+    """The course's cache folder (``minilib.cache.cache_dir()``, or ``path``): create it, write and delete a file."""
+    from minilib.cache import cache_dir
 
     try:
         path = Path(cache_dir()) if path is None else Path(path)

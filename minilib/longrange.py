@@ -28,7 +28,7 @@ from .linear_attention import linear_attention
 from .sparse import sliding_window_attention
 from .train import fit, predict_logits, set_seed
 from .transformer import Classifier, Encoder, TransformerConfig
-from .zoo import cached_model
+from .cache import cached_model
 
 PAD, CLS, FIRST_FILLER = 0, 1, 2
 EXPERIMENT_VERSION = "v1"
@@ -115,7 +115,7 @@ def long_range_experiment(seq_len=512, window=32, train_size=1000, epochs=1, bat
     """Train one small model per attention on the long-range task; return (results, models).
 
     results: a list of :class:`LongRangeResult`; models: {attention name: trained Classifier}.
-    With ``cache`` the trained weights are kept in ``minilib.zoo.cache_dir()``, and later calls
+    With ``cache`` the trained weights are kept in ``minilib.cache.cache_dir()``, and later calls
     load them in a moment instead of training again.
     """
     data = long_range_dataset(seed=seed, seq_len=seq_len, sizes=(train_size, 300, 300))

@@ -4,7 +4,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from minilib import zoo
+from minilib import cache
+from minilib.experiments import zoo
 from minilib.transformer import Classifier, Encoder, TransformerConfig
 
 
@@ -15,7 +16,7 @@ def private_cache(tmp_path, monkeypatch):
 
 
 def test_cache_dir_follows_the_environment(private_cache):
-    assert zoo.cache_dir() == private_cache and private_cache.is_dir()
+    assert cache.cache_dir() == private_cache and private_cache.is_dir()
 
 
 class Builds:
@@ -34,17 +35,17 @@ class Builds:
 
 def test_cached_model_builds_once_then_loads():
     recipe = Builds(0.5)
-    first = zoo.cached_model("toy", "v1", recipe.skeleton, recipe.build)
-    second = zoo.cached_model("toy", "v1", recipe.skeleton, recipe.build)
+    first = cache.cached_model("toy", "v1", recipe.skeleton, recipe.build)
+    second = cache.cached_model("toy", "v1", recipe.skeleton, recipe.build)
     assert recipe.count == 1
     assert torch.equal(first.weight, second.weight) and torch.equal(first.bias, second.bias)
     assert (second.weight == 0.5).all() and not second.training
 
 
 def test_a_new_version_replaces_the_stale_file(private_cache):
-    zoo.cached_model("toy", "v1", Builds().skeleton, Builds().build)
+    cache.cached_model("toy", "v1", Builds().skeleton, Builds().build)
     recipe = Builds(2.0)
-    model = zoo.cached_model("toy", "v2", recipe.skeleton, recipe.build)
+    model = cache.cached_model("toy", "v2", recipe.skeleton, recipe.build)
     assert recipe.count == 1 and (model.weight == 2.0).all()
     assert sorted(p.name for p in private_cache.iterdir()) == ["toy-v2.pt"]
 
@@ -52,20 +53,20 @@ def test_a_new_version_replaces_the_stale_file(private_cache):
 @pytest.mark.parametrize("damage", [b"not a checkpoint", b""])
 def test_a_corrupt_cache_is_rebuilt(private_cache, damage):
     recipe = Builds(0.25)
-    zoo.cached_model("toy", "v1", recipe.skeleton, recipe.build)
+    cache.cached_model("toy", "v1", recipe.skeleton, recipe.build)
     (private_cache / "toy-v1.pt").write_bytes(damage)
     with pytest.warns(UserWarning, match="unreadable"):
-        model = zoo.cached_model("toy", "v1", recipe.skeleton, recipe.build)
+        model = cache.cached_model("toy", "v1", recipe.skeleton, recipe.build)
     assert recipe.count == 2 and (model.weight == 0.25).all()
-    zoo.cached_model("toy", "v1", recipe.skeleton, recipe.build)
+    cache.cached_model("toy", "v1", recipe.skeleton, recipe.build)
     assert recipe.count == 2  # the rebuilt file loads
 
 
 def test_a_cache_that_does_not_fit_the_model_is_rebuilt():
-    zoo.cached_model("toy", "v1", lambda: nn.Linear(5, 2), Builds().build)
+    cache.cached_model("toy", "v1", lambda: nn.Linear(5, 2), Builds().build)
     recipe = Builds(3.0)
     with pytest.warns(UserWarning, match="unreadable"):
-        model = zoo.cached_model("toy", "v1", recipe.skeleton, recipe.build)
+        model = cache.cached_model("toy", "v1", recipe.skeleton, recipe.build)
     assert recipe.count == 1 and model.weight.shape == (2, 3)
 
 

@@ -14,7 +14,7 @@ from minilib.data import sentiment_dataset
 from minilib.distill import (accuracy_by, chapter_runs, chapter_student, latency_comparison, run_students,
                              teacher_accuracy)
 from minilib.hf import load_minilm
-from minilib.zoo import sentiment_teacher
+from minilib.experiments.zoo import sentiment_teacher
 
 DISTILLED, BASELINE = "logits + layers", "labels only"
 

@@ -15,7 +15,7 @@ from minilib import prune
 from minilib.bench import Headline, compare, param_count
 from minilib.data import sentiment_dataset
 from minilib.train import accuracy, set_seed
-from minilib.zoo import fine_tune_top, sentiment_teacher
+from minilib.experiments.zoo import fine_tune_top, sentiment_teacher
 
 BATCH, SEQ = 32, 128
 FRACTION = 0.5         # of heads and of FFN neurons

@@ -54,7 +54,7 @@ def headlines():
 def _sentiment_headlines():
     """Accuracy of the fine-tuned sentiment model (a minilib Classifier on MiniLM) before and after quantization."""
     from minilib.data import sentiment_dataset
-    from minilib.zoo import sentiment_teacher
+    from minilib.experiments.zoo import sentiment_teacher
 
     teacher = sentiment_teacher().eval()
     test = sentiment_dataset().test

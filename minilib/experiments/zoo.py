@@ -1,61 +1,21 @@
-"""Expensive artefacts shared by chapters, built once and cached on disk.
+"""Expensive artefacts shared by chapters: their recipes, built once and cached on disk (``minilib.cache``).
 
 ``sentiment_teacher()`` is the fine-tuned MiniLM that chapters 06 (distillation), 07 (quantization),
 08 (pruning) and 12 (capstone) compress. Its tokenizer is MiniLM's: ``minilib.hf.load_minilm()[1]``.
-
-The cache lives in ``cache_dir()`` (``<repo>/data/cache``, or ``$MINILIB_CACHE``). Files are named
-``<name>-<version>.pt``: changing a recipe means bumping its version, and the stale file is replaced.
 """
 from __future__ import annotations
-
-import os
-import pickle
-import warnings
-from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .train import accuracy, fit, set_seed
-from .transformer import Classifier, Encoder, mean_pool, padding_mask
+from minilib.cache import cache_dir, cached_model
+from minilib.data import sentiment_dataset
+from minilib.hf import encoder_from_hf, load_minilm
+from minilib.train import accuracy, fit, set_seed
+from minilib.transformer import Classifier, Encoder, mean_pool, padding_mask
 
 TEACHER_VERSION = "v2"
-
-
-def cache_dir() -> Path:
-    """The folder for cached artefacts (created if missing): ``$MINILIB_CACHE`` or ``<repo>/data/cache``."""
-    path = Path(os.environ.get("MINILIB_CACHE") or Path(__file__).resolve().parents[1] / "data" / "cache")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def cached_model(name: str, version: str, skeleton: Callable[[], nn.Module],
-                 build: Callable[[nn.Module], None]) -> nn.Module:
-    """``skeleton()`` with the weights cached as ``<name>-<version>.pt``, or, the first time, with ``build`` run on it.
-
-    ``build(model)`` trains the fresh skeleton in place; its state dict is then saved. A cache file
-    that cannot be read or does not fit the skeleton is rebuilt; other versions of ``name`` are removed.
-    """
-    path = cache_dir() / f"{name}-{version}.pt"
-    model = skeleton()
-    if path.exists():
-        try:
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            return model.eval()
-        except (RuntimeError, EOFError, OSError, KeyError, pickle.UnpicklingError) as error:
-            warnings.warn(f"the cached {path.name} is unreadable ({type(error).__name__}); building it again")
-            model = skeleton()
-    build(model)
-    model.cpu()
-    partial = path.with_suffix(f".{os.getpid()}.partial")  # write, then rename: a half-written file is never loaded
-    torch.save(model.state_dict(), partial)
-    os.replace(partial, path)
-    for stale in cache_dir().glob(f"{name}-*.pt"):
-        if stale != path:
-            stale.unlink()
-    return model.eval()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -129,7 +89,6 @@ def fine_tune_top(classifier: Classifier, train: TensorDataset, val: TensorDatas
 
 
 def _train_teacher(classifier: Classifier, tokenizer) -> None:
-    from .data import sentiment_dataset
     splits = sentiment_dataset(tokenizer)
     fine_tune_top(classifier, splits.train, n_trainable=1, epochs=3, lr=3e-4, batch_size=32,
                   desc="fine-tuning the sentiment teacher (once; then cached)")
@@ -144,7 +103,6 @@ def sentiment_teacher() -> Classifier:
     the weights; later calls load them. Returns the classifier in eval mode on CPU.
     Its tokenizer: ``minilib.hf.load_minilm()[1]``; its data: ``minilib.data.sentiment_dataset()``.
     """
-    from .hf import encoder_from_hf, load_minilm
     bert, tokenizer = load_minilm()
 
     def minilm_classifier():
