@@ -20,6 +20,10 @@ import torch
 __all__ = ["attention_heatmap", "attention_grid", "plot_attention", "attention_explorer", "bertviz_view",
            "loglog_plot", "BERTVIZ_NOTE"]
 
+# Light figures on every theme: JupyterLab's, VS Code's and Colab's dark themes show a transparent
+# figure on a black page, and black labels on black cannot be read. Set once, on import.
+plt.rcParams.update({"figure.facecolor": "white", "savefig.facecolor": "white", "axes.facecolor": "white"})
+
 BERTVIZ_NOTE = ("Note: bertviz draws with JavaScript it loads from a CDN (require.js, d3), so it renders only "
                 "when this browser is online. Offline the view stays blank: use attention_explorer instead.")
 

@@ -124,3 +124,12 @@ def test_loglog_plot_rejects_bad_data():
         viz.loglog_plot([0, 1], {"a": [1, 2]})
     with pytest.raises(ValueError, match="series 'a': expected 3 positive values"):
         viz.loglog_plot([1, 2, 3], {"a": [1, 2]})
+
+
+def test_figures_have_an_opaque_white_background_for_dark_themes(tmp_path):
+    """A transparent figure on a dark notebook theme shows black labels on black: viz makes every figure white."""
+    ax = viz.loglog_plot([128, 256, 512], {"measured": [1.0, 4.0, 16.0]})
+    ax.figure.savefig(tmp_path / "plot.png")
+    pixels = plt.imread(tmp_path / "plot.png")                  # (height, width, RGBA) floats in [0, 1]
+    assert pixels.shape[-1] == 4 and np.all(pixels[0, 0] == 1.0)  # the corner: opaque white, not transparent
+    assert plt.rcParams["axes.facecolor"] == "white"
