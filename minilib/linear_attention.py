@@ -12,7 +12,8 @@ If the similarity is a dot product of feature maps, sim(q, k) = φ(q)·φ(k), th
 
 S and z are computed once for all queries: O(n·f·d) instead of O(n²·d). With a causal mask the
 sums run over j ≤ i, i.e. they are prefix sums, and S, z become the state of an RNN that reads one
-token at a time in constant memory (:func:`step`).
+token at a time in constant memory (:func:`step`). A query whose weights are all 0 (every key
+padded, or ReLU features with no overlap) gets a zero output, as PyTorch gives a fully masked row.
 
 Feature maps φ: ``"elu"`` (elu(x) + 1, Katharopoulos 2020), ``"relu"``, and :class:`FavorFeatures`,
 Performer's positive orthogonal random features (FAVOR+, Choromanski et al. 2021), whose dot
@@ -30,16 +31,13 @@ from torch import nn
 
 from minilib.attention import scaled_dot_product_attention
 
-EPS = 1e-6   # keeps φ(q)·z away from 0 (ReLU features can give an all-zero row)
-
-
 def elu_features(x):
     """φ(x) = elu(x) + 1: positive, smooth, ≈ x + 1 for x > 0 and ≈ e^x for x < 0."""
     return F.elu(x) + 1
 
 
 def relu_features(x):
-    """φ(x) = max(x, 0): positive but can be exactly 0, so a row may see nothing (EPS guards it)."""
+    """φ(x) = max(x, 0): positive but can be exactly 0, so a query may see nothing (its output is then 0)."""
     return F.relu(x)
 
 
@@ -57,6 +55,11 @@ class FavorFeatures(nn.Module):
     directions are drawn orthogonal in blocks of d, which lowers the variance of the estimate.
     More features m → a better estimate; :func:`performer_error` measures how much better.
     Call on (..., seq, d) → (..., seq, m). ``redraw()`` draws new directions.
+
+    exp(ω·x - |x|²/2) overflows or underflows float32 at ordinary input sizes, so each token's
+    features come divided by a factor e^s of its own: φ(x) = features · e^s. For a query that
+    factor cancels in its output; for keys it does not, and :func:`linear_attention` puts it back
+    (``with_log_scale=True`` returns s too).
     """
 
     def __init__(self, head_dim, n_features=64, seed=0):
@@ -71,20 +74,19 @@ class FavorFeatures(nn.Module):
         self.seed = seed
         self.projection.copy_(orthogonal_random_features(self.n_features, self.head_dim, seed))
 
-    def forward(self, x, is_query=False):
-        """x: (..., seq, d) → φ(x): (..., seq, m).
-
-        exp(ω·x - |x|²/2) can overflow, so a constant c is subtracted in the exponent. It cancels in
-        the normalised output as long as it is shared by everything summed together: for a query,
-        the max over its own features; for keys, the max over all keys (one c for the whole sequence).
-        """
+    def forward(self, x, with_log_scale=False):
+        """x: (..., seq, d) → features (..., seq, m), each token's largest equal to 1, and with
+        ``with_log_scale`` also s (..., seq, 1), so that φ(x) = features · e^s exactly."""
         if x.shape[-1] != self.head_dim:
             raise ValueError(f"FavorFeatures was built for head_dim {self.head_dim}, got inputs with last dim {x.shape[-1]}")
         x = x * self.head_dim ** -0.25                                   # so that q·k becomes q·k/√d
         projected = x @ self.projection.T.to(x.dtype)                    # ω·x: (..., seq, m)
-        squared_norm = (x * x).sum(dim=-1, keepdim=True) / 2             # |x|²/2
-        stabiliser = projected.amax(dim=-1, keepdim=True) if is_query else projected.amax(dim=(-2, -1), keepdim=True)
-        return torch.exp(projected - squared_norm - stabiliser.detach()) / math.sqrt(self.n_features)
+        largest = projected.amax(dim=-1, keepdim=True).detach()          # (..., seq, 1)
+        features = torch.exp(projected - largest)                        # ≤ 1: no overflow
+        if not with_log_scale:
+            return features
+        log_scale = largest - (x * x).sum(dim=-1, keepdim=True) / 2 - math.log(self.n_features) / 2   # ω·x - |x|²/2 - log √m
+        return features, log_scale
 
     def extra_repr(self):
         return f"head_dim={self.head_dim}, n_features={self.n_features}, seed={self.seed}"
@@ -117,40 +119,58 @@ def linear_attention(q, k, v, feature_map="elu", is_causal=False, attn_mask=None
     attn_mask: optional bool key-padding mask broadcastable to (batch, heads, 1, n): padded keys get
     φ(k) = 0, so they add nothing to S or z. Returns (batch, heads, n, d_v).
     """
-    phi_q, phi_k = _features(q, k, feature_map, attn_mask)
+    phi_q, phi_k, key_log_scale = _features(q, k, feature_map, attn_mask)
     if is_causal:
-        return causal_linear_attention(phi_q, phi_k, v, chunk_size)
+        return causal_linear_attention(phi_q, phi_k, v, chunk_size, key_log_scale)
+    if key_log_scale is not None:                                        # one factor shared by all keys cancels
+        phi_k = phi_k * torch.exp(key_log_scale - key_log_scale.amax(dim=-2, keepdim=True))
     kv = phi_k.transpose(-2, -1) @ v                                     # S = φ(K)ᵀV: (batch, heads, f, d_v)
     normaliser = phi_k.sum(dim=-2)                                       # z = φ(K)ᵀ1: (batch, heads, f)
     numerator = phi_q @ kv                                               # φ(q_i)ᵀ S: (batch, heads, n, d_v)
     denominator = phi_q @ normaliser[..., None]                          # φ(q_i)ᵀ z: (batch, heads, n, 1)
-    return numerator / (denominator + EPS)
+    return _normalise(numerator, denominator)
 
 
-def causal_linear_attention(phi_q, phi_k, v, chunk_size=64):
+def causal_linear_attention(phi_q, phi_k, v, chunk_size=64, key_log_scale=None):
     """Causal linear attention from features: out_i = φ(q_i)ᵀ S_i / φ(q_i)ᵀ z_i with prefix sums
     S_i = Σ_{j≤i} φ(k_j) v_jᵀ and z_i = Σ_{j≤i} φ(k_j).
 
-    Keeping S_i for every i would take n·f·d memory, so the sequence is cut into chunks of c tokens:
-    between chunks, S and z are prefix sums of per-chunk sums (n/c states); inside a chunk, the
-    c×c masked matrix φ(Q_c)φ(K_c)ᵀ adds the earlier tokens of the same chunk. Time O(n·f·d + n·c·d).
-    phi_q, phi_k: (batch, heads, n, f), v: (batch, heads, n, d_v). Returns (batch, heads, n, d_v).
+    Keeping S_i for every i would take n·f·d memory, so the sequence is cut into chunks of c tokens,
+    read in order like :func:`step` reads tokens: the state (S, z) sums the earlier chunks, and inside
+    a chunk the c×c masked matrix φ(Q_c)φ(K_c)ᵀ adds the earlier tokens of the same chunk.
+    Time O(n·f·d + n·c·d). phi_q, phi_k: (batch, heads, n, f), v: (batch, heads, n, d_v).
+
+    key_log_scale: None, or s (batch, heads, n, 1) when the true key features are φ(k_j) = phi_k_j · e^{s_j}
+    (:class:`FavorFeatures`). Query i then weighs its keys by e^{s_j - r_i}, with r_i = max_{j≤i} s_j the
+    running maximum, so that nothing overflows (the online-softmax trick of chapter 02) and no later
+    key changes an earlier output. Returns (batch, heads, n, d_v).
     """
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    n = phi_q.shape[-2]
-    n_chunks = math.ceil(n / chunk_size)
-    pad = n_chunks * chunk_size - n                                      # zero features add nothing
-    phi_q, phi_k, v = (F.pad(t, (0, 0, 0, pad)).unflatten(-2, (n_chunks, chunk_size)) for t in (phi_q, phi_k, v))
-    chunk_kv = phi_k.transpose(-2, -1) @ v                               # Σ over a chunk of φ(k)vᵀ: (…, chunks, f, d_v)
-    chunk_z = phi_k.sum(dim=-2)                                          # Σ over a chunk of φ(k): (…, chunks, f)
-    kv_before = chunk_kv.cumsum(dim=-3) - chunk_kv                       # S at the start of each chunk
-    z_before = chunk_z.cumsum(dim=-2) - chunk_z
-    within = (phi_q @ phi_k.transpose(-2, -1)).tril()                    # φ(q_i)·φ(k_j), j ≤ i in the chunk
-    numerator = phi_q @ kv_before + within @ v
-    denominator = (phi_q @ z_before[..., None]) + within.sum(dim=-1, keepdim=True)
-    out = numerator / (denominator + EPS)
-    return out.flatten(-3, -2)[..., :n, :]
+    n, f, d_v = phi_q.shape[-2], phi_q.shape[-1], v.shape[-1]
+    if key_log_scale is None:
+        key_log_scale = phi_k.new_zeros(*phi_k.shape[:-1], 1)
+    running_max = key_log_scale.cummax(dim=-2).values                    # r_i: (batch, heads, n, 1)
+    kv = phi_k.new_zeros(*phi_k.shape[:-2], f, d_v)                      # S of the chunks read so far
+    normaliser = phi_k.new_zeros(*phi_k.shape[:-2], f, 1)                # z of the chunks read so far
+    level = running_max.new_full((*running_max.shape[:-2], 1, 1), -math.inf)   # S, z are stored × e^{-level}
+    outputs = []
+    for start in range(0, n, chunk_size):
+        chunk = slice(start, min(start + chunk_size, n))
+        pq, pk, vc, s, r = (t[..., chunk, :] for t in (phi_q, phi_k, v, key_log_scale, running_max))
+        earlier = torch.ones(pq.shape[-2], pq.shape[-2], dtype=torch.bool, device=pq.device).tril()
+        scale = torch.exp((s.transpose(-2, -1) - r).masked_fill(~earlier, -math.inf))   # e^{s_j - r_i}, j ≤ i: (…, c, c)
+        within = (pq @ pk.transpose(-2, -1)) * scale                     # φ(q_i)·φ(k_j) in the chunk
+        carried = torch.exp(level - r)                                   # the state, rescaled to r_i: (…, c, 1)
+        numerator = (pq @ kv) * carried + within @ vc
+        denominator = (pq @ normaliser) * carried + within.sum(dim=-1, keepdim=True)
+        outputs.append(_normalise(numerator, denominator))
+        new_level = r[..., -1:, :]                                       # fold the chunk into the state
+        weighted_keys = pk * torch.exp(s - new_level)                    # (…, c, f)
+        kv = kv * torch.exp(level - new_level) + weighted_keys.transpose(-2, -1) @ vc
+        normaliser = normaliser * torch.exp(level - new_level) + weighted_keys.sum(dim=-2)[..., None]
+        level = new_level
+    return torch.cat(outputs, dim=-2)
 
 
 def quadratic_linear_attention(q, k, v, feature_map="elu", is_causal=False):
@@ -158,11 +178,15 @@ def quadratic_linear_attention(q, k, v, feature_map="elu", is_causal=False):
 
     The reference that :func:`linear_attention` must equal; O(n²) time and memory.
     """
-    phi_q, phi_k = _features(q, k, feature_map, None)
+    phi_q, phi_k, key_log_scale = _features(q, k, feature_map, None)
     weights = phi_q @ phi_k.transpose(-2, -1)                            # (batch, heads, n, n)
+    if key_log_scale is not None:                                        # e^{s_j - r_i}, r_i the largest s_j query i sees
+        s = key_log_scale.transpose(-2, -1)                              # (batch, heads, 1, n)
+        seen = key_log_scale.cummax(dim=-2).values if is_causal else s.amax(dim=-1, keepdim=True)
+        weights = weights * torch.exp((s - seen).clamp_max(0))          # clamp: future keys are dropped below
     if is_causal:
         weights = weights.tril()
-    return (weights @ v) / (weights.sum(dim=-1, keepdim=True) + EPS)
+    return _normalise(weights @ v, weights.sum(dim=-1, keepdim=True))
 
 
 def step(state, q_t, k_t, v_t, feature_map="elu"):
@@ -173,12 +197,13 @@ def step(state, q_t, k_t, v_t, feature_map="elu"):
     state: None (start) or (S (batch, heads, f, d_v), z (batch, heads, f)); q_t, k_t: (batch, heads, d),
     v_t: (batch, heads, d_v). Returns (new state, out_t (batch, heads, d_v)). Running it over
     t = 0 … n-1 gives ``linear_attention(q, k, v, feature_map, is_causal=True)``.
-    Feature maps: "elu", "relu" or a callable of one tensor (Performer's features need the whole
-    sequence of keys for their stabiliser, so they are not offered here).
+    Feature maps: "elu", "relu" or a callable of one tensor (Performer's features carry a scale per
+    key that the state would have to track, so they are not offered here).
     """
     phi = _feature_map(feature_map)
     if isinstance(phi, FavorFeatures):
-        raise ValueError("step() needs a feature map of one token; FavorFeatures stabilises keys over the whole sequence")
+        raise ValueError("step() needs a feature map of one token without a scale (elu, relu); for FavorFeatures "
+                         "use linear_attention(..., is_causal=True), which tracks each key's scale")
     phi_q, phi_k = phi(q_t), phi(k_t)
     if state is None:
         state = (phi_k.new_zeros(*phi_k.shape, v_t.shape[-1]), phi_k.new_zeros(phi_k.shape))
@@ -187,7 +212,7 @@ def step(state, q_t, k_t, v_t, feature_map="elu"):
     normaliser = normaliser + phi_k                                      # z + φ(k_t)
     numerator = (phi_q[..., None, :] @ kv)[..., 0, :]                    # φ(q_t)ᵀ S
     denominator = (phi_q * normaliser).sum(dim=-1, keepdim=True)         # φ(q_t)ᵀ z
-    return (kv, normaliser), numerator / (denominator + EPS)
+    return (kv, normaliser), _normalise(numerator, denominator)
 
 
 def performer_error(q, k, v, feature_counts, seeds=(0, 1, 2)):
@@ -249,15 +274,26 @@ def _feature_map(feature_map):
 
 
 def _features(q, k, feature_map, attn_mask):
-    """φ(Q), φ(K) (batch, heads, n, f), with padded keys zeroed."""
+    """φ(Q), φ(K) (batch, heads, n, f) with padded keys zeroed, and the keys' log scale s
+    (batch, heads, n, 1) when the true features are φ(K) · e^s (:class:`FavorFeatures`), else None."""
     phi = _feature_map(feature_map)
-    if isinstance(phi, FavorFeatures):                                   # queries and keys stabilise differently
-        phi_q, phi_k = phi(q, is_query=True), phi(k, is_query=False)
+    key_log_scale = None
+    if isinstance(phi, FavorFeatures):                                   # a query's own scale cancels; a key's does not
+        phi_q, (phi_k, key_log_scale) = phi(q), phi(k, with_log_scale=True)
     else:
         phi_q, phi_k = phi(q), phi(k)
     if attn_mask is not None:
         if attn_mask.dtype != torch.bool or attn_mask.dim() != 4 or attn_mask.shape[-2] != 1:
             raise ValueError(f"linear attention takes only a bool key-padding attn_mask of shape "
                              f"(batch, 1, 1, n), got {tuple(attn_mask.shape)} {attn_mask.dtype}")
-        phi_k = phi_k * attn_mask[:, :, 0, :, None].to(phi_k.dtype)
-    return phi_q, phi_k
+        keep = attn_mask[:, :, 0, :, None]                               # (batch, 1, n, 1)
+        phi_k = phi_k * keep.to(phi_k.dtype)
+        if key_log_scale is not None:                                    # a padded key must not set the scale
+            key_log_scale = key_log_scale.masked_fill(~keep, torch.finfo(key_log_scale.dtype).min)
+    return phi_q, phi_k, key_log_scale
+
+
+def _normalise(numerator, denominator):
+    """numerator / denominator, and 0 where the denominator is 0: a query with no weight on any key
+    (its numerator is 0 too) gets zeros, like a fully masked row in PyTorch."""
+    return numerator / denominator.masked_fill(denominator == 0, 1.0)

@@ -47,6 +47,60 @@ def test_favor_linear_attention_equals_its_quadratic_form(is_causal):
     assert torch.allclose(out, quadratic_linear_attention(q, k, v, features, is_causal), atol=1e-5, rtol=1e-4)
 
 
+def _performer_exact(q, k, v, features, is_causal):
+    """The Performer estimator Σ_j φ(q)·φ(k_j) v_j / Σ_j φ(q)·φ(k_j) from the same random features,
+    written from the formula in float64 without any stabiliser or epsilon."""
+    def phi(x):
+        x = x.double() * features.head_dim ** -0.25
+        exponent = x @ features.projection.double().T - (x * x).sum(-1, keepdim=True) / 2
+        return torch.exp(exponent) / math.sqrt(features.n_features)
+    weights = phi(q) @ phi(k).transpose(-2, -1)                          # (batch, heads, n, n)
+    if is_causal:
+        weights = weights.tril()
+    return (weights @ v.double()) / weights.sum(dim=-1, keepdim=True)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("head_dim", [16, 64])
+@pytest.mark.parametrize("scale", [0.5, 1.0, 1.5, 2.0])
+def test_favor_equals_the_exact_performer_estimator_at_ordinary_scales(is_causal, head_dim, scale):
+    """Unit-variance inputs and head size 64 make exp(ω·x - |x|²/2) span dozens of orders of magnitude:
+    the output must still be the estimator's, not collapse towards 0."""
+    q, k, v = _qkv(200, dim=head_dim, seed=7)
+    q, k = q * scale, k * scale
+    features = FavorFeatures(head_dim, 64, seed=0)
+    expected = _performer_exact(q, k, v, features, is_causal)
+    for out in (linear_attention(q, k, v, features, is_causal=is_causal, chunk_size=32),
+                quadratic_linear_attention(q, k, v, features, is_causal)):
+        assert (out.double() - expected).norm() / expected.norm() < 1e-4
+
+
+def test_causal_favor_does_not_see_the_future():
+    q, k, v = _qkv(96, dim=64, seed=3)
+    features = FavorFeatures(64, 64, seed=0)
+    longer_last_key = k.clone()
+    longer_last_key[..., -1, :] *= 4                                     # only the last key changes
+    before = linear_attention(q, k, v, features, is_causal=True, chunk_size=32)
+    after = linear_attention(q, longer_last_key, v, features, is_causal=True, chunk_size=32)
+    assert torch.equal(before[..., :-1, :], after[..., :-1, :])
+    assert not torch.allclose(before[..., -1, :], after[..., -1, :])
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_favor_padded_keys_change_nothing_and_a_query_that_sees_no_key_gets_zeros(is_causal):
+    q, k, v = _qkv(40, dim=64, seed=4)
+    k[..., 30:, :] *= 5                                                  # large padded keys must not set the scale
+    features = FavorFeatures(64, 64, seed=0)
+    padding = torch.ones(2, 1, 1, 40, dtype=torch.bool)
+    padding[1, ..., 30:] = False
+    out = linear_attention(q, k, v, features, is_causal=is_causal, attn_mask=padding, chunk_size=16)
+    expected = _performer_exact(q[1:, :, :30], k[1:, :, :30], v[1:, :, :30], features, is_causal)
+    assert torch.allclose(out[1:, :, :30].double(), expected, atol=1e-5)
+    nothing = torch.zeros(2, 1, 1, 40, dtype=torch.bool)
+    assert torch.equal(linear_attention(q, k, v, features, is_causal=is_causal, attn_mask=nothing),
+                       torch.zeros_like(v))
+
+
 def test_recurrent_step_equals_the_causal_form():
     q, k, v = _qkv(40)
     state, outputs = None, []
