@@ -1,0 +1,340 @@
+"""Shipped artefacts: the trained models and sweep results that come with the course in ``data/``.
+
+Every learner would otherwise train the same models the same way on a first run (a fresh clone, each
+Binder launch). So the course ships them in ``<repo>/data/`` (or ``$MINILIB_DATA``):
+
+* a model as a safetensors file of **what training changed**: the tensors that differ from the untrained
+  skeleton its recipe starts from (for MiniLM fine-tuned at the top, the top layer and the head, not the
+  90 MB of pretrained weights), in float16 when that keeps its recorded metrics, else in float32;
+* a sweep's results as JSON, ``{"results": {key: result}}``, keyed as the experiment keys its runs;
+* ``data/manifest.json``: per artefact what it is, its file, the recipe that made it (a function path), its
+  seed and parameters, the code hash below, the file's SHA-256 and the metrics recorded when it was built.
+
+Loading (:func:`load_model`, :func:`cached_result`) prefers the shipped file, then the learner's own copy
+in ``minilib.cache.cache_dir()``, then trains. It trains only when asked (``retrain=True``, or the
+environment variable ``MINILIB_RETRAIN`` set to ``1`` or to a comma-separated list of names): a shipped
+artefact that is missing, stale or corrupt otherwise stops with an :class:`ArtefactError` that names it
+and the command that rebuilds it.
+
+**The code hash** (:func:`code_hash`): the first 16 hex digits of the SHA-256 of a canonical JSON
+document made of the artefact's name, its ``params`` (seeds, dataset sizes, epochs...), the source text of
+every function or class in ``depends`` (its recipe: how the data is generated, how the model is built and
+trained) under its qualified name, not its module path (moving code between modules changes nothing), and
+the code hashes of its ``upstream`` artefacts (the students depend on the teacher). Source text is
+dedented and stripped of trailing spaces first. The shared machinery (the layers of
+``minilib.transformer``, ``minilib.train.fit``) is deliberately not hashed: a change there that makes the
+weights no longer fit is reported when loading, one that changes results shows in ``rebuild``'s
+comparison with the recorded metrics and in the reproduction test.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import os
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import safetensors.torch
+import torch
+from safetensors import SafetensorError
+from torch import nn
+
+from minilib.cache import cache_dir
+
+REBUILD_COMMAND = "python -m minilib.experiments.zoo rebuild"
+HALF_TOLERANCE = 0.002
+"""How far a float16 copy's metric (an accuracy in [0, 1]) may move from float32's for float16 to be shipped."""
+
+
+class ArtefactError(RuntimeError):
+    """A shipped artefact is missing, stale or corrupt, and retraining it was not asked for."""
+
+
+@dataclass(frozen=True)
+class Artefact:
+    """One shipped artefact: what it is and how to remake it.
+
+    run() goes through the chapter's own code path, which loads the artefact (:func:`load_model` or
+    :func:`cached_result`); during :func:`rebuild` that path trains it instead. metrics(what) measures what
+    was trained (a model, or the results ``{key: result}``) as ``{name: float}``. ``kind`` is ``"model"`` or
+    ``"results"``.
+    """
+
+    name: str
+    about: str
+    kind: str
+    run: Callable[[], Any]
+    metrics: Callable[[Any], dict]
+    depends: tuple = ()
+    params: dict = field(default_factory=dict)
+    upstream: tuple = ()
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.{'safetensors' if self.kind == 'model' else 'json'}"
+
+
+def data_dir() -> Path:
+    """The folder of shipped artefacts: ``$MINILIB_DATA`` or ``<repo>/data``."""
+    return Path(os.environ.get("MINILIB_DATA") or Path(__file__).resolve().parents[2] / "data")
+
+
+# ------------------------------------------------------------------------------------------------ the code hash
+def _source(obj) -> str:
+    lines = textwrap.dedent(inspect.getsource(obj)).splitlines()
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def code_hash(artefact: Artefact) -> str:
+    """16 hex digits of SHA-256 over name, params, the sources of ``depends`` and the upstream hashes."""
+    document = {
+        "name": artefact.name,
+        "params": artefact.params,
+        "sources": {obj.__qualname__: _source(obj) for obj in artefact.depends},
+        "upstream": {up.name: code_hash(up) for up in artefact.upstream},
+    }
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def recipe_path(artefact: Artefact) -> str:
+    recipe = artefact.depends[0] if artefact.depends else artefact.run
+    return f"{recipe.__module__}.{recipe.__qualname__}"
+
+
+# ------------------------------------------------------------------------------------------------ the manifest
+def read_manifest() -> dict:
+    """``data/manifest.json`` as ``{name: entry}`` (empty when there is none)."""
+    path = data_dir() / "manifest.json"
+    return json.loads(path.read_text())["artefacts"] if path.exists() else {}
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+def _write_manifest_entry(name: str, entry: dict) -> None:
+    data_dir().mkdir(parents=True, exist_ok=True)
+    artefacts = read_manifest() | {name: entry}
+    text = json.dumps({"format": 1, "artefacts": dict(sorted(artefacts.items()))}, indent=1, ensure_ascii=False)
+    _write_atomically(data_dir() / "manifest.json", (text + "\n").encode())
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def shipped_problem(artefact: Artefact) -> str | None:
+    """Why the shipped file of ``artefact`` cannot be used ("missing", "stale", "corrupt": ...), or None."""
+    entry = read_manifest().get(artefact.name)
+    path = data_dir() / artefact.file
+    if entry is None or not path.exists():
+        return f"missing: {path} is not there" if entry else f"missing: data/manifest.json has no entry for it"
+    if entry["code_hash"] != code_hash(artefact):
+        return (f"stale: it was built by code hashed {entry['code_hash']}, and its recipe or what it depends "
+                f"on has changed since (now {code_hash(artefact)})")
+    if _sha256(path) != entry["sha256"]:
+        return f"corrupt: {path.name}'s SHA-256 differs from the one in data/manifest.json"
+    return None
+
+
+def _problem_message(artefact: Artefact, problem: str) -> str:
+    seconds = read_manifest().get(artefact.name, {}).get("train_seconds")
+    cost = f" (about {seconds:.0f} s on the machine that built it)" if seconds else ""
+    return (f"The shipped artefact {artefact.name!r} ({artefact.about}) cannot be used; {problem}.\n"
+            f"Rebuild it for everyone:  {REBUILD_COMMAND} {artefact.name}\n"
+            f"or let this run train its own copy{cost}: pass retrain=True, or set the environment variable "
+            f"MINILIB_RETRAIN=1 (every artefact) or MINILIB_RETRAIN={artefact.name} (in a notebook: "
+            f"os.environ['MINILIB_RETRAIN'] = '1' before this cell).")
+
+
+def _retrain_asked(name: str, retrain: bool | None) -> bool:
+    if retrain is not None:
+        return retrain
+    asked = os.environ.get("MINILIB_RETRAIN", "").strip()
+    return asked.lower() in {"1", "true", "yes", "all"} or name in {a.strip() for a in asked.split(",")}
+
+
+# ------------------------------------------------------------------------------------------------ models
+_rebuilding: dict[str, dict] = {}  # name -> what rebuild() captures while the chapter's code path trains it
+_checking: set[str] = set()        # names that check() is loading: only the shipped file counts, nothing trains
+
+
+def _changed(model: nn.Module, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of ``model``'s state dict that differ from ``base`` (the untrained skeleton's), as copies."""
+    changed = {}
+    for key, tensor in model.state_dict().items():
+        if key not in base or base[key].shape != tensor.shape or not torch.equal(base[key], tensor.cpu()):
+            changed[key] = tensor.detach().cpu().clone().contiguous()  # clones: tied weights are saved apart
+    return changed
+
+
+def _apply(skeleton: nn.Module, tensors: dict[str, torch.Tensor], label: str) -> nn.Module:
+    """Load ``tensors`` (a subset of the state dict) into ``skeleton``; ArtefactError when they do not fit."""
+    expected = skeleton.state_dict()
+    wrong = [key for key, t in tensors.items() if key not in expected or expected[key].shape != t.shape]
+    if wrong:
+        raise ArtefactError(f"{label} does not fit its model: {len(wrong)} tensors unknown or of another shape, "
+                            f"e.g. {wrong[0]!r}")
+    skeleton.load_state_dict(tensors, strict=False)
+    return skeleton.eval()
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return safetensors.torch.load_file(path)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ArtefactError(f"corrupt: {path.name} cannot be read as safetensors ({error})") from None
+
+
+def load_model(artefact: Artefact, skeleton: Callable[[], nn.Module], build: Callable[[nn.Module], None],
+               retrain: bool | None = None) -> nn.Module:
+    """``skeleton()`` with the artefact's trained weights: shipped, else the learner's copy, else ``build`` it.
+
+    build(model) trains the fresh skeleton in place (only when the shipped file is unusable and retraining
+    is asked for, or during :func:`rebuild`). Returns the model in eval mode on CPU.
+    """
+    if artefact.name in _rebuilding:
+        model = skeleton()
+        base = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        build(model)
+        _rebuilding[artefact.name].update(model=model.cpu().eval(), base=base, skeleton=skeleton)
+        return model
+    problem = shipped_problem(artefact)
+    if problem is None:
+        try:
+            return _apply(skeleton(), _read_tensors(data_dir() / artefact.file), f"data/{artefact.file}")
+        except ArtefactError as error:
+            problem = str(error)
+    if artefact.name in _checking:
+        raise ArtefactError(problem)
+    own = cache_dir() / f"{artefact.name}-{code_hash(artefact)}.safetensors"
+    if own.exists():
+        with contextlib.suppress(ArtefactError):
+            return _apply(skeleton(), _read_tensors(own), str(own))
+    if not _retrain_asked(artefact.name, retrain):
+        raise ArtefactError(_problem_message(artefact, problem))
+    model = skeleton()
+    base = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    build(model)
+    model.cpu()
+    safetensors.torch.save_file(_changed(model, base), own)
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------------------ results
+def _key_id(key) -> str:
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_results_read: dict[tuple, dict] = {}
+
+
+def _shipped_results(artefact: Artefact) -> dict:
+    path = data_dir() / artefact.file
+    stamp = (str(path), path.stat().st_mtime_ns)
+    if stamp not in _results_read:
+        try:
+            _results_read[stamp] = json.loads(path.read_text())["results"]
+        except (ValueError, KeyError, UnicodeDecodeError) as error:
+            raise ArtefactError(f"corrupt: {path.name} is not a results file ({type(error).__name__})") from None
+    return _results_read[stamp]
+
+
+def cached_result(artefact: Artefact, key, compute: Callable[[], Any], retrain: bool | None = None):
+    """compute()'s JSON-able result for ``key``: from the shipped sweep, else the learner's cache, else computed.
+
+    A key the shipped sweep never ran (an exercise's own run) is computed and kept in the learner's cache;
+    a shipped sweep that is missing, stale or corrupt raises :class:`ArtefactError` unless retraining is asked.
+    """
+    key_id = _key_id(key)
+    if artefact.name in _rebuilding:
+        result = compute()
+        _rebuilding[artefact.name].setdefault("results", {})[key_id] = result
+        return result
+    problem = shipped_problem(artefact)
+    if problem is None:
+        try:
+            results = _shipped_results(artefact)
+        except ArtefactError as error:
+            problem = str(error)
+        else:
+            if key_id in results:
+                return results[key_id]
+            if artefact.name in _checking:
+                raise ArtefactError(f"missing: the shipped results have no run {key}")
+    if problem is not None and artefact.name in _checking:
+        raise ArtefactError(problem)
+    own = cache_dir() / artefact.name / f"{key_id}.json"
+    if own.exists():
+        return json.loads(own.read_text())
+    if problem is not None and not _retrain_asked(artefact.name, retrain):
+        raise ArtefactError(_problem_message(artefact, problem))
+    result = compute()
+    own.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomically(own, json.dumps(result).encode())
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ rebuild, verify
+def _half(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: t.half() if t.is_floating_point() else t for k, t in tensors.items()}
+
+
+def rebuild(artefact: Artefact) -> dict:
+    """Retrain ``artefact`` through its chapter's code path; write its file and manifest entry.
+
+    Returns the new manifest entry. A model is shipped in float16 when every metric of the float16 copy is
+    within :data:`HALF_TOLERANCE` of float32's, else in float32; the metrics recorded are the shipped copy's.
+    """
+    _rebuilding[artefact.name] = captured = {}
+    start = time.perf_counter()
+    try:
+        artefact.run()
+    finally:
+        del _rebuilding[artefact.name]
+    seconds = time.perf_counter() - start
+    data_dir().mkdir(parents=True, exist_ok=True)
+    path = data_dir() / artefact.file
+    if artefact.kind == "model":
+        if "model" not in captured:
+            raise RuntimeError(f"{artefact.name}: its run() never loaded it (it must call load_model)")
+        changed = _changed(captured["model"], captured["base"])
+        metrics = artefact.metrics(captured["model"])
+        half = _half(changed)
+        half_metrics = artefact.metrics(_apply(captured["skeleton"](), half, artefact.name))
+        keep_half = all(abs(half_metrics[k] - metrics[k]) <= HALF_TOLERANCE for k in metrics)
+        safetensors.torch.save_file(half if keep_half else changed, path)
+        metrics, dtype = (half_metrics, "float16") if keep_half else (metrics, "float32")
+    else:
+        results = captured.get("results", {})
+        _write_atomically(path, (json.dumps({"results": results}, indent=1, sort_keys=True) + "\n").encode())
+        metrics, dtype = artefact.metrics(results), None
+    entry = {"about": artefact.about, "file": artefact.file, "kind": artefact.kind, "recipe": recipe_path(artefact),
+             "seed": artefact.params.get("seed"), "params": artefact.params, "code_hash": code_hash(artefact),
+             "upstream": [up.name for up in artefact.upstream], "sha256": _sha256(path),
+             "bytes": path.stat().st_size, "dtype": dtype, "metrics": metrics,
+             "train_seconds": round(seconds, 1), "built_with": f"torch {torch.__version__}"}
+    _write_manifest_entry(artefact.name, entry)
+    return entry
+
+
+def check(artefact: Artefact) -> str | None:
+    """None when the shipped artefact matches the current code and loads; else what is wrong."""
+    problem = shipped_problem(artefact)
+    if problem is not None:
+        return problem
+    _checking.add(artefact.name)
+    try:
+        artefact.run()  # loads it the way its chapter does; while checking nothing trains
+    except ArtefactError as error:
+        return str(error).splitlines()[0]
+    finally:
+        _checking.discard(artefact.name)
+    return None
