@@ -58,7 +58,7 @@ SWEEP = Artefact("toy_sweep", "a toy sweep", "results", run=lambda: [sweep_run(k
 @pytest.fixture
 def shipped_toy():
     RECIPE.trainings = 0
-    entry = artefacts.rebuild(TOY)
+    entry, = artefacts.rebuild([TOY])
     assert RECIPE.trainings == 1
     RECIPE.trainings = 0
     return entry
@@ -148,7 +148,7 @@ def test_weights_that_no_longer_fit_the_model_are_reported(shipped_toy, private_
 
 
 def test_a_sweep_ships_its_results_and_computes_only_new_runs(private_folders):
-    artefacts.rebuild(SWEEP)
+    artefacts.rebuild([SWEEP])
     computed = []
     assert sweep_run(2, lambda: computed.append(2)) == 20 and not computed    # shipped
     assert sweep_run(3, lambda: computed.append(3) or 30) == 30                # a run of the learner's own
@@ -157,3 +157,13 @@ def test_a_sweep_ships_its_results_and_computes_only_new_runs(private_folders):
     (private_folders / "data" / "toy_sweep.json").write_text("{}")
     with pytest.raises(ArtefactError, match="(?s)toy_sweep.*corrupt.*rebuild toy_sweep"):
         sweep_run(1, lambda: 10)
+    stale = json.dumps({"results": {artefacts._key_id(1): 10}})
+    (private_folders / "data" / "toy_sweep.json").write_text(stale)
+    path = private_folders / "data" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["artefacts"]["toy_sweep"].update(code_hash="0" * 16,
+                                              sha256=artefacts._sha256(private_folders / "data" / "toy_sweep.json"))
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ArtefactError, match="stale"):          # the chapter's run, from a stale sweep: refused
+        sweep_run(1, lambda: 10)
+    assert sweep_run(4, lambda: 40) == 40                      # a learner's own run still computes

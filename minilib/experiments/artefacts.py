@@ -69,7 +69,7 @@ class Artefact:
     about: str
     kind: str
     run: Callable[[], Any]
-    metrics: Callable[[Any], dict]
+    metrics: Callable[[Any], dict] = lambda trained: {}
     depends: tuple = ()
     params: dict = field(default_factory=dict)
     upstream: tuple = ()
@@ -203,8 +203,10 @@ def load_model(artefact: Artefact, skeleton: Callable[[], nn.Module], build: Cal
     if artefact.name in _rebuilding:
         model = skeleton()
         base = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        start = time.perf_counter()
         build(model)
-        _rebuilding[artefact.name].update(model=model.cpu().eval(), base=base, skeleton=skeleton)
+        _rebuilding[artefact.name].update(model=model.cpu().eval(), base=base, skeleton=skeleton,
+                                          seconds=time.perf_counter() - start)
         return model
     problem = shipped_problem(artefact)
     if problem is None:
@@ -250,8 +252,9 @@ def _shipped_results(artefact: Artefact) -> dict:
 def cached_result(artefact: Artefact, key, compute: Callable[[], Any], retrain: bool | None = None):
     """compute()'s JSON-able result for ``key``: from the shipped sweep, else the learner's cache, else computed.
 
-    A key the shipped sweep never ran (an exercise's own run) is computed and kept in the learner's cache;
-    a shipped sweep that is missing, stale or corrupt raises :class:`ArtefactError` unless retraining is asked.
+    A key the shipped sweep never ran (an exercise's own run) is computed and kept in the learner's cache. A
+    run of a shipped sweep that is missing, stale or corrupt raises :class:`ArtefactError` unless retraining
+    is asked.
     """
     key_id = _key_id(key)
     if artefact.name in _rebuilding:
@@ -259,22 +262,21 @@ def cached_result(artefact: Artefact, key, compute: Callable[[], Any], retrain: 
         _rebuilding[artefact.name].setdefault("results", {})[key_id] = result
         return result
     problem = shipped_problem(artefact)
-    if problem is None:
+    shipped = {}  # the shipped results, read even when stale: they tell the chapter's runs from a learner's own
+    if problem is None or problem.startswith("stale"):
         try:
-            results = _shipped_results(artefact)
+            shipped = _shipped_results(artefact)
         except ArtefactError as error:
             problem = str(error)
-        else:
-            if key_id in results:
-                return results[key_id]
-            if artefact.name in _checking:
-                raise ArtefactError(f"missing: the shipped results have no run {key}")
-    if problem is not None and artefact.name in _checking:
-        raise ArtefactError(problem)
+    if problem is None and key_id in shipped:
+        return shipped[key_id]
+    if artefact.name in _checking:
+        raise ArtefactError(problem or f"missing: the shipped results have no run {key}")
     own = cache_dir() / artefact.name / f"{key_id}.json"
     if own.exists():
         return json.loads(own.read_text())
-    if problem is not None and not _retrain_asked(artefact.name, retrain):
+    ours = key_id in shipped or not shipped  # a run of the chapter's sweep (or, with no readable file, maybe one)
+    if problem is not None and ours and not _retrain_asked(artefact.name, retrain):
         raise ArtefactError(_problem_message(artefact, problem))
     result = compute()
     own.parent.mkdir(parents=True, exist_ok=True)
@@ -287,19 +289,28 @@ def _half(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: t.half() if t.is_floating_point() else t for k, t in tensors.items()}
 
 
-def rebuild(artefact: Artefact) -> dict:
-    """Retrain ``artefact`` through its chapter's code path; write its file and manifest entry.
+def rebuild(group: list[Artefact]) -> list[dict]:
+    """Retrain the artefacts of ``group`` (which share one ``run``) through their chapter's code path, once.
 
-    Returns the new manifest entry. A model is shipped in float16 when every metric of the float16 copy is
-    within :data:`HALF_TOLERANCE` of float32's, else in float32; the metrics recorded are the shipped copy's.
+    Writes each one's file and manifest entry and returns the entries. A model is shipped in float16 when every
+    metric of the float16 copy is within :data:`HALF_TOLERANCE` of float32's, else in float32; the metrics
+    recorded are those of the copy shipped.
     """
-    _rebuilding[artefact.name] = captured = {}
+    if len({id(artefact.run) for artefact in group}) != 1:
+        raise ValueError(f"rebuild one run at a time; got {[a.name for a in group]} with different run()s")
+    captured = {artefact.name: {} for artefact in group}
+    _rebuilding.update(captured)
     start = time.perf_counter()
     try:
-        artefact.run()
+        group[0].run()
     finally:
-        del _rebuilding[artefact.name]
+        for artefact in group:
+            del _rebuilding[artefact.name]
     seconds = time.perf_counter() - start
+    return [_ship(artefact, captured[artefact.name], seconds) for artefact in group]
+
+
+def _ship(artefact: Artefact, captured: dict, run_seconds: float) -> dict:
     data_dir().mkdir(parents=True, exist_ok=True)
     path = data_dir() / artefact.file
     if artefact.kind == "model":
@@ -320,7 +331,7 @@ def rebuild(artefact: Artefact) -> dict:
              "seed": artefact.params.get("seed"), "params": artefact.params, "code_hash": code_hash(artefact),
              "upstream": [up.name for up in artefact.upstream], "sha256": _sha256(path),
              "bytes": path.stat().st_size, "dtype": dtype, "metrics": metrics,
-             "train_seconds": round(seconds, 1), "built_with": f"torch {torch.__version__}"}
+             "train_seconds": round(captured.get("seconds", run_seconds), 1), "built_with": f"torch {torch.__version__}"}
     _write_manifest_entry(artefact.name, entry)
     return entry
 
