@@ -1,0 +1,612 @@
+"""The course's diagrams, drawn by code so that they are exact and regenerable.
+
+    python -m minilib.course.diagrams [--out notebooks/diagrams] [--png DIR]
+
+writes one SVG per diagram (the file names are the keys of :data:`DIAGRAMS`), referenced from the
+chapters' markdown as ``![…](diagrams/03_encoder_decoder.svg)``. Where a diagram shows a mask, a
+grid or a number, it is computed by the library function the chapter teaches (``minilib.sparse``,
+``minilib.prune``, ``minilib.quant``, ``minilib.attention``), so the picture cannot drift from the code.
+
+The output is byte-identical on every run (fixed ``svg.hashsalt``, no date, text drawn as paths),
+so a test can regenerate the diagrams and compare bytes. Every figure has an opaque white background:
+readable on light and dark notebook themes.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Rectangle
+
+OUT = Path(__file__).resolve().parents[2] / "notebooks" / "diagrams"
+STYLE = {"svg.hashsalt": "minilib-diagrams", "svg.fonttype": "path", "font.family": "DejaVu Sans", "font.size": 10,
+         "figure.facecolor": "white", "axes.facecolor": "white", "savefig.facecolor": "white",
+         "text.color": "#222222", "axes.edgecolor": "#444444", "axes.labelcolor": "#222222",
+         "xtick.color": "#444444", "ytick.color": "#444444"}
+# fills for boxes, one per role, readable with dark text
+BLUE, GREEN, ORANGE, RED, PURPLE, GREY, YELLOW = ("#dbe9f7", "#dcefd9", "#fde3c8", "#f8d4d4", "#e6dcf2", "#eeeeee",
+                                                  "#fff3bf")
+INK = "#222222"
+STRONG = {"blue": "#2b6cb0", "green": "#2f855a", "orange": "#c05621", "red": "#c53030", "purple": "#6b46c1",
+          "grey": "#718096"}
+
+
+# --------------------------------------------------------------------------------------------- drawing kit
+def _canvas(width, height, inches_per_unit=0.5):
+    """A figure whose axes span (0, width) × (0, height) in data units, no ticks, equal aspect."""
+    fig = plt.figure(figsize=(width * inches_per_unit, height * inches_per_unit))
+    ax = fig.add_axes([0, 0, 1, 1])
+    ax.set_xlim(0, width)
+    ax.set_ylim(0, height)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    return fig, ax
+
+
+def _box(ax, x, y, w, h, text="", fill=GREY, size=10, weight="normal", edge=INK, rounded=True):
+    """A box with its lower-left corner at (x, y) and centred text; returns its centre."""
+    style = "round,pad=0,rounding_size=0.15" if rounded else "square,pad=0"
+    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle=style, facecolor=fill, edgecolor=edge, linewidth=1.2))
+    if text:
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=size, weight=weight, color=INK)
+    return x + w / 2, y + h / 2
+
+
+def _arrow(ax, start, end, color=INK, style="-|>", width=1.3, curve=0.0, dashed=False):
+    ax.add_patch(FancyArrowPatch(start, end, arrowstyle=style, mutation_scale=12, color=color, linewidth=width,
+                                 connectionstyle=f"arc3,rad={curve}", linestyle="--" if dashed else "-",
+                                 shrinkA=0, shrinkB=0))
+
+
+def _path(ax, points, color=INK, width=1.3, arrow=True, dashed=False):
+    """A polyline through ``points``, with an arrow head on its last segment."""
+    xs, ys = zip(*points)
+    ax.plot(xs[:-1], ys[:-1], color=color, linewidth=width, linestyle="--" if dashed else "-",
+            solid_capstyle="butt")
+    _arrow(ax, points[-2], points[-1], color=color, width=width, style="-|>" if arrow else "-", dashed=dashed)
+
+
+def _plus(ax, x, y, r=0.28):
+    """The ⊕ of a residual connection, centred at (x, y)."""
+    ax.add_patch(Circle((x, y), r, facecolor="white", edgecolor=INK, linewidth=1.2, zorder=3))
+    ax.plot([x - r * 0.6, x + r * 0.6], [y, y], color=INK, linewidth=1.2, zorder=4)
+    ax.plot([x, x], [y - r * 0.6, y + r * 0.6], color=INK, linewidth=1.2, zorder=4)
+
+
+def _grid(ax, x, y, values, cell=0.4, cmap=None, on=STRONG["blue"], off="white", edge="#bbbbbb", vmax=None):
+    """Draw a (rows, cols) tensor as a grid of cells, row 0 at the top, lower-left corner at (x, y).
+
+    Boolean values: ``on``/``off`` colours; float values: shades of ``cmap`` (0 = white).
+    """
+    rows, cols = values.shape
+    vmax = vmax or (float(values.abs().max()) if values.dtype != torch.bool else 1.0)
+    for i in range(rows):
+        for j in range(cols):
+            value = values[i, j]
+            if values.dtype == torch.bool:
+                colour = on if bool(value) else off
+            else:
+                colour = plt.get_cmap(cmap)(0.15 + 0.85 * float(value.abs()) / vmax) if float(value) != 0 else off
+            ax.add_patch(Rectangle((x + j * cell, y + (rows - 1 - i) * cell), cell, cell, facecolor=colour,
+                                   edgecolor=edge, linewidth=0.5))
+    ax.add_patch(Rectangle((x, y), cols * cell, rows * cell, fill=False, edgecolor=INK, linewidth=1.0))
+
+
+# --------------------------------------------------------------------------------------------- chapter 02
+# one query row's scores against 12 keys, seen in 3 chunks of 4 (the numbers are the picture's data)
+TILING_SCORES = torch.tensor([0.3, 1.1, -0.4, 0.8, 2.0, 0.1, 1.5, -1.0, 0.6, 2.6, 1.9, 0.2])
+
+
+def online_softmax_trace(scores: torch.Tensor, chunk: int):
+    """(running max m, running sum ℓ) after each chunk of ``scores`` (1-d), as memory-efficient attention keeps them."""
+    m, total, trace = -math.inf, 0.0, []
+    for j0 in range(0, len(scores), chunk):
+        s = scores[j0:j0 + chunk]
+        new_m = max(m, float(s.max()))
+        total = total * math.exp(m - new_m) + float(torch.exp(s - new_m).sum())   # ℓ' = ℓ·e^(m−m') + Σ e^(s−m')
+        m = new_m
+        trace.append((m, total))
+    return trace
+
+
+def tiling():
+    """Chapter 02: query blocks × key chunks of the score matrix, and the running max and sum of one row."""
+    n_q, n_k, q_block, k_chunk, cell = 8, 12, 4, 4, 0.55
+    fig = plt.figure(figsize=(11.5, 4.6))
+    ax = fig.add_axes([0.0, 0.0, 0.46, 1.0])
+    ax.set_xlim(-1.6, n_k * cell + 1.2)
+    ax.set_ylim(-1.6, n_q * cell + 1.4)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    top = n_q * cell
+    for i in range(n_q):
+        for j in range(n_k):
+            in_block = i < q_block
+            fill = [BLUE, GREEN, ORANGE][j // k_chunk] if in_block else "white"
+            ax.add_patch(Rectangle((j * cell, top - (i + 1) * cell), cell, cell, facecolor=fill, edgecolor="#bbbbbb",
+                                   linewidth=0.5))
+    for j in range(0, n_k + 1, k_chunk):
+        ax.plot([j * cell, j * cell], [0, top], color=INK, linewidth=1.2)
+    for i in range(0, n_q + 1, q_block):
+        ax.plot([0, n_k * cell], [top - i * cell, top - i * cell], color=INK, linewidth=1.2)
+    for t in range(n_k // k_chunk):
+        ax.text((t + 0.5) * k_chunk * cell, top - q_block * cell / 2, f"tile {t + 1}", ha="center", va="center",
+                fontsize=10, weight="bold")
+    ax.text(n_k * cell / 2, top - (q_block + n_q) * cell / 2, "next query block: the same tiles again", ha="center",
+            va="center", fontsize=9, color=STRONG["grey"], bbox=dict(facecolor="white", edgecolor="none"))
+    ax.add_patch(Rectangle((0, top - cell), n_k * cell, cell, fill=False, edgecolor=STRONG["red"], linewidth=2.0))
+    ax.text(n_k * cell + 0.15, top - cell / 2, "row\nplotted\n→", fontsize=8, color=STRONG["red"], va="center")
+    ax.text(n_k * cell / 2, top + 0.9, "scores S = QKᵀ/√d, never stored whole", ha="center", fontsize=11,
+            weight="bold")
+    _arrow(ax, (0, top + 0.35), (n_k * cell, top + 0.35))
+    ax.text(n_k * cell / 2, top + 0.45, "keys, chunk_size at a time", ha="center", va="bottom", fontsize=9)
+    _arrow(ax, (-0.35, top), (-0.35, 0))
+    ax.text(-0.5, top / 2, "queries, query_chunk_size\nat a time", ha="right", va="center", fontsize=9,
+            rotation=90, multialignment="center")
+    ax.text(n_k * cell / 2, -0.6, f"memory: one {q_block}×{k_chunk} tile at a time, not {n_q}×{n_k}",
+            ha="center", fontsize=10)
+    ax.text(n_k * cell / 2, -1.2, "(here 8 queries × 12 keys; in practice 128 × 512)", ha="center", fontsize=9,
+            color=STRONG["grey"])
+
+    # right: one row's scores, chunk by chunk, with the running max m and sum ℓ
+    trace = online_softmax_trace(TILING_SCORES, k_chunk)
+    exact = float(torch.exp(TILING_SCORES - TILING_SCORES.max()).sum())
+    assert abs(trace[-1][1] - exact) < 1e-5 and trace[-1][0] == float(TILING_SCORES.max())
+    plot = fig.add_axes([0.55, 0.25, 0.43, 0.62])
+    keys = torch.arange(n_k)
+    colours = [[STRONG["blue"], STRONG["green"], STRONG["orange"]][j // k_chunk] for j in range(n_k)]
+    plot.bar(keys.tolist(), TILING_SCORES.tolist(), color=colours, width=0.6, label="score s_j of key j")
+    for t, (m, total) in enumerate(trace):
+        j0, j1 = t * k_chunk - 0.5, (t + 1) * k_chunk - 0.5
+        plot.plot([j0, j1], [m, m], color=STRONG["red"], linewidth=2.2, label="running max m" if t == 0 else None)
+        plot.text((j0 + j1) / 2, 3.05, f"m = {m:.1f}\nℓ = {total:.2f}", ha="center", va="bottom", fontsize=9)
+        if t:
+            plot.axvline(j0, color="#999999", linewidth=0.8, linestyle=":")
+    plot.set_ylim(-1.3, 4.1)
+    plot.set_xlim(-0.7, n_k - 0.3)
+    plot.set_xticks(range(n_k))
+    plot.set_xlabel("key j (one query row, 3 chunks of 4 keys)")
+    plot.axhline(0, color="#888888", linewidth=0.6)
+    plot.legend(loc="lower right", fontsize=8, frameon=False)
+    plot.spines[["top", "right"]].set_visible(False)
+    fig.text(0.765, 0.08, "when m grows to m', old ℓ and a are rescaled by exp(m − m')\n"
+                          "ℓ' = ℓ·exp(m − m') + Σ_j exp(s_j − m');   at the end: softmax(s)·V = a / ℓ",
+             ha="center", va="center", fontsize=9)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------- chapter 03
+def _sublayer_stack(ax, x, y0, w, names, fills, residual_side="left"):
+    """Post-norm sublayers stacked upwards: each is block → ⊕ (residual from below) → LayerNorm.
+
+    Returns the y of the stack's top and the list of block centres (for extra inputs such as cross-attention).
+    """
+    y, centres, cx = y0, [], x + w / 2
+    for name, fill in zip(names, fills):
+        start = y
+        _arrow(ax, (cx, y), (cx, y + 0.5))
+        _box(ax, x, y + 0.5, w, 0.9, name, fill)
+        centres.append((x, y + 0.95))
+        _arrow(ax, (cx, y + 1.4), (cx, y + 1.82))
+        _plus(ax, cx, y + 2.1)
+        side = x - 0.45 if residual_side == "left" else x + w + 0.45
+        _path(ax, [(cx, start + 0.25), (side, start + 0.25), (side, y + 2.1), (cx - 0.28 if residual_side == "left"
+                                                                               else cx + 0.28, y + 2.1)],
+              color=STRONG["red"], width=1.6)
+        _arrow(ax, (cx, y + 2.38), (cx, y + 2.7))
+        _box(ax, x, y + 2.7, w, 0.6, "LayerNorm", YELLOW, size=9)
+        y += 3.3
+    return y, centres
+
+
+def encoder_decoder():
+    """Chapter 03: the encoder and decoder blocks (post-norm, as in BERT and MiniLM) with their residual paths."""
+    fig, ax = _canvas(17, 15.2)
+    w = 4.4
+    ex, dx = 1.6, 10.2
+    # encoder
+    _box(ax, ex, 0.3, w, 0.8, "token embeddings + positions", GREY, size=9)
+    enc_top, _ = _sublayer_stack(ax, ex, 1.1, w, ["multi-head\nself-attention", "feed-forward\n(d → 4d → d)"],
+                                 [BLUE, GREEN])
+    ax.add_patch(Rectangle((ex - 0.9, 1.3), w + 1.6, enc_top - 1.3 + 0.1, fill=False, edgecolor=STRONG["grey"],
+                           linewidth=1.2, linestyle="--"))
+    ax.text(ex + w + 0.85, (1.3 + enc_top) / 2, "× N", fontsize=13, weight="bold", va="center")
+    _arrow(ax, (ex + w / 2, enc_top), (ex + w / 2, enc_top + 0.6))
+    _box(ax, ex, enc_top + 0.6, w, 0.8, "encoder output (memory)", GREY, size=9)
+    ax.text(ex + w / 2, 14.6, "Encoder layer (BERT, MiniLM)", ha="center", fontsize=12, weight="bold")
+    # decoder
+    _box(ax, dx, 0.3, w, 0.8, "target embeddings + positions", GREY, size=9)
+    dec_top, centres = _sublayer_stack(ax, dx, 1.1, w, ["masked (causal)\nself-attention", "cross-attention\nQ: decoder, K, V: memory",
+                                                        "feed-forward\n(d → 4d → d)"], [BLUE, PURPLE, GREEN],
+                                       residual_side="right")
+    ax.add_patch(Rectangle((dx - 0.7, 1.3), w + 1.6, dec_top - 1.3 + 0.1, fill=False, edgecolor=STRONG["grey"],
+                           linewidth=1.2, linestyle="--"))
+    ax.text(dx - 1.0, (1.3 + dec_top) / 2, "N ×", fontsize=13, weight="bold", va="center", ha="right")
+    _arrow(ax, (dx + w / 2, dec_top), (dx + w / 2, dec_top + 0.5))
+    _box(ax, dx, dec_top + 0.5, w, 0.7, "linear → softmax: next token", GREY, size=9)
+    ax.text(dx + w / 2, 14.6, "Decoder layer (original Transformer)", ha="center", fontsize=12, weight="bold")
+    # memory → cross-attention
+    mem = (ex + w, enc_top + 1.0)
+    cross = centres[1]
+    _path(ax, [mem, (8.1, enc_top + 1.0), (8.1, cross[1]), cross], color=STRONG["purple"], width=1.8)
+    ax.text(8.25, (enc_top + 1.0 + cross[1]) / 2 + 1.2, "K, V", color=STRONG["purple"], fontsize=10, weight="bold")
+    # legend
+    ax.plot([5.6, 6.4], [12.9, 12.9], color=STRONG["red"], linewidth=1.8)
+    ax.text(6.55, 12.9, "residual path: x + sublayer(x)", va="center", fontsize=9)
+    ax.text(8.5, 13.8, "post-norm: LayerNorm(x + sublayer(x)).  Pre-norm (GPT-2, exercise 3.2):\n"
+                       "x + sublayer(LayerNorm(x)): the red path then skips every LayerNorm.",
+            ha="center", va="center", fontsize=9, color=STRONG["grey"])
+    return fig
+
+
+# --------------------------------------------------------------------------------------------- chapter 04
+def sparse_masks():
+    """Chapter 04: sliding window, global tokens, random blocks and their union (BigBird), as (n, n) masks."""
+    from minilib.sparse import bigbird_layout, global_mask, layout_to_mask, random_block_layout, sliding_window_mask
+
+    n, block = 16, 2
+    masks = {
+        "sliding window\n(window 3: |i − j| < 3)": sliding_window_mask(n, 3),
+        "global tokens\n(first 2 see and are seen by all)": global_mask(n, 2),
+        "random blocks\n(1 random 2×2 block per row)": layout_to_mask(random_block_layout(n // block, 1, seed=0),
+                                                                       block),
+        "BigBird: all three\n(at block level)": layout_to_mask(bigbird_layout(n // block, 1, 1, 1, seed=0), block),
+    }
+    fig, axes = plt.subplots(1, 4, figsize=(13, 4.1))
+    colours = [STRONG["blue"], STRONG["orange"], STRONG["green"], STRONG["purple"]]
+    for ax, (title, mask), colour in zip(axes, masks.items(), colours):
+        ax.imshow(mask.numpy(), cmap=matplotlib.colors.ListedColormap(["white", colour]), vmin=0, vmax=1,
+                  interpolation="nearest")
+        ax.set_xticks([x - 0.5 for x in range(0, n + 1, 4)], minor=False)
+        ax.set_xticks([x - 0.5 for x in range(n + 1)], minor=True)
+        ax.set_yticks([x - 0.5 for x in range(n + 1)], minor=True)
+        ax.grid(which="minor", color="#dddddd", linewidth=0.5)
+        ax.tick_params(which="both", length=0, labelbottom=False, labelleft=False)
+        ax.set_title(title, fontsize=10)
+        kept = int(mask.sum())
+        ax.set_xlabel(f"keys j → \n{kept}/{n * n} scores computed ({kept / n / n:.0%})", fontsize=9)
+        ax.set_ylabel("queries i →", fontsize=9)
+    fig.suptitle("Which scores each pattern computes (n = 16 tokens; coloured = query i may attend to key j)",
+                 fontsize=11)
+    fig.subplots_adjust(left=0.03, right=0.99, top=0.8, bottom=0.12, wspace=0.25)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------- chapter 05
+def _matrix(ax, x, y, rows, cols, label, fill, unit=0.32):
+    """A matrix of ``rows × cols`` as a rectangle (lower-left at (x, y)) with its name inside and sizes around it."""
+    w, h = cols * unit, rows * unit
+    _box(ax, x, y, w, h, label, fill, size=10, rounded=False)
+    return x + w, y + h
+
+
+def kernel_trick():
+    """Chapter 05: (φ(Q)φ(K)ᵀ)V needs an n×n matrix; φ(Q)(φ(K)ᵀV) an f×d one: the same product, reordered."""
+    n, f, d, u = 12, 3, 3, 0.32
+    fig, ax = _canvas(21, 13.6)
+
+    def row(y, title, cost, steps):
+        ax.text(0.4, y + n * u + 1.0, title, fontsize=12, weight="bold", va="bottom")
+        x = 0.6
+        for rows, cols, label, fill, shape in steps:
+            if rows == 0:                                            # an operator between two matrices
+                ax.text(x + 0.35, y + n * u / 2, label, fontsize=16, ha="center", va="center")
+                x += 0.7
+                continue
+            top = y + n * u / 2 + rows * u / 2
+            _matrix(ax, x, top - rows * u, rows, cols, label, fill, unit=u)
+            ax.text(x + cols * u / 2, top - rows * u - 0.35, shape, ha="center", va="top", fontsize=9,
+                    color=STRONG["grey"])
+            x += cols * u + 0.25
+        ax.text(x + 0.5, y + n * u / 2, cost, fontsize=10, va="center")
+
+    def op(symbol):
+        return 0, 0, symbol, None, ""
+
+    row(8.0, "softmax order:  (φ(Q) φ(K)ᵀ) V", "cost ≈ 2n²f + 2n²d FLOPs\nmemory: n×n scores\ngrows as n²",
+        [(n, f, "φ(Q)", BLUE, "n×f"), op("·"), (f, n, "φ(K)ᵀ", GREEN, "f×n"), op("="), (n, n, "n × n", RED, "n×n"),
+         op("·"), (n, d, "V", ORANGE, "n×d"), op("="), (n, d, "out", GREY, "n×d")])
+    row(2.0, "linear order:  φ(Q) (φ(K)ᵀ V)", "cost ≈ 4nfd FLOPs\nmemory: f×d summary S\ngrows as n",
+        [(f, n, "φ(K)ᵀ", GREEN, "f×n"), op("·"), (n, d, "V", ORANGE, "n×d"), op("="), (f, d, "S", PURPLE, "f×d"),
+         op(";"), (n, f, "φ(Q)", BLUE, "n×f"), op("·"), (f, d, "S", PURPLE, "f×d"), op("="),
+         (n, d, "out", GREY, "n×d")])
+    ax.text(10.5, 0.2, "Matrix products are associative: both orders give the same numbers (the normaliser "
+                       "φ(Q)(φ(K)ᵀ1) likewise).\nexp(q·k) does not split into a product of a q part and a k part, "
+                       "so softmax attention must form the n×n matrix;\na feature map with sim(q, k) = φ(q)·φ(k) "
+                       "is what makes the reordering possible.",
+            ha="center", va="bottom", fontsize=9, color=STRONG["grey"])
+    return fig
+
+
+# --------------------------------------------------------------------------------------------- chapter 06
+def distillation():
+    """Chapter 06: one batch through a frozen teacher and a trainable student, and the three losses."""
+    fig, ax = _canvas(20, 11)
+    _box(ax, 0.3, 4.8, 2.6, 1.4, "batch of\nsentences x", GREY)
+    _box(ax, 4.2, 7.0, 4.2, 3.2, "teacher\nlarge, already trained\nfrozen (no gradient)", BLUE, size=10)
+    _box(ax, 4.2, 1.0, 3.0, 2.4, "student\nsmall\ntrained", GREEN, size=10)
+    _path(ax, [(2.9, 5.5), (3.5, 5.5), (3.5, 8.6), (4.2, 8.6)])
+    _path(ax, [(3.5, 5.5), (3.5, 2.2), (4.2, 2.2)])
+    # logits
+    _box(ax, 9.6, 8.9, 2.8, 1.0, "teacher logits / T", BLUE, size=9)
+    _box(ax, 9.6, 2.4, 2.8, 1.0, "student logits / T", GREEN, size=9)
+    _arrow(ax, (8.4, 9.4), (9.6, 9.4))
+    _arrow(ax, (7.2, 2.9), (9.6, 2.9))
+    _box(ax, 13.5, 8.9, 2.6, 1.0, "softmax → p_T", BLUE, size=9)
+    _box(ax, 13.5, 2.4, 2.6, 1.0, "softmax → p_S", GREEN, size=9)
+    _arrow(ax, (12.4, 9.4), (13.5, 9.4))
+    _arrow(ax, (12.4, 2.9), (13.5, 2.9))
+    # loss 1: soft targets
+    _box(ax, 16.8, 5.4, 3.0, 1.6, "① soft targets\nT² · KL(p_T ‖ p_S)", RED, size=9, weight="bold")
+    _path(ax, [(16.1, 9.4), (18.3, 9.4), (18.3, 7.0)], color=STRONG["red"])
+    _path(ax, [(16.1, 2.9), (18.3, 2.9), (18.3, 5.4)], color=STRONG["red"])
+    # loss 2: hard labels
+    _box(ax, 9.6, 0.2, 3.2, 1.4, "② hard labels\nCE(student logits, y)", ORANGE, size=9, weight="bold")
+    _path(ax, [(7.2, 1.6), (8.7, 1.6), (8.7, 0.9), (9.6, 0.9)], color=STRONG["orange"])
+    _box(ax, 14.0, 0.4, 1.8, 1.0, "labels y", GREY, size=9)
+    _arrow(ax, (14.0, 0.9), (12.8, 0.9), color=STRONG["orange"])
+    # loss 3: hidden states
+    _box(ax, 8.8, 4.6, 4.2, 1.9, "③ hidden states\nMSE(H_s W_h, H_t) or 1 − cos\n(layers paired by layer_map)",
+         PURPLE, size=9, weight="bold")
+    _path(ax, [(6.3, 7.0), (6.3, 6.2), (8.8, 6.2)], color=STRONG["purple"], dashed=True)
+    ax.text(6.45, 6.55, "H_t", fontsize=9, color=STRONG["purple"])
+    _path(ax, [(5.7, 3.4), (5.7, 4.9), (8.8, 4.9)], color=STRONG["purple"], dashed=True)
+    ax.text(5.85, 4.1, "H_s", fontsize=9, color=STRONG["purple"])
+    ax.text(10.0, 10.75, "L = α·T²·KL(p_T ‖ p_S) + (1 − α)·CE(z_S, y) + β·Σ hidden-state loss",
+            ha="center", va="center", fontsize=11, weight="bold")
+    ax.text(13.4, 6.3, "gradients reach the\nstudent only (the teacher\nruns once; its outputs\nare stored)", fontsize=9,
+            color=STRONG["grey"], va="center")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------- chapter 07
+def number_line():
+    """Chapter 07: reals on a line, the 4-bit affine grid over a clipping range, rounding and clipping."""
+    from minilib.quant.affine import quantize
+
+    lo, hi, bits = -1.0, 2.0, 4
+    samples = torch.tensor([-1.45, -0.62, 0.0, 0.47, 1.23, 2.4])
+    qt = quantize(samples, bits=bits, symmetric=False, clip=(lo, hi))
+    scale, zero = float(qt.scale), int(qt.zero_point)
+    back = qt.dequantize()
+    fig, ax = plt.subplots(figsize=(12, 4.6))
+    ax.set_xlim(-1.75, 2.75)
+    ax.set_ylim(-2.5, 2.0)
+    ax.axis("off")
+    ax.axvspan(lo, hi, ymin=0.3, ymax=0.8, color=YELLOW, zorder=0)
+    ax.text(2.72, 1.7, "yellow: the clipping range [lo, hi] = [−1, 2]", fontsize=10, ha="right")
+    ax.plot([-1.7, 2.7], [1, 1], color=INK, linewidth=1.2)
+    ax.text(-1.72, 1.7, "real values x (float32)", fontsize=10, weight="bold")
+    for tick in (-1, 0, 1, 2):
+        ax.plot([tick, tick], [0.93, 1.07], color=INK)
+        ax.text(tick + 0.02, 0.78, f"{tick}", ha="left", fontsize=9)
+    ax.plot([-1.7, 2.7], [-0.6, -0.6], color=INK, linewidth=1.2)
+    ax.text(-1.72, -1.15, f"integers q ∈ [0, {2 ** bits - 1}]\n({bits} bits: 16 levels;\nint8 has 256)",
+            fontsize=10, weight="bold", va="top")
+    for q in range(2 ** bits):
+        x = scale * (q - zero)
+        ax.plot([x, x], [-0.68, -0.52], color=INK)
+        ax.text(x, -0.9, f"{q}", ha="center", fontsize=8, color=STRONG["red"] if q == zero else INK,
+                weight="bold" if q == zero else "normal")
+        ax.plot([x, x], [-0.52, 0.93], color="#cccccc", linewidth=0.6, zorder=1)
+    for x, xq in zip(samples.tolist(), back.tolist()):
+        colour = STRONG["red"] if not lo <= x <= hi else STRONG["blue"]
+        ax.plot([x], [1], "o", color=colour, zorder=4)
+        ax.annotate("", xy=(xq, -0.5), xytext=(x, 0.95), arrowprops=dict(arrowstyle="-|>", color=colour, lw=1.3))
+        ax.text(x, 1.2, f"{x:.2f}", ha="center", fontsize=9, color=colour)
+    ax.text(0.5, -1.75, f"s = (hi − lo) / (2^b − 1) = {scale:.2f}      z = round(−lo / s) = {zero}\n"
+                        "q = clamp(round(x / s) + z, 0, 15)      x̂ = s · (q − z): error ≤ s/2 inside the range",
+            ha="center", va="center", fontsize=10, bbox=dict(facecolor="white", edgecolor="#888888"))
+    ax.text(-1.5, 0.2, "clipped\nto 0", color=STRONG["red"], fontsize=9, ha="center")
+    ax.text(2.5, 0.2, "clipped\nto 15", color=STRONG["red"], fontsize=9, ha="center")
+    ax.text(0.04, 0.05, "0.0 → z, exactly", color=STRONG["blue"], fontsize=9, ha="left")
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.98, bottom=0.02)
+    return fig
+
+
+def int8_gemm():
+    """Chapter 07: the W8A8 linear layer's dataflow, which steps are integer and which are float."""
+    fig, ax = _canvas(21, 8.6)
+    _box(ax, 0.3, 5.6, 3.0, 1.4, "x  (M×K)\nfloat32", GREY, size=9)
+    _box(ax, 4.3, 5.6, 3.8, 1.4, "quantize_rows\ns_x = max|x_m| / 127\nround(x / s_x)", ORANGE, size=9)
+    _box(ax, 9.2, 6.2, 2.8, 1.2, "x_q  (M×K)  int8", BLUE, size=9)
+    _box(ax, 9.2, 4.6, 2.8, 1.0, "s_x  (M×1)", YELLOW, size=9)
+    _box(ax, 0.3, 1.2, 3.0, 1.4, "W  (N×K)\nfloat32", GREY, size=9)
+    _box(ax, 4.3, 1.2, 3.8, 1.4, "per-channel quantize\nonce, when the model\nis converted", ORANGE, size=9)
+    _box(ax, 9.2, 2.3, 2.8, 1.2, "W_q  (N×K)  int8", BLUE, size=9)
+    _box(ax, 9.2, 0.6, 2.8, 1.0, "s_w  (N)", YELLOW, size=9)
+    _box(ax, 13.2, 3.9, 3.0, 2.2, "torch._int_mm\nΣ_k x_q·W_q\nint8 × int8 → int32", BLUE, size=9, weight="bold")
+    _box(ax, 13.2, 0.6, 3.0, 1.7, "acc  (M×N)\nint32, exact", BLUE, size=9)
+    _box(ax, 17.4, 3.0, 3.3, 2.6, "rescale\ny = acc · s_x · s_w\n+ b", ORANGE, size=9, weight="bold")
+    _box(ax, 17.4, 0.6, 3.3, 1.4, "y  (M×N)\nfloat32", GREY, size=9)
+    _arrow(ax, (3.3, 6.3), (4.3, 6.3))
+    _arrow(ax, (8.1, 6.6), (9.2, 6.8))
+    _arrow(ax, (8.1, 5.9), (9.2, 5.1))
+    _arrow(ax, (3.3, 1.9), (4.3, 1.9))
+    _arrow(ax, (8.1, 2.3), (9.2, 2.9))
+    _arrow(ax, (8.1, 1.5), (9.2, 1.1))
+    _arrow(ax, (12.0, 6.8), (13.2, 5.6), color=STRONG["blue"], width=1.8)
+    _arrow(ax, (12.0, 2.9), (13.2, 4.3), color=STRONG["blue"], width=1.8)
+    _arrow(ax, (14.7, 3.9), (14.7, 2.3), color=STRONG["blue"], width=1.8)
+    _arrow(ax, (16.2, 1.45), (17.4, 4.2), color=STRONG["blue"], width=1.8)
+    _path(ax, [(12.0, 5.1), (12.6, 5.1), (12.6, 7.7), (19.05, 7.7), (19.05, 5.6)], color=STRONG["orange"])
+    _path(ax, [(12.0, 1.1), (12.6, 1.1), (12.6, 0.25), (16.8, 0.25), (16.8, 3.3), (17.4, 3.3)], color=STRONG["orange"])
+    _arrow(ax, (19.05, 3.0), (19.05, 2.0))
+    ax.text(10.6, 8.2, "y[m, n] ≈ s_x[m] · s_w[n] · Σ_k x_q[m, k] · W_q[n, k] + b[n]", ha="center",
+            fontsize=11, weight="bold")
+    ax.add_patch(Rectangle((0.3, 7.55), 0.5, 0.3, facecolor=BLUE, edgecolor=INK))
+    ax.text(0.95, 7.7, "integer", va="center", fontsize=9)
+    ax.add_patch(Rectangle((2.4, 7.55), 0.5, 0.3, facecolor=ORANGE, edgecolor=INK))
+    ax.text(3.05, 7.7, "float work: extra passes over memory", va="center", fontsize=9)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------- chapter 08
+def sparsity_patterns():
+    """Chapter 08: the same weight pruned to 50% three ways: unstructured, 2:4 (N:M), whole rows (structured)."""
+    from minilib.prune import magnitude_mask, nm_mask
+
+    weight = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+    row_norms = weight.norm(dim=1)
+    rows_kept = torch.zeros(8, dtype=torch.bool)
+    rows_kept[row_norms.argsort(descending=True)[:4]] = True
+    patterns = {
+        "unstructured (magnitude, 50%)\nzeros anywhere: same dense kernel,\nno speed-up without a sparse format":
+            magnitude_mask(weight, 0.5),
+        "2:4 (N:M)\n2 of every 4 in a row kept: up to 2×\non sparse tensor cores (GPUs since Ampere)": nm_mask(weight, 2, 4),
+        "structured (whole rows = neurons)\nrows removed: a smaller dense\nmatrix, faster on any hardware":
+            rows_kept[:, None].expand(8, 16),
+    }
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.7))
+    for ax, (title, mask) in zip(axes, patterns.items()):
+        kept = (weight.abs() * mask).numpy()
+        ax.imshow(kept, cmap="Blues", vmin=-1.2 * float(weight.abs().max()), vmax=float(weight.abs().max()),
+                  interpolation="nearest")
+        for i, j in (~mask).nonzero().tolist():
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="white", edgecolor="#dddddd", hatch="///",
+                                   linewidth=0))
+        ax.set_xticks([x - 0.5 for x in range(17)], minor=True)
+        ax.set_yticks([x - 0.5 for x in range(9)], minor=True)
+        ax.grid(which="minor", color="#999999", linewidth=0.5)
+        if "2:4" in title:
+            for x in range(4, 16, 4):
+                ax.axvline(x - 0.5, color=STRONG["red"], linewidth=1.6)
+        ax.tick_params(which="both", length=0, labelbottom=False, labelleft=False)
+        ax.set_title(title, fontsize=9.5)
+        ax.set_xlabel(f"input features; {int(mask.sum())}/{mask.numel()} weights kept", fontsize=9)
+    axes[0].set_ylabel("output neurons", fontsize=9)
+    fig.suptitle("One 8×16 weight, half of it pruned three ways (blue: kept, shade = |w|; hatched: zero)",
+                 fontsize=11)
+    fig.subplots_adjust(left=0.03, right=0.99, top=0.72, bottom=0.08, wspace=0.12)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------- chapter 09
+def grouped_and_bottleneck():
+    """Chapter 09: a dense vs a block-diagonal (grouped) weight with the channel shuffle, and MobileBERT's bottleneck."""
+    from minilib.arch import GroupedLinear, channel_shuffle
+
+    d, g = 8, 4
+    grouped = GroupedLinear(d, d, g)
+    block_diagonal = torch.block_diag(*grouped.weight.detach().transpose(1, 2))      # (d_out, d_in) as nn.Linear
+    dense = torch.randn(d, d, generator=torch.Generator().manual_seed(1))
+    order = channel_shuffle(torch.arange(d), g).tolist()                              # new position k takes channel
+    fig, ax = _canvas(24, 9)
+    cell = 0.5
+    _grid(ax, 0.6, 2.5, dense, cell=cell, cmap="Blues")
+    ax.text(0.6 + d * cell / 2, 7.0, f"dense W ({d}×{d})\n{d * d} weights", ha="center", fontsize=10)
+    _grid(ax, 6.0, 2.5, block_diagonal, cell=cell, cmap="Greens")
+    ax.text(6.0 + d * cell / 2, 7.0, f"grouped, g = {g}: block-diagonal\n{d * d // g} weights (1/g)", ha="center",
+            fontsize=10)
+    ax.text(6.0 + d * cell / 2, 1.6, "group k only sees group k", ha="center", fontsize=9, color=STRONG["grey"])
+    # channel shuffle: from groups (rows of 2) to interleaved
+    sx, top, bottom = 11.2, 6.3, 2.9
+    colours = [STRONG["blue"], STRONG["green"], STRONG["orange"], STRONG["purple"]]
+    for c in range(d):
+        group = c // (d // g)
+        ax.add_patch(Rectangle((sx + c * 0.55, top), 0.45, 0.45, facecolor=colours[group], edgecolor=INK))
+        new = order.index(c)
+        ax.add_patch(Rectangle((sx + new * 0.55, bottom - 0.45), 0.45, 0.45, facecolor=colours[group],
+                               edgecolor=INK))
+        _arrow(ax, (sx + c * 0.55 + 0.225, top), (sx + new * 0.55 + 0.225, bottom), color=colours[group], width=1.0)
+    ax.text(sx + d * 0.55 / 2, 7.0, "channel shuffle\n(g, c) → (c, g)", ha="center", fontsize=10)
+    ax.text(sx + d * 0.55 / 2, 1.6, "next grouped layer: each group\nnow mixes all previous groups", ha="center",
+            fontsize=9, color=STRONG["grey"], va="center")
+    # bottleneck
+    bx = 17.3
+    ax.text(bx + 3.2, 8.3, "bottleneck layer (MobileBERT)", ha="center", fontsize=11, weight="bold")
+    _box(ax, bx + 0.2, 0.3, 6.0, 0.7, "x: residual stream, width 512", GREY, size=9)
+    _arrow(ax, (bx + 3.2, 1.0), (bx + 3.2, 1.5))
+    _box(ax, bx + 1.2, 1.5, 4.0, 0.7, "down: 512 → 128", ORANGE, size=9)
+    _arrow(ax, (bx + 3.2, 2.2), (bx + 3.2, 2.6))
+    _box(ax, bx + 2.0, 2.6, 2.4, 1.8, "encoder layer\nat width 128\n(attention\n+ FFN)", BLUE, size=9)
+    _arrow(ax, (bx + 3.2, 4.4), (bx + 3.2, 4.8))
+    _box(ax, bx + 1.2, 4.8, 4.0, 0.7, "up: 128 → 512", ORANGE, size=9)
+    _arrow(ax, (bx + 3.2, 5.5), (bx + 3.2, 5.92))
+    _plus(ax, bx + 3.2, 6.2)
+    _path(ax, [(bx + 0.6, 1.0), (bx + 0.6, 6.2), (bx + 2.92, 6.2)], color=STRONG["red"], width=1.6)
+    _arrow(ax, (bx + 3.2, 6.48), (bx + 3.2, 6.8))
+    _box(ax, bx + 1.2, 6.8, 4.0, 0.7, "LayerNorm", YELLOW, size=9)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------- chapter 10
+def deployment_pipeline():
+    """Chapter 10: from a Hugging Face checkpoint to a served model."""
+    fig, ax = _canvas(23, 7.6)
+    steps = [(0.3, "Hugging Face\ncheckpoint\nall-MiniLM-L6-v2\n(AutoModel…)", GREY),
+             (4.7, "fine-tune\non the task\n(Trainer or\nminilib.train.fit)", BLUE),
+             (9.1, "compress\ndistil (06)\nprune (08)\nquantize (07)", GREEN),
+             (13.5, "export\ntorch.onnx.export\n→ model.onnx\n(dynamic batch, seq)", ORANGE)]
+    for x, text, fill in steps:
+        _box(ax, x, 2.6, 3.6, 2.4, text, fill, size=9.5)
+    for x in (3.9, 8.3, 12.7):
+        _arrow(ax, (x, 3.8), (x + 0.8, 3.8), width=1.8)
+    _box(ax, 18.6, 5.1, 4.1, 1.9, "ONNX Runtime\nin the app's process\n(phone, edge box)", PURPLE, size=9)
+    _box(ax, 18.6, 2.8, 4.1, 1.9, "Triton Inference Server\nconfig.pbtxt,\ndynamic batching", PURPLE, size=9)
+    _box(ax, 18.6, 0.5, 4.1, 1.9, "TensorRT, OpenVINO\nimport the ONNX file,\ncompile for their chips", PURPLE, size=9)
+    for y in (6.05, 3.75, 1.45):
+        _path(ax, [(17.1, 3.8), (17.85, 3.8), (17.85, y), (18.6, y)], color=STRONG["purple"], width=1.5)
+    ax.text(22.7, 7.25, "serve: no PyTorch needed", ha="right", fontsize=10, weight="bold")
+    ax.text(8.5, 5.6, "in PyTorch (Python needed)", ha="center", fontsize=10, color=STRONG["grey"])
+    ax.plot([0.3, 17.1], [5.3, 5.3], color=STRONG["grey"], linewidth=0.8)
+    ax.text(8.5, 1.6, "each step is measured in the chapter's before/after table: size, latency, accuracy",
+            ha="center", fontsize=9, color=STRONG["grey"])
+    return fig
+
+
+DIAGRAMS = {
+    "02_tiling.svg": tiling,
+    "03_encoder_decoder.svg": encoder_decoder,
+    "04_sparse_masks.svg": sparse_masks,
+    "05_kernel_trick.svg": kernel_trick,
+    "06_distillation.svg": distillation,
+    "07_number_line.svg": number_line,
+    "07_int8_gemm.svg": int8_gemm,
+    "08_sparsity_patterns.svg": sparsity_patterns,
+    "09_grouped_bottleneck.svg": grouped_and_bottleneck,
+    "10_deployment_pipeline.svg": deployment_pipeline,
+}
+
+
+def write(out=OUT, png=None, names=None) -> list[Path]:
+    """Draw every diagram (or those in ``names``) as SVG into ``out``; with ``png``, a PNG twin there too (for review)."""
+    unknown = sorted(set(names or ()) - set(DIAGRAMS))
+    if unknown:
+        raise ValueError(f"unknown diagram(s) {unknown}; the diagrams are {sorted(DIAGRAMS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, draw in DIAGRAMS.items():
+        if names and name not in names:
+            continue
+        torch.manual_seed(0)                      # layers drawn from the library start from the same weights
+        with plt.rc_context(STYLE):
+            fig = draw()
+            fig.savefig(out / name, format="svg", metadata={"Date": None}, facecolor="white")
+            if png is not None:
+                Path(png).mkdir(parents=True, exist_ok=True)
+                fig.savefig(Path(png) / name.replace(".svg", ".png"), dpi=90, facecolor="white")
+            plt.close(fig)
+        written.append(out / name)
+    return written
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m minilib.course.diagrams", description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"diagrams to draw (default: all): {', '.join(DIAGRAMS)}")
+    parser.add_argument("--out", default=OUT, help="folder for the SVGs (default: notebooks/diagrams)")
+    parser.add_argument("--png", metavar="DIR", help="also write PNG twins into DIR, to look at")
+    args = parser.parse_args(argv)
+    for path in write(args.out, args.png, args.names):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
