@@ -30,7 +30,8 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, retur
     q: (..., n_q, d_k), k: (..., n_k, d_k), v: (..., n_k, d_v); leading dims (batch, heads) match.
     attn_mask: bool (True = may attend) or float (added to the scores), broadcastable to
     (..., n_q, n_k). is_causal: query i sees keys 0..i. Returns (..., n_q, d_v), and the
-    weights (..., n_q, n_k) too when ``return_weights``. Same semantics as PyTorch's function.
+    weights (..., n_q, n_k) too when ``return_weights``. Same semantics as PyTorch's function,
+    down to a fully masked query row (every score -∞): its weights and output are zeros, not NaN.
     """
     _check_qkv(q, k, v)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])        # QKᵀ/√d_k
@@ -38,6 +39,8 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, retur
     if bias is not None:
         scores = scores + bias                                          # masked scores → -∞
     weights = torch.softmax(scores, dim=-1)                             # each row sums to 1
+    if bias is not None:                                                # a row with nothing to see: 0/0 → 0
+        weights = weights.masked_fill((scores == -math.inf).all(dim=-1, keepdim=True), 0.0)
     if dropout_p > 0:
         weights = F.dropout(weights, p=dropout_p)
     output = weights @ v                                                # weighted sum of values
@@ -61,6 +64,10 @@ def memory_efficient_attention(q, k, v, attn_mask=None, is_causal=False, chunk_s
     Blocking over queries as well keeps that tile in the CPU's cache, and updating in place
     (``exp_``, ``mul_``, ``baddbmm_``) saves passes over memory: that is where the speed comes from.
 
+    m stays -∞ until the row meets a score that is not masked, so that exp(s - m) is never taken
+    against a stand-in maximum (which would underflow to 0/0 when the real scores are below about
+    -88 in float32). A fully masked row ends with ℓ = 0 and returns zeros, as PyTorch does.
+
     q, k, v, attn_mask, is_causal: as in :func:`scaled_dot_product_attention`.
     chunk_size: keys per chunk; query_chunk_size: queries per block.
     """
@@ -73,7 +80,8 @@ def memory_efficient_attention(q, k, v, attn_mask=None, is_causal=False, chunk_s
     q3 = (q * (1.0 / math.sqrt(d))).reshape(-1, n_q, d)          # scale once; (batch·heads, n_q, d)
     k3_t = k.reshape(-1, n_k, d).transpose(1, 2)                   # (batch·heads, d, n_k)
     v3 = v.reshape(-1, n_k, d_v)
-    in_place = not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
+    needs_grad = any(isinstance(t, torch.Tensor) and t.requires_grad for t in (q, k, v, attn_mask))
+    in_place = not (torch.is_grad_enabled() and needs_grad)       # a learned bias needs its scores kept too
     blocks = []
     for i0 in range(0, n_q, query_chunk_size):
         i1 = min(i0 + query_chunk_size, n_q)
@@ -93,30 +101,31 @@ def _online_softmax(tiles, v3, in_place):
     running_max = running_sum = accumulator = None
     for (j0, j1), scores in tiles:
         chunk_max = scores.amax(dim=-1, keepdim=True)
-        new_max = chunk_max if running_max is None else torch.maximum(running_max, chunk_max)
-        new_max = new_max.masked_fill(new_max == -math.inf, 0.0)    # a row masked so far: avoid ∞ - ∞
-        probs = scores.sub_(new_max).exp_() if in_place else torch.exp(scores - new_max)   # exp(s - m')
+        new_max = chunk_max if running_max is None else torch.maximum(running_max, chunk_max)   # -∞: nothing seen yet
+        shift = new_max.masked_fill(new_max == -math.inf, 0.0)         # such a row's exp(-∞ - 0) = 0, not ∞ - ∞
+        probs = scores.sub_(shift).exp_() if in_place else torch.exp(scores - shift)   # exp(s - m')
         chunk_sum, values = probs.sum(dim=-1, keepdim=True), v3[:, j0:j1]
         if running_max is None:
             running_sum, accumulator = chunk_sum, probs @ values
         elif in_place:
-            correction = torch.exp(running_max - new_max)              # exp(m - m')
+            correction = torch.exp(running_max - shift)                 # exp(m - m'); 0 while m = -∞
             running_sum.mul_(correction).add_(chunk_sum)
             accumulator.mul_(correction).baddbmm_(probs, values)
         else:
-            correction = torch.exp(running_max - new_max)
+            correction = torch.exp(running_max - shift)
             running_sum = running_sum * correction + chunk_sum
             accumulator = torch.baddbmm(accumulator * correction, probs, values)
         running_max = new_max
-    return accumulator / running_sum
+    return accumulator / running_sum.masked_fill(running_sum == 0, 1.0)   # ℓ = 0: fully masked row → zeros
 
 
 def _scores_tile(q3, k3_t, mask, is_causal, lead, i0, i1, j0, j1):
     """Scores of queries i0:i1 against keys j0:j1, with the mask's bias: ((j0, j1), (batch·heads, i1-i0, j1-j0))."""
     scores = torch.bmm(q3[:, i0:i1], k3_t[:, :, j0:j1])
-    if mask is not None:
-        tile = mask[..., i0:i1, j0:j1] if mask.shape[-2] > 1 else mask[..., j0:j1]
-        tile = tile.expand(*lead, i1 - i0, j1 - j0).reshape(-1, i1 - i0, j1 - j0)
+    if mask is not None:                                            # a mask dim of size 1 broadcasts
+        rows = slice(i0, i1) if mask.shape[-2] > 1 else slice(None)
+        cols = slice(j0, j1) if mask.shape[-1] > 1 else slice(None)
+        tile = mask[..., rows, cols].expand(*lead, i1 - i0, j1 - j0).reshape(-1, i1 - i0, j1 - j0)
         scores = scores + _as_bias(tile, scores.dtype)
     if is_causal and j1 - 1 > i0:                                   # the tile crosses the diagonal
         above = torch.arange(j0, j1, device=scores.device) > torch.arange(i0, i1, device=scores.device)[:, None]
@@ -149,7 +158,7 @@ def _check_mask(attn_mask, n_q, n_k):
     if not (attn_mask.dtype == torch.bool or attn_mask.is_floating_point()):
         raise TypeError(f"attn_mask must be bool (True = may attend) or float (added to scores), got dtype {attn_mask.dtype}")
     shape = tuple(attn_mask.shape)
-    if len(shape) < 2 or shape[-1] != n_k or shape[-2] not in (1, n_q):
+    if len(shape) < 2 or shape[-1] not in (1, n_k) or shape[-2] not in (1, n_q):
         raise ValueError(f"attn_mask must be broadcastable to (..., {n_q}, {n_k}) (queries, keys), got shape {shape}")
     return attn_mask
 
