@@ -128,6 +128,7 @@ def sliding_window_attention(q, k, v, window, global_tokens=0, is_causal=False, 
 
     attn_mask: optional bool key-padding mask broadcastable to (batch, heads, 1, n) (True = real
     token), as :class:`minilib.transformer.Encoder` passes it. Returns (batch, heads, n, d_v).
+    A query that may see no key at all (local or global) gets zeros, as in PyTorch's attention.
     """
     n = _check_self_attention(q, k, v)
     _check_window(n, window, global_tokens)
@@ -172,7 +173,7 @@ def block_sparse_attention(q, k, v, layout, block_size, is_causal=False, attn_ma
     How: for every query block, gather the key blocks its row of the layout selects (rows with
     fewer blocks are padded and masked) and attend to them in one batched call.
     attn_mask: optional bool key-padding mask broadcastable to (batch, heads, 1, n_k).
-    Returns (batch, heads, n_q, d_v).
+    Returns (batch, heads, n_q, d_v); a query that may see no key gets zeros, as in PyTorch's attention.
     """
     _check_qkv_4d(q, k, v)
     n_q, n_k = q.shape[-2], k.shape[-2]
@@ -242,6 +243,7 @@ def _attend_tiles(q_tiles, k_tiles, v_tiles, allowed):
     allowed = allowed.expand(batch, tiles, -1, -1, -1).flatten(0, 1)
     out = F.scaled_dot_product_attention(q_tiles.flatten(0, 1), k_tiles.flatten(0, 1), v_tiles.flatten(0, 1),
                                          attn_mask=_finite_bias(allowed, q_tiles.dtype))
+    out = out.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)      # a query that sees no key: zeros
     return out.unflatten(0, (batch, tiles))
 
 
@@ -269,8 +271,8 @@ def _global_queries(q, k, v, key_ok, g, is_causal):
 def _finite_bias(allowed, dtype):
     """Bool mask → additive bias: 0 where allowed, the most negative finite number elsewhere.
 
-    A finite bias (not -∞) keeps a query with no allowed key (a padded block row) from producing
-    NaN: its weights come out uniform, and its output is dropped or ignored.
+    A finite bias (not -∞) keeps a query with no allowed key from producing NaN in the fused kernel
+    (whatever its backend): its weights come out uniform, and :func:`_attend_tiles` sets its output to 0.
     """
     zero, lowest = torch.tensor(0.0, dtype=dtype), torch.tensor(torch.finfo(dtype).min, dtype=dtype)
     return torch.where(allowed, zero.to(allowed.device), lowest.to(allowed.device))
