@@ -1,0 +1,94 @@
+"""Our blocked sparse kernels against PyTorch's FlexAttention with the matching mask_mods (eager, float32)."""
+import pytest
+import torch
+
+from minilib import flex
+from minilib.flex import (block_mask, block_mask_picture, flex_attention, layout_mask_mod, window_mask_mod,
+                          with_key_padding)
+from minilib.optional import NotAvailable, Unavailable, optional_row
+from minilib.sparse import (bigbird_layout, block_layout, block_sparse_attention, sliding_window_attention,
+                            sliding_window_mask)
+
+
+def _qkv(n, batch=2, heads=4, dim=64, seed=0):
+    """Unit-variance q, k, v (batch, heads, n, dim), head size 64 as in MiniLM."""
+    generator = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(batch, heads, n, dim, generator=generator) for _ in range(3))
+
+
+@pytest.mark.parametrize("window, global_tokens, causal", [(64, 0, False), (100, 0, True), (64, 3, False), (37, 5, True)])
+def test_sliding_window_and_global_tokens_equal_flex_attention(window, global_tokens, causal):
+    n = 1000                                       # not a multiple of FlexAttention's 128 nor of our block size
+    q, k, v = _qkv(n)
+    mask = block_mask(window_mask_mod(window, global_tokens, causal), n)
+    ours = sliding_window_attention(q, k, v, window, global_tokens=global_tokens, is_causal=causal)
+    torch.testing.assert_close(ours, flex_attention(q, k, v, mask), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_bigbird_block_sparse_equals_flex_attention(causal):
+    block, n_blocks = 64, 15                       # n = 960: not a multiple of FlexAttention's 128-token tiles
+    n = block * n_blocks
+    layout = bigbird_layout(n_blocks, window_blocks=1, global_blocks=1, random_blocks=2, seed=3)
+    q, k, v = _qkv(n)
+    mask = block_mask(layout_mask_mod(layout, block, causal), n)
+    ours = block_sparse_attention(q, k, v, layout, block, is_causal=causal)
+    torch.testing.assert_close(ours, flex_attention(q, k, v, mask), atol=2e-5, rtol=1e-4)
+
+
+def test_key_padding_equals_flex_attention_on_every_query_that_sees_a_key():
+    n, window, lengths = 700, 48, torch.tensor([700, 260])  # the second sequence is mostly padding
+    q, k, v = _qkv(n)
+    key_ok = torch.arange(n) < lengths[:, None]                                   # (batch, n)
+    mask_mod = with_key_padding(window_mask_mod(window, global_tokens=2), key_ok)
+    theirs = flex_attention(q, k, v, block_mask(mask_mod, n, batch=2))
+    ours = sliding_window_attention(q, k, v, window, global_tokens=2, attn_mask=key_ok[:, None, None, :])
+    # Every query sees the 2 global keys, which are real in both sequences: no fully masked row here.
+    torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-4)
+
+
+def test_fully_masked_rows_are_zero_in_flex_attention():
+    """A query with no allowed key: FlexAttention (like PyTorch's SDPA) returns zeros. Our kernels follow the
+    same convention once minilib.sparse does; the comparison is on the rows where both are defined above."""
+    n, window = 300, 16
+    q, k, v = _qkv(n, batch=1)
+    key_ok = (torch.arange(n) < 100)[None]                                        # keys 100… are padding
+    out = flex_attention(q, k, v, block_mask(with_key_padding(window_mask_mod(window), key_ok), n, batch=1))
+    no_key = torch.arange(n) >= 100 + window - 1                                  # their window holds only padding
+    assert torch.equal(out[..., no_key, :], torch.zeros_like(out[..., no_key, :]))
+
+
+def test_block_mask_is_our_tile_layout():
+    n, window, tile = 1024, 200, 128
+    mask = block_mask(window_mask_mod(window, global_tokens=4), n, block_size=tile)
+    picture = block_mask_picture(mask)
+    assert torch.equal(picture > 0, block_layout(sliding_window_mask(n, window, global_tokens=4), tile))
+    # Full tiles (2) need no mask inside: the diagonal tiles of a window wider than the tile are full.
+    assert (picture.diagonal() == 2).all() and (picture == 1).any() and (picture == 0).any()
+
+
+def test_mask_mods_reject_bad_arguments():
+    with pytest.raises(ValueError, match="window must be an integer ≥ 1, got 0"):
+        window_mask_mod(0)
+    with pytest.raises(ValueError, match="layout must be a 2-D bool tensor"):
+        layout_mask_mod(torch.ones(4, 4), 16)
+    with pytest.raises(ValueError, match=r"key_ok must be a \(batch, n\) bool tensor"):
+        with_key_padding(window_mask_mod(4), torch.ones(10, dtype=torch.bool))
+
+
+def test_no_compiler_gives_a_not_available_row(monkeypatch):
+    monkeypatch.setattr(flex.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    flex._compiled_flex.cache_clear()
+    try:
+        assert flex.compiler_status() == (False, "torch.compile on a CPU needs a C++ compiler, and none was found")
+        q, k, v = _qkv(128, batch=1, heads=1, dim=16)
+        mask = block_mask(window_mask_mod(8), 128)
+        with pytest.raises(NotAvailable, match="needs a C\\+\\+ compiler"):
+            flex_attention(q, k, v, mask, compiled=True)
+        row = optional_row("FlexAttention compiled", lambda: flex_attention(q, k, v, mask, compiled=True))
+        assert isinstance(row, Unavailable)
+        assert str(row).startswith("FlexAttention compiled: not available here (torch.compile on a CPU needs")
+        assert "apt install g++" in str(row)
+    finally:
+        flex._compiled_flex.cache_clear()
