@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .device import model_device
 from .transformer import ACTIVATIONS, Encoder, EncoderLayer, TransformerConfig
 
 
@@ -219,7 +220,7 @@ def count_flops(model: nn.Module, seq: int, batch: int = 1) -> int:
     """
     if seq < 1 or batch < 1:
         raise ValueError(f"seq and batch must be positive, got seq={seq}, batch={batch}")
-    ids = torch.ones(batch, seq, dtype=torch.long, device=next(model.parameters()).device)
+    ids = torch.ones(batch, seq, dtype=torch.long, device=model_device(model))
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(ids)
     return counter.get_total_flops()

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from minilib.device import model_device
+
 # ----------------------------------------------------------------------------------------------
 # Perplexity
 # ----------------------------------------------------------------------------------------------
@@ -54,7 +56,7 @@ def mean_nll(model: torch.nn.Module, data, batch_size: int = 64, device=None) ->
     """
     if len(data) == 0:
         raise ValueError("perplexity needs at least one (input_ids, target_ids) example; got an empty dataset")
-    device = device or next(model.parameters(), torch.empty(0)).device
+    device = device or model_device(model)
     was_training = model.training
     model.eval()
     total_nll, total_tokens = 0.0, 0

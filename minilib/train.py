@@ -25,6 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from minilib.device import get_device, model_device, to_device  # noqa: F401  (get_device: the course's device)
+
 SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -33,11 +35,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def get_device() -> torch.device:
-    """``cuda`` when a GPU is present, else ``cpu``."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @torch.no_grad()
@@ -109,11 +106,7 @@ def lm_loss(model: nn.Module, batch) -> torch.Tensor:
 
 def _batches(data: Dataset, batch_size: int, device) -> "iter[tuple[torch.Tensor, ...]]":
     for batch in DataLoader(data, batch_size=batch_size):
-        yield tuple(t.to(device) for t in batch)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+        yield to_device(tuple(batch), device)
 
 
 @torch.no_grad()
@@ -122,7 +115,7 @@ def predict_logits(model: nn.Module, data: Dataset, batch_size: int = 256) -> to
     was_training = model.training
     model.eval()
     logits = [model(*trim_padding(ids, mask)).float().cpu()
-              for ids, mask, *_ in _batches(data, batch_size, _model_device(model))]
+              for ids, mask, *_ in _batches(data, batch_size, model_device(model))]
     model.train(was_training)
     return torch.cat(logits)
 
@@ -139,7 +132,7 @@ def mean_loss(model: nn.Module, data: Dataset, loss_fn: Callable = classificatio
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for batch in _batches(data, batch_size, _model_device(model)):
+    for batch in _batches(data, batch_size, model_device(model)):
         total += loss_fn(model, batch).item() * len(batch[0])
         count += len(batch[0])
     model.train(was_training)
@@ -230,7 +223,8 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
 
     ``warmup`` is the fraction of all steps spent warming up (0 = none); ``clip_grad=None`` turns
     clipping off. After each epoch, ``val_data`` (if given) is scored with ``loss_fn`` and ``metric_fn``.
-    The model ends in eval mode on ``device`` (default: CUDA when present).
+    The model ends in eval mode on ``device`` (default: :func:`minilib.device.get_device`, CUDA when present);
+    every helper that takes it with data moves the data there.
     """
     _check_fit_args(train_data, epochs, batch_size, lr, warmup, clip_grad)
     lr_multiplier(0, 1, 0, schedule)  # rejects an unknown schedule before any work
@@ -252,7 +246,7 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
     for epoch in range(1, epochs + 1):
         model.train()
         for batch in loader:
-            batch = tuple(t.to(device) for t in batch)
+            batch = to_device(tuple(batch), device)
             loss = loss_fn(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -11,6 +11,7 @@ from torch.utils.data import TensorDataset
 
 from minilib.cache import cache_dir, cached_model
 from minilib.data import sentiment_dataset
+from minilib.device import model_device
 from minilib.hf import encoder_from_hf, load_minilm
 from minilib.train import accuracy, fit, set_seed
 from minilib.transformer import Classifier, Encoder, mean_pool, padding_mask
@@ -52,7 +53,7 @@ def lower_layer_features(encoder: Encoder, n_layers: int, data: TensorDataset, b
     input_ids, attention_mask, labels = data.tensors
     hidden = torch.zeros(*input_ids.shape, encoder.config.d_model)
     by_length = attention_mask.sum(dim=1).argsort()
-    device = next(encoder.parameters()).device
+    device = model_device(encoder)
     encoder.eval()
     for start in range(0, len(by_length), batch_size):
         rows = by_length[start:start + batch_size]
@@ -82,7 +83,7 @@ def fine_tune_top(classifier: Classifier, train: TensorDataset, val: TensorDatas
     features = [None if d is None else lower_layer_features(classifier.encoder, first_trainable, d)
                 for d in (train, val)]
     history = fit(top, *features, **fit_kwargs)
-    classifier.to(next(top.parameters()).device)  # fit may have moved the top to the GPU: keep the model in one piece
+    classifier.to(model_device(top))  # fit may have moved the top to the GPU: keep the model in one piece
     for p in classifier.parameters():
         p.requires_grad_(True)
     return history
