@@ -4,7 +4,8 @@ The pieces, in the order the chapter uses them:
 
 1. Losses. :func:`distillation_loss` is Hinton et al. (2015): match the teacher's *softened*
    distribution at temperature T (scaled by T²) and the true labels. :func:`hidden_state_loss` and
-   :func:`attention_loss` transfer intermediate layers as in TinyBERT (Jiao et al., 2019).
+   :func:`attention_loss` transfer intermediate layers: TinyBERT's hidden-state MSE (Jiao et al., 2019) and
+   an MSE between attention distributions, closer to MiniLM's attention transfer (Wang et al., 2020).
 2. Students. :func:`student_from_teacher` keeps every other teacher layer (DistilBERT, Sanh et al., 2019);
    :func:`student_from_scratch` builds a narrower, shallower encoder with random weights.
 3. Training. :func:`teacher_targets` runs the teacher *once* over a dataset and stores its outputs next to
@@ -59,9 +60,10 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha weighs the teacher against the labels and must be in [0, 1]; got {alpha}")
     log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
-    log_p_teacher = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
-    # KL(p_t ‖ p_s) = Σ_i p_t,i (log p_t,i − log p_s,i), averaged over the batch
-    soft = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1).mean()
+    p_teacher = F.softmax(teacher_logits.detach() / temperature, dim=-1)
+    # KL(p_t ‖ p_s) = Σ_i p_t,i (log p_t,i − log p_s,i), averaged over the batch; kl_div takes 0 · log 0 = 0,
+    # so a class the teacher rules out (logit −∞, p_t,i = 0) adds nothing instead of NaN
+    soft = F.kl_div(log_p_student, p_teacher, reduction="batchmean")
     return alpha * temperature ** 2 * soft + (1.0 - alpha) * _label_loss(student_logits, labels)
 
 
@@ -109,7 +111,10 @@ def hidden_state_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor
 
 def attention_loss(student_attention: torch.Tensor, teacher_attention: torch.Tensor,
                    attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """TinyBERT's attention transfer: MSE between attention maps, (batch, heads, seq, seq) each.
+    """Attention transfer: MSE between attention distributions (after the softmax), (batch, heads, seq, seq) each.
+
+    Matching the distributions is closer to MiniLM's self-attention transfer (Wang et al., 2020, which uses
+    the KL divergence between them) than to TinyBERT's, which matches the unnormalised scores QKᵀ/√d.
 
     The student needs the teacher's number of heads (each student head copies one teacher head).
     Rows of padding queries and columns of padding keys are left out when attention_mask is given.

@@ -69,6 +69,9 @@ def encoder_from_hf(bert) -> Encoder:
     """
     if not hasattr(bert, "embeddings") or not hasattr(bert, "encoder"):
         raise TypeError(f"expected a transformers BertModel (with .embeddings and .encoder), got {type(bert).__name__}")
+    if getattr(bert.config, "is_decoder", False):
+        raise ValueError("expected a bidirectional BertModel (config.is_decoder=False), got a causal decoder "
+                         "(is_decoder=True): minilib's Encoder lets every token see every other, so its outputs would differ")
     encoder = Encoder(config_from_hf(bert.config))
     source = bert.embeddings
     embeddings = encoder.embeddings

@@ -38,6 +38,20 @@ def test_loss_matches_torch_kl_div_and_cross_entropy(temperature):
                                0.3 * temperature ** 2 * kl + 0.7 * ce)
 
 
+def test_a_class_the_teacher_rules_out_adds_nothing_like_kl_div():
+    """A teacher logit of −∞ (probability 0): kl_div with a probability target takes 0 · log 0 = 0, so must we."""
+    torch.manual_seed(0)
+    student, teacher = torch.randn(8, 4, requires_grad=True), 3 * torch.randn(8, 4)
+    teacher[:, 2] = -math.inf                                             # e.g. a class masked out for every example
+    teacher[0, 0] = -math.inf
+    loss = distillation_loss(student, teacher, None, temperature=2.0, alpha=1.0)
+    kl = F.kl_div(F.log_softmax(student / 2.0, -1), F.softmax(teacher / 2.0, -1), reduction="batchmean")
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss, 4.0 * kl)
+    (gradient,) = torch.autograd.grad(loss, student)
+    assert torch.isfinite(gradient).all()
+
+
 def test_t_squared_keeps_gradients_the_same_size():
     torch.manual_seed(0)
     teacher = 4 * torch.randn(64, 3)
