@@ -47,15 +47,16 @@ def test_key_padding_equals_flex_attention_on_every_query_that_sees_a_key():
     torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-4)
 
 
-def test_fully_masked_rows_are_zero_in_flex_attention():
-    """A query with no allowed key: FlexAttention (like PyTorch's SDPA) returns zeros. Our kernels follow the
-    same convention once minilib.sparse does; the comparison is on the rows where both are defined above."""
+def test_fully_masked_rows_are_zero_in_both():
+    """A query whose window holds only padding sees no key: FlexAttention, PyTorch's SDPA and our kernel give zeros."""
     n, window = 300, 16
     q, k, v = _qkv(n, batch=1)
     key_ok = (torch.arange(n) < 100)[None]                                        # keys 100… are padding
-    out = flex_attention(q, k, v, block_mask(with_key_padding(window_mask_mod(window), key_ok), n, batch=1))
-    no_key = torch.arange(n) >= 100 + window - 1                                  # their window holds only padding
-    assert torch.equal(out[..., no_key, :], torch.zeros_like(out[..., no_key, :]))
+    theirs = flex_attention(q, k, v, block_mask(with_key_padding(window_mask_mod(window), key_ok), n, batch=1))
+    ours = sliding_window_attention(q, k, v, window, attn_mask=key_ok[:, None, None, :])
+    no_key = torch.arange(n) >= 100 + window - 1
+    assert torch.equal(theirs[..., no_key, :], torch.zeros_like(theirs[..., no_key, :]))
+    torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-4)
 
 
 def test_block_mask_is_our_tile_layout():
