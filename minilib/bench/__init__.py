@@ -17,7 +17,7 @@ operations (one multiply-add = 2 FLOPs, the usual convention); :func:`peak_matmu
 what this machine can do, the "limit" later chapters compare against. Weighing: :func:`param_count`,
 :func:`model_size_bytes` and :func:`peak_memory`.
 
-``python -m minilib.bench`` prints the course's headline comparisons (see ``minilib/bench/headlines``).
+``python -m minilib.bench`` prints the course's headline comparisons (see ``minilib/experiments/headlines``).
 """
 from __future__ import annotations
 
@@ -273,8 +273,12 @@ def param_count(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 def _tensors(value):
-    """Every tensor inside a state-dict value (quantized modules store tuples of packed tensors)."""
-    if isinstance(value, torch.Tensor):
+    """Every plain tensor inside a state-dict value (quantized modules store tuples of packed tensors;
+    torchao stores tensor subclasses that wrap plain int8 data and scales)."""
+    if isinstance(value, torch.Tensor) and hasattr(value, "__tensor_flatten__"):
+        for name in value.__tensor_flatten__()[0]:
+            yield from _tensors(getattr(value, name))
+    elif isinstance(value, torch.Tensor):
         yield value
     elif isinstance(value, (tuple, list)):
         for item in value:
@@ -287,7 +291,7 @@ def model_size_bytes(model: nn.Module) -> int:
     Counts the memory each distinct storage really holds, so tied weights count once and packed
     integers count at their packed size (two int4 values in one byte count as one byte, not two).
     """
-    tensors = [*model.parameters(), *model.buffers(), *_tensors(list(model.state_dict().values()))]
+    tensors = [*_tensors([*model.parameters(), *model.buffers()]), *_tensors(list(model.state_dict().values()))]
     storages = {}
     for t in tensors:
         storage = t.untyped_storage()
