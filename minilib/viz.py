@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-__all__ = ["attention_heatmap", "attention_grid", "plot_attention", "attention_explorer", "bertviz_view",
+__all__ = ["attention_heatmap", "attention_grid", "plot_attention", "attention_explorer", "interact", "bertviz_view",
            "loglog_plot", "BERTVIZ_NOTE"]
 
 # Light figures on every theme: JupyterLab's, VS Code's and Colab's dark themes show a transparent
@@ -171,6 +171,42 @@ def attention_explorer(attentions, tokens: Sequence[str], batch_index: int = 0):
         control.observe(redraw, names="value")
     redraw()
     return widgets.VBox([widgets.HBox([layer, head, token]), image])
+
+
+def interact(fn, **controls):
+    """``ipywidgets.interact`` for the course's pictures, safe under every notebook executor.
+
+    ``controls`` are widgets or ``interact``'s abbreviations (``(0, 10)``, a list of choices, a bool).
+    ``fn(**values)`` runs now and after every change; what it prints, shows and returns is captured
+    and written into an Output widget's state. ``interact`` instead lets the Output widget catch the
+    kernel's display messages: an executor playing the browser (nbclient: ``jupyter nbconvert
+    --execute``, papermill, Jupyter Book) then answers each one on the kernel's shell channel while it
+    waits there for the cell's reply, and now and then misses the reply and sits out its time limit
+    (jupyter/nbclient#312). Like ``interact``, it displays the sliders and the picture itself.
+    """
+    import ipywidgets as widgets
+    from IPython.display import display
+    from IPython.utils.capture import capture_output
+
+    boxes = {name: control if isinstance(control, widgets.Widget) else widgets.interactive.widget_from_abbrev(control)
+             for name, control in controls.items()}
+    for name, box in boxes.items():
+        box.description = box.description or name
+    out = widgets.Output()
+
+    def redraw(_change=None):
+        with capture_output() as captured:
+            result = fn(**{name: box.value for name, box in boxes.items()})
+            if result is not None:
+                display(result)
+        text = [{"output_type": "stream", "name": "stdout", "text": captured.stdout}] if captured.stdout else []
+        out.outputs = tuple(text + [{"output_type": "display_data", "data": shown.data, "metadata": shown.metadata or {}}
+                                    for shown in captured.outputs])
+
+    for box in boxes.values():
+        box.observe(redraw, names="value")
+    redraw()
+    display(widgets.VBox([*boxes.values(), out]))
 
 
 def bertviz_view(attentions, tokens: Sequence[str], view: str = "head", batch_index: int = 0):

@@ -133,3 +133,31 @@ def test_figures_have_an_opaque_white_background_for_dark_themes(tmp_path):
     pixels = plt.imread(tmp_path / "plot.png")                  # (height, width, RGBA) floats in [0, 1]
     assert pixels.shape[-1] == 4 and np.all(pixels[0, 0] == 1.0)  # the corner: opaque white, not transparent
     assert plt.rcParams["axes.facecolor"] == "white"
+
+
+def test_interact_draws_into_widget_state_so_executors_never_answer_the_kernel(monkeypatch):
+    """Under nbclient (nbconvert --execute, papermill), ipywidgets.interact's Output widget makes the executor
+    send the kernel a comm message for every captured output while it waits for the cell's reply: the race
+    behind a stalled chapter 11. viz.interact draws into the widget's state instead: nothing is sent back."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    from nbclient.output_widget import OutputWidget
+
+    sent = []
+    monkeypatch.setattr(OutputWidget, "sync_state", lambda self: sent.append(self.comm_id))
+    setup = ("import ipywidgets as widgets\nimport matplotlib.pyplot as plt\nfrom minilib import viz\n"
+             "def show(n, kind):\n    plt.plot(range(n)); plt.title(kind); plt.show()\n    print('n =', n)\n    return n * 2")
+    ours = "viz.interact(show, n=widgets.IntSlider(3, 1, 9), kind=['line', 'bar'])"
+    theirs = "widgets.interact(show, n=widgets.IntSlider(3, 1, 9), kind=['line', 'bar']);"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in (setup, ours, theirs)])
+    client = nbclient.NotebookClient(nb, timeout=60, kernel_name="python3")
+    with client.setup_kernel():
+        client.execute_cell(nb.cells[0], 0)
+        client.execute_cell(nb.cells[1], 1)
+        assert sent == []
+        states = [state for state in client.widget_state.values() if state.get("_model_name") == "OutputModel"]
+        outputs = states[0]["outputs"]
+        assert outputs[0]["text"] == "n = 3\n" and "image/png" in outputs[1]["data"]
+        assert outputs[2]["data"]["text/plain"] == "6"          # the returned value, as interact shows it
+        client.execute_cell(nb.cells[2], 2)
+        assert sent, "ipywidgets.interact no longer makes the executor answer: the reference case changed"
