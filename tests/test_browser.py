@@ -189,3 +189,28 @@ def test_chapter02_offline(lab, tmp_path):
                    for c in bertviz_cells for o in c.get("outputs", []))
     assert "offline" in said.lower() and "cdn" in said.lower(), "the bertviz cell must say why it may be blank offline"
     assert _course_errors(errors) == [], errors
+
+
+def test_executed_edition_opens_in_the_browser(tmp_path):
+    """`python -m minilib.course.edition` on one small chapter: the index links to a page that shows its plot."""
+    from minilib.course import edition
+
+    nbformat = pytest.importorskip("nbformat")
+    chapter = tmp_path / "99_small.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# 99 · A small chapter\n\nProse, then a plot."),
+        nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.title('measured')\nplt.show()")]),
+        chapter)
+    assert edition.main([str(chapter), "--out", str(tmp_path / "edition")]) == 0
+    errors = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto((tmp_path / "edition" / "index.html").as_uri())
+        page.click("a:text-is('99 · A small chapter')")
+        page.wait_for_selector("h1:has-text('A small chapter')")
+        plots = page.eval_on_selector_all("img[src^='data:image/png']", "imgs => imgs.map(i => i.naturalWidth)")
+        browser.close()
+    assert plots and all(width > 100 for width in plots), plots
+    assert errors == [], errors
