@@ -63,3 +63,8 @@ def optional_row(name: str, build: Callable[[], T], hint: str = "") -> T | Unava
 def _one_line(text: str, limit: int = 160) -> str:
     line = text.strip().splitlines()[0] if text.strip() else "unknown reason"
     return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+def runnable(rows: dict) -> dict:
+    """The entries of ``rows`` that are not :class:`Unavailable`: the ones there is something to measure."""
+    return {name: row for name, row in rows.items() if not isinstance(row, Unavailable)}

@@ -8,8 +8,9 @@ from torch import nn
 from minilib.bench import model_size_bytes
 from minilib.experiments import library_rows
 from minilib.experiments.library_rows import (TORCH_AO_DEPRECATED, TORCHAO_INT4_WEIGHTS, TORCHAO_INT8_DYNAMIC,
-                                              TORCHAO_INT8_WEIGHTS, library_variants, onnx_dynamic_int8)
-from minilib.optional import NotAvailable, Unavailable, optional_row, require
+                                              TORCHAO_INT8_WEIGHTS, onnx_dynamic_int8, torch_ao_dynamic,
+                                              torchao_variants)
+from minilib.optional import NotAvailable, Unavailable, optional_row, require, runnable
 
 
 def _mlp():
@@ -25,7 +26,7 @@ def _cosine(a, b):
 def test_every_library_row_is_close_to_float_and_smaller():
     model = _mlp()
     x = torch.randn(64, 256)
-    variants = library_variants(model)
+    variants = {TORCH_AO_DEPRECATED: torch_ao_dynamic(model), **torchao_variants(model)}
     assert list(variants) == [TORCH_AO_DEPRECATED, TORCHAO_INT8_DYNAMIC, TORCHAO_INT8_WEIGHTS, TORCHAO_INT4_WEIGHTS]
     with torch.no_grad():
         expected = model(x)
@@ -39,10 +40,10 @@ def test_every_library_row_is_close_to_float_and_smaller():
     assert isinstance(model[0].weight, nn.Parameter) and model[0].weight.dtype == torch.float32  # input untouched
 
 
-def test_missing_torchao_gives_not_available_rows_and_the_rest_still_runs(monkeypatch):
+def test_missing_torchao_gives_not_available_rows_and_torch_ao_still_runs(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchao", None)            # `import torchao` now raises ImportError
-    variants = library_variants(_mlp())
-    assert isinstance(variants[TORCH_AO_DEPRECATED], nn.Module)
+    variants = torchao_variants(_mlp())
+    assert isinstance(torch_ao_dynamic(_mlp()), nn.Module)                 # PyTorch's own row needs no torchao
     for name in (TORCHAO_INT8_DYNAMIC, TORCHAO_INT8_WEIGHTS, TORCHAO_INT4_WEIGHTS):
         row = variants[name]
         assert isinstance(row, Unavailable)
@@ -56,6 +57,7 @@ def test_optional_row_reports_missing_tools_and_lets_bugs_through():
     row = optional_row("x", lambda: require("no_such_module_here", "pip install it"))
     assert str(row) == "x: not available here (ModuleNotFoundError: No module named 'no_such_module_here'); pip install it"
     assert optional_row("y", lambda: 42) == 42
+    assert runnable({"x": row, "y": 42}) == {"y": 42}
     with pytest.raises(ZeroDivisionError):
         optional_row("z", lambda: 1 / 0)
     with pytest.raises(ValueError, match="kind must be one of"):

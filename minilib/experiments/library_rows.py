@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from minilib.optional import NotAvailable, Unavailable, optional_row, require
+from minilib.optional import Unavailable, optional_row, require
 
 TORCHAO_HINT = "pip install torchao (0.18 matches torch 2.13)"
 ORT_HINT = "pip install onnxruntime"
@@ -68,12 +68,10 @@ def torch_ao_dynamic(model: nn.Module) -> nn.Module:
         return torch.ao.quantization.quantize_dynamic(_copy_sharing_embeddings(model), {nn.Linear}, dtype=torch.qint8)
 
 
-def library_variants(model: nn.Module) -> dict[str, nn.Module | Unavailable]:
-    """The torch.ao row and the three torchao rows; a row torchao cannot build here is an Unavailable."""
-    variants = {TORCH_AO_DEPRECATED: torch_ao_dynamic(model).eval()}
-    for kind in (TORCHAO_INT8_DYNAMIC, TORCHAO_INT8_WEIGHTS, TORCHAO_INT4_WEIGHTS):
-        variants[kind] = optional_row(kind, lambda kind=kind: torchao_quantized(model, kind), TORCHAO_HINT)
-    return variants
+def torchao_variants(model: nn.Module) -> dict[str, nn.Module | Unavailable]:
+    """The three torchao rows; a row torchao cannot build here is an :class:`Unavailable`."""
+    return {kind: optional_row(kind, lambda kind=kind: torchao_quantized(model, kind).eval(), TORCHAO_HINT)
+            for kind in (TORCHAO_INT8_DYNAMIC, TORCHAO_INT8_WEIGHTS, TORCHAO_INT4_WEIGHTS)}
 
 
 def onnx_dynamic_int8(onnx_path: str | Path, out_path: str | Path | None = None) -> Path:
