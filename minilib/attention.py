@@ -16,6 +16,7 @@ and linear attentions of chapters 04–05) through its ``attention`` argument.
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -182,54 +183,107 @@ def _check_qkv(q, k, v):
 class MultiHeadAttention(nn.Module):
     """Multi-head attention: h heads, each attending in its own head_dim-wide subspace.
 
-        head_i = Attention(X W_q^i, C W_k^i, C W_v^i),   MHA(X, C) = [head_1; …; head_h] W_o
+        head_i = Attention(X W_q^i, C W_k^g(i), C W_v^g(i)),   MHA(X, C) = [head_1; …; head_h] W_o
 
-    C is X for self-attention and the encoder's output for cross-attention. ``attention`` is any
-    ``fn(q, k, v, attn_mask=None, is_causal=False)`` on (batch, heads, seq, head_dim) tensors; the
-    default is :func:`scaled_dot_product_attention`.
+    C is X for self-attention and the encoder's output for cross-attention. Ordinary multi-head
+    attention has one key/value head per query head (g(i) = i). With ``n_kv_heads`` < ``n_heads``,
+    grouped-query attention (Ainslie et al. 2023) lets each run of n_heads / n_kv_heads query heads
+    share one key/value head, g(i) = i // (n_heads / n_kv_heads); ``n_kv_heads=1`` is multi-query
+    attention (Shazeer 2019). Fewer key/value heads mean a smaller KV cache when generating (chapter 13).
+
+    ``attention`` is any ``fn(q, k, v, attn_mask=None, is_causal=False)`` on (batch, heads, seq, head_dim)
+    tensors; the default is :func:`scaled_dot_product_attention`. While the layer trains with
+    ``dropout`` > 0 the function is also given ``dropout_p`` (a function without that argument is an
+    error, never a silent loss of dropout).
     """
 
-    def __init__(self, d_model, n_heads, head_dim=None, dropout=0.0, bias=True, attention=None):
+    def __init__(self, d_model, n_heads, head_dim=None, dropout=0.0, bias=True, attention=None, n_kv_heads=None):
         super().__init__()
         if head_dim is None:
             if n_heads <= 0 or d_model % n_heads:
                 raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads}), or give head_dim")
             head_dim = d_model // n_heads
+        if n_kv_heads is not None and (not isinstance(n_kv_heads, int) or n_kv_heads <= 0 or n_heads % n_kv_heads):
+            raise ValueError(f"n_kv_heads must be a positive divisor of n_heads={n_heads} (or None), got {n_kv_heads!r}")
         self.n_heads, self.head_dim, self.dropout = n_heads, head_dim, dropout
+        self._n_kv_heads = n_kv_heads                     # None: one key/value head per query head
         self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
-        self.k_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
-        self.v_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
+        self.k_proj = nn.Linear(d_model, self.n_kv_heads * head_dim, bias=bias)
+        self.v_proj = nn.Linear(d_model, self.n_kv_heads * head_dim, bias=bias)
         self.out_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias)
         self.attention = attention or scaled_dot_product_attention
 
-    def forward(self, x, context=None, attn_mask=None, is_causal=False, head_mask=None, output_attentions=False):
+    @property
+    def n_kv_heads(self):
+        return self.n_heads if self._n_kv_heads is None else self._n_kv_heads
+
+    def forward(self, x, context=None, attn_mask=None, is_causal=False, head_mask=None, output_attentions=False,
+                cache=None):
         """x: (batch, n_q, d_model); context: (batch, n_k, d_model) or None (self-attention).
 
         attn_mask: bool, broadcastable to (batch, heads, n_q, n_k); head_mask: (n_heads,) scales
-        each head's output. Returns (out (batch, n_q, d_model), weights (batch, heads, n_q, n_k) or None).
+        each head's output. cache (self-attention while generating): x holds only the new positions,
+        and ``cache.update(k, v)`` stores their keys and values (batch, n_kv_heads, n_q, head_dim) after
+        the earlier ones and returns all of them (e.g. ``minilib.generation.KVCache.layer(i)``).
+        Returns (out (batch, n_q, d_model), weights (batch, heads, n_q, n_k) or None).
         """
         context = x if context is None else context
-        q, k, v = (self._split_heads(proj(t)) for proj, t in
-                   ((self.q_proj, x), (self.k_proj, context), (self.v_proj, context)))
+        q = self._split_heads(self.q_proj(x), self.n_heads)                    # (B, nh, n_q, hs)
+        k = self._split_heads(self.k_proj(context), self.n_kv_heads)           # (B, n_kv, n_k, hs)
+        v = self._split_heads(self.v_proj(context), self.n_kv_heads)
+        if cache is not None:
+            k, v = cache.update(k, v)                                           # (B, n_kv, past + n_q, hs)
+            if is_causal:
+                attn_mask, is_causal = _causal_after_past(attn_mask, q.shape[-2], k.shape[-2], q.device), False
         heads, weights = self._attend(q, k, v, attn_mask, is_causal, output_attentions)
         if head_mask is not None:
             heads = heads * head_mask.view(1, -1, 1, 1).to(heads.dtype)
         batch, _, n_q, _ = heads.shape
-        merged = heads.transpose(1, 2).reshape(batch, n_q, self.n_heads * self.head_dim)
+        merged = heads.transpose(1, 2).reshape(batch, n_q, self.n_heads * self.head_dim)   # (B, n_q, nh·hs)
         return self.out_proj(merged), weights
 
-    def _split_heads(self, t):
+    def _split_heads(self, t, n_heads):
         """(batch, seq, heads·head_dim) → (batch, heads, seq, head_dim)."""
         batch, seq, _ = t.shape
-        return t.view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
+        return t.view(batch, seq, n_heads, self.head_dim).transpose(1, 2)
 
     def _attend(self, q, k, v, attn_mask, is_causal, output_attentions):
+        group = self.n_heads // self.n_kv_heads
+        if group > 1:   # query head i reads key/value head i // group, as enable_gqa=True does
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)   # (B, nh, n_k, hs)
+        dropout_p = self.dropout if self.training else 0.0
         if self.attention is scaled_dot_product_attention:
-            dropout_p = self.dropout if self.training else 0.0
             out, weights = scaled_dot_product_attention(q, k, v, attn_mask, is_causal, return_weights=True,
                                                         dropout_p=dropout_p)
             return out, (weights if output_attentions else None)
+        name = getattr(self.attention, "__name__", self.attention)
         if output_attentions:
             raise ValueError(f"output_attentions=True needs the default softmax attention; this layer uses "
-                             f"{getattr(self.attention, '__name__', self.attention)!r}, which does not expose weights")
-        return self.attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal), None
+                             f"{name!r}, which does not expose weights")
+        if dropout_p == 0:
+            return self.attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal), None
+        if not _takes_dropout(self.attention):
+            raise ValueError(f"attention dropout={dropout_p} needs an attention function that takes dropout_p; "
+                             f"{name!r} does not: build the layer with dropout=0.0 or give the function dropout_p")
+        return self.attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p), None
+
+
+def _takes_dropout(fn):
+    """Whether ``fn`` accepts a ``dropout_p`` keyword (PyTorch's built-in attention has no readable signature, and does)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except ValueError:
+        return fn is F.scaled_dot_product_attention
+    return any(p.name == "dropout_p" or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def _causal_after_past(attn_mask, n_q, n_k, device):
+    """Causal mask for n_q new queries after n_k - n_q cached positions: query i sees keys ≤ past + i.
+
+    (PyTorch's ``is_causal`` aligns query 0 with key 0, which is only right without a past.)
+    Returns (bool mask (n_q, n_k) combined with ``attn_mask``, or None when one new query sees every key).
+    """
+    if n_q == 1:
+        return attn_mask
+    causal = torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril(diagonal=n_k - n_q)
+    return causal if attn_mask is None else attn_mask & causal

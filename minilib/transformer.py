@@ -1,4 +1,4 @@
-"""The Transformer in a page (seed §2.1): embeddings, encoder, decoder and the heads on top.
+"""The Transformer in a page (chapter 03): embeddings, encoder, decoder and the heads on top.
 
     Encoder layer (post-norm, as BERT):  x = LN(x + MHA(x));  x = LN(x + FFN(x))
     Encoder layer (pre-norm, as GPT-2):  x = x + MHA(LN(x));  x = x + FFN(LN(x))
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import MultiHeadAttention
+from .device import model_device, to_device
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}
 POSITIONS = ("learned", "sinusoidal")
@@ -36,6 +37,7 @@ class TransformerConfig:
     dropout: float = 0.1
     position: str = "learned"        # "learned" (BERT, GPT) or "sinusoidal" (Vaswani et al.)
     norm_first: bool = False         # False: post-norm (BERT); True: pre-norm (GPT-2)
+    n_kv_heads: Optional[int] = None # grouped-query attention (chapter 13); None: one K/V head per head
     activation: str = "gelu"
     layer_norm_eps: float = 1e-12
     type_vocab_size: int = 0         # BERT's segment embeddings (2 for BERT), 0 for none
@@ -48,6 +50,10 @@ class TransformerConfig:
                 raise ValueError(f"TransformerConfig.{name} must be a positive integer, got {value!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.n_kv_heads is not None and (not isinstance(self.n_kv_heads, int) or self.n_kv_heads <= 0
+                                            or self.n_heads % self.n_kv_heads):
+            raise ValueError(f"n_kv_heads must be a positive divisor of n_heads={self.n_heads} (or None), "
+                             f"got {self.n_kv_heads!r}")
         if self.position not in POSITIONS:
             raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}")
         if self.activation not in ACTIVATIONS:
@@ -85,12 +91,12 @@ class Embeddings(nn.Module):
         self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, input_ids, token_type_ids=None):
-        """input_ids: (batch, seq) → (batch, seq, d_model)."""
-        seq = input_ids.shape[1]
-        if seq > self.position_limit:
-            raise ValueError(f"sequence length {seq} is longer than max_len={self.position_limit}")
-        x = self.token(input_ids) + self.position(torch.arange(seq, device=input_ids.device))
+    def forward(self, input_ids, token_type_ids=None, start=0):
+        """input_ids: (batch, seq) at positions start … start + seq - 1 → (batch, seq, d_model)."""
+        end = start + input_ids.shape[1]
+        if end > self.position_limit:
+            raise ValueError(f"sequence length {end} is longer than max_len={self.position_limit}")
+        x = self.token(input_ids) + self.position(torch.arange(start, end, device=input_ids.device))
         if self.segment is not None:
             x = x + self.segment(torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
         return self.dropout(self.norm(x))
@@ -113,30 +119,47 @@ class FeedForward(nn.Module):
         return self.down(ACTIVATIONS[self.activation](self.up(x)))
 
 
+def sublayer_connection(x, sublayer, norm, dropout, norm_first):
+    """One residual connection around ``sublayer`` (the Annotated Transformer's SublayerConnection).
+
+        pre-norm (GPT-2):   x + dropout(sublayer(LN(x)))
+        post-norm (BERT):   LN(x + dropout(sublayer(x)))
+
+    x: (batch, seq, d_model); sublayer maps (batch, seq, d_model) to the same shape.
+    """
+    if norm_first:
+        return x + dropout(sublayer(norm(x)))
+    return norm(x + dropout(sublayer(x)))
+
+
 class EncoderLayer(nn.Module):
     """Self-attention then feed-forward, each wrapped in a residual connection and a LayerNorm."""
 
     def __init__(self, config: TransformerConfig, attention=None):
         super().__init__()
-        self.attn = MultiHeadAttention(config.d_model, config.n_heads, dropout=config.dropout, attention=attention)
+        self.attn = MultiHeadAttention(config.d_model, config.n_heads, dropout=config.dropout, attention=attention,
+                                       n_kv_heads=config.n_kv_heads)
         self.attn_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.ffn = FeedForward(config.d_model, config.d_ff, config.activation)
         self.ffn_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
         self.norm_first = config.norm_first
 
-    def forward(self, x, attn_mask=None, is_causal=False, head_mask=None, output_attentions=False):
-        """x: (batch, seq, d_model) → (x, attention weights (batch, heads, seq, seq) or None)."""
-        attend = lambda h: self.attn(h, attn_mask=attn_mask, is_causal=is_causal, head_mask=head_mask,
-                                     output_attentions=output_attentions)
-        if self.norm_first:
-            attended, weights = attend(self.attn_norm(x))
-            x = x + self.dropout(attended)
-            x = x + self.dropout(self.ffn(self.ffn_norm(x)))
-        else:
-            attended, weights = attend(x)
-            x = self.attn_norm(x + self.dropout(attended))
-            x = self.ffn_norm(x + self.dropout(self.ffn(x)))
+    def forward(self, x, attn_mask=None, is_causal=False, head_mask=None, output_attentions=False, cache=None):
+        """x: (batch, seq, d_model) → (x, attention weights (batch, heads, seq, seq) or None).
+
+        cache: this layer's slot of a KV cache while generating (see :class:`MultiHeadAttention`).
+        """
+        weights = None
+
+        def attend(h):
+            nonlocal weights
+            attended, weights = self.attn(h, attn_mask=attn_mask, is_causal=is_causal, head_mask=head_mask,
+                                          output_attentions=output_attentions, cache=cache)
+            return attended
+
+        x = sublayer_connection(x, attend, self.attn_norm, self.dropout, self.norm_first)
+        x = sublayer_connection(x, self.ffn, self.ffn_norm, self.dropout, self.norm_first)
         return x, weights
 
 
@@ -205,10 +228,7 @@ class DecoderLayer(nn.Module):
             (self.ffn_norm, self.ffn),
         )
         for norm, sublayer in sublayers:
-            if self.norm_first:
-                x = x + self.dropout(sublayer(norm(x)))
-            else:
-                x = norm(x + self.dropout(sublayer(x)))
+            x = sublayer_connection(x, sublayer, norm, self.dropout, self.norm_first)
         return x
 
 
@@ -246,7 +266,8 @@ class EncoderDecoder(nn.Module):
 
     @torch.no_grad()
     def generate(self, src_ids, max_new_tokens, bos_id, eos_id, src_mask=None):
-        """Greedy decoding: (batch, src_seq) → (batch, ≤ max_new_tokens), stopping at eos."""
+        """Greedy decoding: (batch, src_seq) → (batch, ≤ max_new_tokens), stopping at eos (on the model's device)."""
+        src_ids, src_mask = to_device((src_ids, src_mask), model_device(self))
         memory = self.encoder(src_ids, attention_mask=src_mask).last_hidden_state
         tokens = torch.full((src_ids.shape[0], 1), bos_id, dtype=torch.long, device=src_ids.device)
         finished = torch.zeros(src_ids.shape[0], dtype=torch.bool, device=src_ids.device)
@@ -275,17 +296,25 @@ class LanguageModel(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.lm_head.weight = self.embeddings.token.weight
 
-    def forward(self, input_ids):
-        """input_ids: (batch, seq) → next-token logits (batch, seq, vocab)."""
+    def forward(self, input_ids, cache=None):
+        """input_ids: (batch, seq) → next-token logits (batch, seq, vocab).
+
+        cache (generating, chapter 13): a ``minilib.generation.KVCache`` holding the keys and values of
+        the ``cache.length`` tokens before ``input_ids``; the new tokens' are appended to it.
+        """
         _check_token_ids(input_ids)
-        x = self.embeddings(input_ids)
-        for layer in self.layers:
-            x, _ = layer(x, is_causal=True)
+        start = 0 if cache is None else cache.length
+        x = self.embeddings(input_ids, start=start)
+        for i, layer in enumerate(self.layers):
+            x, _ = layer(x, is_causal=True, cache=None if cache is None else cache.layer(i))
+        if cache is not None:
+            cache.advance(input_ids.shape[1])
         return self.lm_head(self.final_norm(x))
 
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens, temperature=1.0, greedy=False):
-        """Append max_new_tokens sampled tokens to input_ids (batch, seq)."""
+        """Append max_new_tokens sampled tokens to input_ids (batch, seq) (on the model's device)."""
+        input_ids = to_device(input_ids, model_device(self))
         for _ in range(max_new_tokens):
             window = input_ids[:, -self.embeddings.position_limit:]
             logits = self(window)[:, -1] / temperature

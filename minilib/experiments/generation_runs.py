@@ -1,0 +1,118 @@
+"""Chapter 13's models and measurements: a character-level decoder on Python's documentation, its draft.
+
+``decoder()`` (4 layers, width 256, 8 heads, context 512, ~3.2 M parameters) and ``draft_model()``
+(1 layer, width 128) are trained once by their recipes (``train_decoder`` / ``train_draft``, seeded)
+and cached (``minilib.cache``); later calls load them. The chapter and its headline rows measure
+them with the functions below.
+"""
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+from torch.utils.data import Subset, TensorDataset
+
+from minilib.cache import cached_model
+from minilib.data import CharLMData, char_lm_dataset
+from minilib.generation import grouped_query_model
+from minilib.train import fit, init_weights, lm_loss, set_seed
+from minilib.transformer import LanguageModel, TransformerConfig
+
+DECODER_VERSION, DRAFT_VERSION, GQA_VERSION = "v1", "v1", "v1"
+UPTRAIN_STEPS = 320         # 13% of the decoder's 2,490 training steps (the GQA paper uptrains with 5%)
+CONTEXT = 512
+DECODER = dict(d_model=256, n_heads=8, n_layers=4, d_ff=1024, dropout=0.1)
+DRAFT = dict(d_model=128, n_heads=2, n_layers=1, d_ff=512)
+
+
+@functools.cache
+def lm_data() -> CharLMData:
+    """Python's help topics in blocks of 512 characters (train / validation / test by whole documents)."""
+    return char_lm_dataset(block_size=CONTEXT, seed=0)
+
+
+def lm_config(dropout: float = 0.0, **sizes) -> TransformerConfig:
+    """A GPT-2-style (pre-norm) character-level decoder config with the course's vocabulary and context 512."""
+    return TransformerConfig(vocab_size=len(lm_data().vocab), max_len=CONTEXT, dropout=dropout, norm_first=True,
+                             layer_norm_eps=1e-5, **sizes)
+
+
+def _fresh(sizes: dict, seed: int):
+    def skeleton():
+        set_seed(seed)
+        return init_weights(LanguageModel(lm_config(**sizes)))
+    return skeleton
+
+
+def train_decoder(model: LanguageModel, epochs: int = 30, seed: int = 0, device=None) -> None:
+    """The decoder's recipe: AdamW, lr 2e-3, warm-up then cosine, batches of 8 × 512 characters, 30 epochs.
+
+    About 20 s on a GPU (2,490 steps); on a laptop CPU an hour or more: the trained weights are shipped.
+    """
+    fit(model, lm_data().train, loss_fn=lm_loss, metric_fn=None, epochs=epochs, batch_size=8, lr=2e-3,
+        warmup=0.05, seed=seed, device=device, desc="training chapter 13's decoder (once; then cached)")
+    model.cpu().eval()
+
+
+def train_draft(model: LanguageModel, epochs: int = 24, seed: int = 0, device=None) -> None:
+    """The draft's recipe: the decoder's data and schedule, lr 3e-3, 24 epochs (a few seconds on a GPU)."""
+    fit(model, lm_data().train, loss_fn=lm_loss, metric_fn=None, epochs=epochs, batch_size=8, lr=3e-3,
+        warmup=0.05, seed=seed, device=device, desc="training chapter 13's draft model (once; then cached)")
+    model.cpu().eval()
+
+
+def decoder() -> LanguageModel:
+    """Chapter 13's decoder (eval mode, CPU): trained the first time, then loaded from the cache."""
+    return cached_model("ch13_decoder", DECODER_VERSION, _fresh(DECODER, 0), train_decoder)
+
+
+def draft_model() -> LanguageModel:
+    """Chapter 13's one-layer draft model for speculative decoding (same vocabulary and data)."""
+    return cached_model("ch13_draft", DRAFT_VERSION, _fresh(DRAFT, 1), train_draft)
+
+
+def grouped_decoder(n_kv_heads: int = 2) -> LanguageModel:
+    """The decoder turned grouped-query (key/value heads mean-pooled) and uptrained for ``UPTRAIN_STEPS`` steps."""
+    def build(model):
+        model.load_state_dict(grouped_query_model(decoder(), n_kv_heads).state_dict())
+        uptrain(model, steps=UPTRAIN_STEPS, device=None)
+
+    return cached_model(f"ch13_decoder_gqa{n_kv_heads}", GQA_VERSION,
+                        _fresh(dict(DECODER, n_kv_heads=n_kv_heads), 0), build)
+
+
+@torch.no_grad()
+def perplexity(model, data: TensorDataset, n_blocks: int = 8, cache_factory=None) -> float:
+    """exp(mean next-character loss) over the first ``n_blocks`` blocks of ``data``.
+
+    cache_factory(model, batch) → a cache to run each batch through (e.g. a quantized KV cache: the
+    keys and values attention reads are then the stored ones, exactly as when generating).
+    """
+    inputs, targets = data[:n_blocks]
+    device = next(model.parameters()).device
+    inputs, targets = inputs.to(device), targets.to(device)
+    cache = None if cache_factory is None else cache_factory(model, inputs.shape[0])
+    logits = model(inputs) if cache is None else model(inputs, cache=cache)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+    return loss.exp().item()
+
+
+def uptrain(model: LanguageModel, steps: int = 30, batch_size: int = 8, seed: int = 0, lr: float = 1e-3,
+            device="cpu") -> LanguageModel:
+    """A short uptraining run (the GQA paper's): ``steps`` batches of ``batch_size`` × 512 training characters."""
+    train = lm_data().train
+    subset = Subset(train, [i % len(train) for i in range(batch_size * steps)])   # wraps round after an epoch
+    fit(model, subset, loss_fn=lm_loss, metric_fn=None, epochs=1, batch_size=batch_size, lr=lr, warmup=0.1,
+        seed=seed, device=device, progress=False)
+    return model.cpu().eval()
+
+
+def time_per_token(fn, n_tokens: int, repeats: int = 3) -> float:
+    """Best of ``repeats`` wall-clock times of ``fn()`` divided by ``n_tokens``: seconds per token."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best / n_tokens
