@@ -167,3 +167,22 @@ def test_a_sweep_ships_its_results_and_computes_only_new_runs(private_folders):
     with pytest.raises(ArtefactError, match="stale"):          # the chapter's run, from a stale sweep: refused
         sweep_run(1, lambda: 10)
     assert sweep_run(4, lambda: 40) == 40                      # a learner's own run still computes
+
+
+def test_artefacts_made_by_one_run_are_rebuilt_together():
+    trainings = []
+
+    def run():
+        for name in ("left", "right"):
+            artefacts.load_model(PAIR[name], lambda: nn.Linear(2, 2), lambda model, n=name: trainings.append(n))
+
+    PAIR.update({name: Artefact(name, f"the {name} half", "model", run=run) for name in ("left", "right")})
+    entries = artefacts.rebuild(list(PAIR.values()))
+    assert trainings == ["left", "right"] and [entry["file"] for entry in entries] == ["left.safetensors",
+                                                                                      "right.safetensors"]
+    assert artefacts.check(PAIR["left"]) is None and trainings == ["left", "right"]    # loaded, not trained
+    with pytest.raises(ValueError, match="one run at a time"):
+        artefacts.rebuild([PAIR["left"], TOY])
+
+
+PAIR = {}
