@@ -13,7 +13,7 @@ here starts a server). The configuration must agree with the ONNX graph: the sam
 the same data types, and the same dimensions **without the batch dimension** when ``max_batch_size > 0``
 (Triton adds it, and its dynamic batcher stacks the requests it receives into one batch).
 
-    repo = triton_repository("model.onnx", "model_repository", "triton/minilm/config.pbtxt")
+    repo = triton_repository("model.onnx", "model_repository", "notebooks/model_repository/minilm/config.pbtxt")
     check_triton_config((repo / "minilm" / "config.pbtxt").read_text(), "model.onnx")   # raises on a mismatch
 """
 from __future__ import annotations

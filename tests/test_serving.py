@@ -9,7 +9,7 @@ from minilib.export import LogitsOnly, export_onnx
 from minilib.hf import minilm_path
 from minilib.serving import check_triton_config, parse_pbtxt, triton_repository
 
-CONFIG = Path(__file__).resolve().parents[1] / "notebooks" / "triton" / "minilm" / "config.pbtxt"
+CONFIG = Path(__file__).resolve().parents[1] / "notebooks" / "model_repository" / "minilm" / "config.pbtxt"
 # the ONNX element types as the onnx package names them, and Triton's names for them: written out independently
 ONNX_TO_TRITON = {onnx.TensorProto.INT64: "TYPE_INT64", onnx.TensorProto.FLOAT: "TYPE_FP32"}
 
