@@ -90,3 +90,30 @@ def test_missing_onnxruntime_gives_a_not_available_row(monkeypatch, tmp_path):
     row = optional_row("ONNX Runtime int8", lambda: onnx_dynamic_int8(tmp_path / "x.onnx"), library_rows.ORT_HINT)
     assert str(row) == "ONNX Runtime int8: not available here (ModuleNotFoundError: import of onnxruntime halted; " \
                        "None in sys.modules); pip install onnxruntime"
+
+
+def _small_classifier():
+    from minilib.transformer import Classifier, Encoder, TransformerConfig
+
+    torch.manual_seed(0)
+    config = TransformerConfig(vocab_size=100, d_model=128, n_heads=4, n_layers=1, d_ff=256, dropout=0.0)
+    return Classifier(Encoder(config), n_classes=2).eval()
+
+
+@pytest.mark.parametrize("has_torchao", [True, False])
+def test_chapter_07_experiment_with_torchao_rows(monkeypatch, has_torchao):
+    from minilib.experiments import quant_runs
+
+    if not has_torchao:
+        monkeypatch.setitem(sys.modules, "torchao", None)
+    model = _small_classifier()
+    variants = quant_runs.quantized_variants(model, torchao=True)
+    torchao_rows = [TORCHAO_INT8_DYNAMIC, TORCHAO_INT8_WEIGHTS, TORCHAO_INT4_WEIGHTS]
+    assert list(variants)[-3:] == torchao_rows
+    assert all(isinstance(variants[row], Unavailable) != has_torchao for row in torchao_rows)
+    timing = quant_runs.latency(variants, batch=2, seq=8, warmup=0, repeats=1, vocab_size=100)
+    assert set(timing.timings) == set(runnable(variants))        # the Unavailable rows are not timed
+    assert set(quant_runs.sizes_mb(variants)) == set(runnable(variants))
+    if has_torchao:
+        fp32_bytes = quant_runs.linear_weight_bytes(model)
+        assert 3.5 < fp32_bytes / quant_runs.linear_weight_bytes(variants[TORCHAO_INT8_DYNAMIC]) < 4

@@ -57,15 +57,22 @@ def torchao_quantized(model: nn.Module, kind: str) -> nn.Module:
     from torchao.quantization import quantize_
 
     quantized = _copy_sharing_embeddings(model).eval()
-    quantize_(quantized, config)     # in place, every nn.Linear
+    quantize_(quantized, config, filter_fn=lambda module, name: _fits(module, kind))   # in place
     return quantized
+
+
+def _fits(module: nn.Module, kind: str) -> bool:
+    """Which layers torchao quantizes: every nn.Linear, except that the CPU int4 kernel packs 16 output
+    channels at a time, so a layer with fewer or other (a 2-class head) stays float in the int4 row."""
+    return isinstance(module, nn.Linear) and (kind != TORCHAO_INT4_WEIGHTS or module.out_features % 16 == 0)
 
 
 def torch_ao_dynamic(model: nn.Module) -> nn.Module:
     """PyTorch's deprecated ``torch.ao.quantization.quantize_dynamic`` (int8, per-tensor weights), its warning silenced."""
     with warnings.catch_warnings():   # "deprecated ... will be removed ... use torchao": said once, in the row's name
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(_copy_sharing_embeddings(model), {nn.Linear}, dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(_copy_sharing_embeddings(model), {nn.Linear}, dtype=torch.qint8,
+                                                      inplace=True)    # in place on our copy
 
 
 def torchao_variants(model: nn.Module) -> dict[str, nn.Module | Unavailable]:
