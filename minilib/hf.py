@@ -11,6 +11,7 @@ import warnings
 import torch
 from torch import nn
 
+from .device import model_device
 from .transformer import Encoder, TransformerConfig, mean_pool
 
 HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -114,7 +115,7 @@ def sentence_embeddings(model, tokenizer, sentences, batch_size=64, max_length=1
     """
     if isinstance(sentences, str) or not sentences:
         raise ValueError("sentences must be a non-empty list of strings")
-    device = next(model.parameters()).device
+    device = model_device(model)
     vectors = []
     for start in range(0, len(sentences), batch_size):
         batch = tokenizer(list(sentences[start:start + batch_size]), padding=True, truncation=True,

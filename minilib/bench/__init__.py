@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from minilib.device import get_device
 from minilib.layer_parts import encoder_layer_parts
 
 __all__ = [
@@ -204,17 +205,11 @@ def peak_matmul_gflops(size: int = 1024, dtype: torch.dtype = torch.float32, dev
     """
     if not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
-    device = _default_device() if device is None else torch.device(device)
+    device = get_device() if device is None else torch.device(device)
     a = torch.randn(size, size, dtype=dtype, device=device)
     b = torch.randn(size, size, dtype=dtype, device=device)
     timing = time_fn(lambda: a @ b, warmup=2, repeats=repeats)
     return 2 * size**3 / timing.best / 1e9
-
-
-def _default_device() -> torch.device:
-    from minilib.train import get_device  # imported here: training code is not needed to time things
-
-    return get_device()
 
 
 # ------------------------------------------------------------------------------------------ FLOPs
