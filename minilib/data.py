@@ -402,7 +402,7 @@ def register_dataset(name: str, fn: Callable, overwrite: bool = False) -> None:
     _REGISTRY[name] = fn
 
 
-CHAPTER_DATASET_MODULES = ("minilib.longrange",)   # chapter modules that register their own generators
+CHAPTER_DATASET_MODULES = ("minilib.experiments.longrange",)   # chapter modules that register their own generators
 
 
 def dataset_names() -> list[str]:

@@ -19,7 +19,7 @@ import contextlib
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -263,55 +263,6 @@ def storage_bytes(tensor: torch.Tensor) -> int:
         parts = (tensor.values(), tensor.col_indices(), tensor.crow_indices())
         return sum(p.numel() * p.element_size() for p in parts)
     return tensor.numel() * tensor.element_size()
-
-
-@dataclass
-class MatmulPoint:
-    """Dense vs CSR time for ``weight @ x`` at one sparsity (medians in seconds)."""
-
-    sparsity: float
-    dense_s: float
-    sparse_s: float
-
-    @property
-    def speedup(self) -> float:
-        """How many times faster the sparse matmul is (> 1: sparse wins)."""
-        return self.dense_s / self.sparse_s
-
-
-def sparse_vs_dense(
-    sparsities: Iterable[float] = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99),
-    out_features: int = 1536,
-    in_features: int = 384,
-    tokens: int = 256,
-    repeats: int = 10,
-    seed: int = 0,
-) -> list[MatmulPoint]:
-    """Measure ``W @ x`` with W ``(out, in)`` pruned by magnitude and x ``(in, tokens)``: dense vs ``torch.sparse``
-    CSR, interleaved with :func:`minilib.bench.compare`, at each sparsity. Defaults: a MiniLM FFN matrix."""
-    from minilib.bench import compare
-
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(in_features, tokens, generator=generator)
-    points = []
-    for sparsity in sparsities:
-        weight = torch.randn(out_features, in_features, generator=generator)
-        weight = weight * magnitude_mask(weight, sparsity)
-        csr = to_csr(weight)
-        with torch.inference_mode():
-            result = compare({"dense": lambda: weight @ x, "csr": lambda: csr @ x}, baseline="dense", repeats=repeats)
-        points.append(MatmulPoint(sparsity, result.timings["dense"].median, result.timings["csr"].median))
-    return points
-
-
-def crossover_sparsity(points: list[MatmulPoint]) -> float | None:
-    """The lowest measured sparsity from which CSR stays faster than dense (None if it never wins)."""
-    winning = None
-    for point in sorted(points, key=lambda p: p.sparsity, reverse=True):
-        if point.speedup <= 1:
-            break
-        winning = point.sparsity
-    return winning
 
 
 # --------------------------------------------------------------------------------------------------

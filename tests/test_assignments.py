@@ -16,9 +16,9 @@ import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from minilib.assignments import (AssignmentError, StudentWorkError, build, find_exercises, grade_notebook,
+from minilib.course.assignments import (AssignmentError, StudentWorkError, build, find_exercises, grade_notebook,
                                  read_notebook, student_edition, write_csv, write_json)
-from minilib.assignments.exercises import BEGIN, END, replace_solutions
+from minilib.course.assignments.exercises import BEGIN, END, replace_solutions
 
 REPO = Path(__file__).resolve().parents[1]
 COURSE_NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -45,11 +45,11 @@ def toy_chapter(*extra_after_first_check):
     cells = [new_markdown_cell("# A toy chapter"), new_code_cell("import torch"), new_markdown_cell("## Exercises"),
              new_markdown_cell("### Exercise 2.1: Attention in one line (2 points)\nWrite softmax(QKᵀ/√d)V."),
              new_code_cell(ATTENTION_SOLUTION),
-             new_code_cell("from minilib.checks import check_softmax_attention\n"
+             new_code_cell("from minilib.course.checks import check_softmax_attention\n"
                            "check_softmax_attention(softmax_attention)"),
              *[new_code_cell(source) for source in extra_after_first_check],
              new_markdown_cell("### Exercise 2.2: Heads (2 points)"), new_code_cell(SPLIT_SOLUTION),
-             new_code_cell("from minilib.checks import check_split_heads\ncheck_split_heads(split_heads)"),
+             new_code_cell("from minilib.course.checks import check_split_heads\ncheck_split_heads(split_heads)"),
              new_markdown_cell("### Exercise 2.3: Why divide by √d? (written, 1 point)"),
              new_markdown_cell(WRITTEN_ANSWER), new_markdown_cell("## References\nVaswani et al. 2017.")]
     return new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
@@ -133,7 +133,7 @@ def test_an_exercise_heading_may_share_its_cell_with_the_section_heading():
      "without a '### BEGIN SOLUTION'"),
     (lambda nb: setattr(nb.cells[5], "source", "check_softmax_atention(softmax_attention)"),
      "cell 6 (\"check_softmax_atention(softmax_attention)\"): calls check_softmax_atention, which is not a check "
-     "in minilib.checks (did you mean check_softmax_attention"),
+     "in minilib.course.checks (did you mean check_softmax_attention"),
     (lambda nb: setattr(nb.cells[3], "source", "### Exercise 2.1: Attention in one line (3 points)"),
      "the heading gives exercise 2.1 3 points, but its checks are worth 2 (check_softmax_attention: 2)"),
     (lambda nb: setattr(nb.cells[3], "source", "### Exercise 2.1: Attention in one line (2 pts)"),
@@ -261,7 +261,7 @@ def test_class_list_as_json_and_csv(tmp_path, editions):
 
 def run_cli(*args, cwd):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "minilib.assignments", *map(str, args)], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "minilib.course.assignments", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 

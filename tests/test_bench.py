@@ -13,9 +13,9 @@ from transformers import BertConfig, BertModel
 from minilib import bench
 from minilib.bench import (Comparison, Timing, attention_flops, compare, encoder_flops, linear_flops,
                            model_size_bytes, param_count, peak_matmul_gflops, peak_memory, time_fn)
-from minilib.bench import headlines as headline_runner
-from minilib.bench import notebooks as notebook_budgets
-from minilib.bench.__main__ import main
+from minilib.course import notebook_budget as notebook_budgets
+from minilib.experiments import headlines as headline_runner
+from minilib.experiments.cli import main
 from minilib.transformer import Classifier, Encoder, TransformerConfig
 
 

@@ -1,4 +1,4 @@
-"""minilib.capstone: budgets checked on known cases, the closest result reported, fairness per template."""
+"""minilib.experiments.capstone: budgets checked on known cases, the closest result reported, fairness per template."""
 import math
 
 import pytest
@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from minilib.bench import model_size_bytes
-from minilib.capstone import (TARGETS, BudgetReport, Measurement, Target, changes_by_template, budget_report, measure,
+from minilib.experiments.capstone import (TARGETS, BudgetReport, Measurement, Target, changes_by_template, budget_report, measure,
                               plot_waterfall, threads)
 from minilib.transformer import Classifier, Encoder, TransformerConfig
 

@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from minilib.checks import check_gflops, check_matmul_flops, check_tensor_bytes
+from minilib.course.checks import check_gflops, check_matmul_flops, check_tensor_bytes
 
 
 def stub(*args):

@@ -1,5 +1,5 @@
 """Chapter 01's exercise checks pass the reference answers and fail stubs and plausible mistakes."""
-from minilib.checks import check_attention_matmul_flops, check_crossover_length, check_encoder_layer_params
+from minilib.course.checks import check_attention_matmul_flops, check_crossover_length, check_encoder_layer_params
 
 
 def stub(*args):

@@ -4,7 +4,7 @@ import math
 import torch
 
 from minilib.attention import scaled_dot_product_attention
-from minilib.checks import (check_causal_padding_mask, check_online_softmax_step, check_softmax_attention,
+from minilib.course.checks import (check_causal_padding_mask, check_online_softmax_step, check_softmax_attention,
                             check_split_heads)
 
 

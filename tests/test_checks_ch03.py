@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from minilib.checks import (check_clip_by_global_norm, check_pre_norm_residual, check_sinusoidal_positions,
+from minilib.course.checks import (check_clip_by_global_norm, check_pre_norm_residual, check_sinusoidal_positions,
                             check_warmup_linear)
 
 

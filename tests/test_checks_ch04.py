@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from minilib.checks import check_add_global_tokens, check_window_mask, check_window_tile_count
+from minilib.course.checks import check_add_global_tokens, check_window_mask, check_window_tile_count
 
 
 def stub(*args):

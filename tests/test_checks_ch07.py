@@ -1,7 +1,7 @@
 """Chapter 07's exercise checks pass the reference answers and fail stubs and plausible mistakes."""
 import torch
 
-from minilib.checks import check_affine_params, check_int8_linear, check_pack_nibbles, check_symmetric_quantize
+from minilib.course.checks import check_affine_params, check_int8_linear, check_pack_nibbles, check_symmetric_quantize
 
 
 def stub(*args):

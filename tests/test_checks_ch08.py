@@ -2,7 +2,7 @@
 import torch
 
 from minilib import prune
-from minilib.checks import check_cubic_sparsity, check_head_columns, check_magnitude_mask, check_two_four_mask
+from minilib.course.checks import check_cubic_sparsity, check_head_columns, check_magnitude_mask, check_two_four_mask
 
 
 def stub(*args):

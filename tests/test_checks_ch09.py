@@ -1,6 +1,6 @@
 """Chapter 09's exercise checks pass the reference answers and fail stubs and plausible mistakes."""
 from minilib.arch import channel_shuffle
-from minilib.checks import check_albert_savings, check_grouped_ffn_params, check_shuffle
+from minilib.course.checks import check_albert_savings, check_grouped_ffn_params, check_shuffle
 
 
 def stub(*args):

@@ -1,7 +1,7 @@
 """Chapter 10's exercise checks pass the reference answers and fail stubs and plausible mistakes."""
 import torch
 
-from minilib.checks import check_freeze_all_but_top, check_onnx_logits, check_predict_label
+from minilib.course.checks import check_freeze_all_but_top, check_onnx_logits, check_predict_label
 
 
 def stub(*args):

@@ -4,10 +4,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from minilib.checks import (check_brevity_penalty, check_clipped_matches, check_lcs_length, check_pareto_points,
+from minilib.course.checks import (check_brevity_penalty, check_clipped_matches, check_lcs_length, check_pareto_points,
                             check_perplexity_from_logits)
+from minilib.experiments.picker import Candidate, pareto_front
 from minilib.metrics import lcs_length, ngram_counts
-from minilib.picker import Candidate, pareto_front
 
 
 def stub(*args):

@@ -1,5 +1,5 @@
 """Chapter 12's exercise checks pass the reference answers and fail stubs and plausible mistakes."""
-from minilib.checks import check_changed_fraction, check_shortfall, check_throughput_per_core
+from minilib.course.checks import check_changed_fraction, check_shortfall, check_throughput_per_core
 
 
 def stub(*args):

@@ -1,4 +1,4 @@
-"""minilib.distill against hand computations and PyTorch's own losses."""
+"""minilib.distill against hand computations and PyTorch's own losses; chapter 06's runs (minilib.experiments.distill_runs)."""
 import math
 
 import pytest
@@ -9,10 +9,11 @@ from torch.utils.data import TensorDataset
 
 from minilib.arch import FactorisedEmbedding
 from minilib.data import Splits
-from minilib.distill import (METHODS, UNLABELLED, Distiller, StudentRun, accuracy_by, attention_loss, chapter_student,
-                             distill, distillation_loss, factorised_embedding, hidden_state_loss, hide_labels,
-                             latency_comparison, layer_map, run_students, soft_targets, student_from_scratch,
-                             student_from_teacher, teacher_targets, train_student)
+from minilib.distill import (UNLABELLED, Distiller, attention_loss, distill, distillation_loss, factorised_embedding,
+                             hidden_state_loss, layer_map, soft_targets, student_from_scratch, student_from_teacher,
+                             teacher_targets)
+from minilib.experiments.distill_runs import (METHODS, StudentRun, accuracy_by, chapter_student, hide_labels,
+                                              latency_comparison, run_students, train_student)
 from minilib.transformer import Classifier, Encoder, TransformerConfig
 
 
@@ -328,7 +329,7 @@ def test_run_students_caches_results_per_teacher(tmp_path, monkeypatch):
     run = StudentRun("logits", n_sentences=48, n_labelled=16, n_layers=1, embedding_rank=8, epochs=1)
     first = run_students(teacher, splits, [run], progress=False)
     assert first[0]["method"] == "logits" and 0 <= first[0]["accuracy"] <= 1
-    monkeypatch.setattr("minilib.distill.train_student", lambda *args, **kwargs: pytest.fail("retrained"))
+    monkeypatch.setattr("minilib.experiments.distill_runs.train_student", lambda *args, **kwargs: pytest.fail("retrained"))
     assert run_students(teacher, splits, [run], progress=False) == first
     with pytest.raises(pytest.fail.Exception, match="retrained"):  # another teacher: its own results
         run_students(tiny_teacher(seed=1), splits, [run], progress=False)

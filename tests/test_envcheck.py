@@ -3,8 +3,8 @@ import sys
 
 import pytest
 
-from minilib import envcheck
-from minilib.envcheck import Check
+from minilib.course import envcheck
+from minilib.course.envcheck import Check
 
 
 def test_missing_package_says_what_to_install():

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from minilib.checks.ch10_hf import TEXTS, _tokenizer, tiny_bert
+from minilib.course.checks.ch10_hf import TEXTS, _tokenizer, tiny_bert
 from minilib.export import LogitsOnly, OnnxClassifier, export_onnx
 
 SEED_EXAMPLE = textwrap.dedent("""

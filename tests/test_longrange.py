@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from minilib.data import load_dataset
-from minilib.longrange import (CLS, FIRST_FILLER, attentions, long_range_dataset, long_range_examples,
+from minilib.experiments.longrange import (CLS, FIRST_FILLER, attentions, long_range_dataset, long_range_examples,
                                long_range_model, message_distance, results_table, LongRangeResult)
 
 

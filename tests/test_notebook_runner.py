@@ -2,7 +2,7 @@
 import nbformat
 import pytest
 
-from minilib.notebook_runner import CellFailed, run_cells
+from minilib.course.notebook_runner import CellFailed, run_cells
 
 
 def notebook(*sources):

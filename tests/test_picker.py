@@ -1,4 +1,4 @@
-"""minilib.picker: budgets, the Pareto front and measuring classifiers (seed §9.1)."""
+"""minilib.experiments.picker: budgets, the Pareto front and measuring classifiers (seed §9.1)."""
 import math
 
 import matplotlib
@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from minilib.bench import model_size_bytes
-from minilib.picker import Budget, Candidate, candidates_table, dominates, measure_classifiers, pareto_front, pick, plot_candidates
+from minilib.experiments.picker import Budget, Candidate, candidates_table, dominates, measure_classifiers, pareto_front, pick, plot_candidates
 from minilib.train import accuracy
 
 BIG = Candidate("big", latency_ms=40.0, memory_mb=90.0, accuracy=0.95)

@@ -10,6 +10,7 @@ from transformers import BertConfig, BertModel
 
 from minilib import prune
 from minilib.bench import param_count
+from minilib.experiments import prune_runs
 from minilib.transformer import Classifier, Encoder, TransformerConfig
 
 N_LAYERS, N_HEADS, HEAD_DIM, D_FF = 3, 4, 8, 64
@@ -227,15 +228,15 @@ def test_csr_matches_dense_and_its_size_is_values_plus_indices():
 
 
 def test_sparse_vs_dense_measures_each_sparsity():
-    points = prune.sparse_vs_dense(sparsities=(0.5, 0.99), out_features=32, in_features=16, tokens=8, repeats=2)
+    points = prune_runs.sparse_vs_dense(sparsities=(0.5, 0.99), out_features=32, in_features=16, tokens=8, repeats=2)
     assert [p.sparsity for p in points] == [0.5, 0.99]
     assert all(p.dense_s > 0 and p.sparse_s > 0 for p in points)
 
 
 def test_crossover_is_where_csr_starts_winning_for_good():
-    points = [prune.MatmulPoint(s, 1.0, t) for s, t in [(0.5, 3.0), (0.9, 0.9), (0.95, 1.1), (0.99, 0.5), (0.999, 0.2)]]
-    assert prune.crossover_sparsity(points) == 0.99
-    assert prune.crossover_sparsity(points[:1]) is None
+    points = [prune_runs.MatmulPoint(s, 1.0, t) for s, t in [(0.5, 3.0), (0.9, 0.9), (0.95, 1.1), (0.99, 0.5), (0.999, 0.2)]]
+    assert prune_runs.crossover_sparsity(points) == 0.99
+    assert prune_runs.crossover_sparsity(points[:1]) is None
 
 
 # ------------------------------------------------------------------------------------ heads

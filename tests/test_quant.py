@@ -380,7 +380,7 @@ def test_experiment_helpers_on_a_small_model():
 
 
 def test_real_sentences_are_english_prose():
-    from minilib.quant.experiment import real_sentences
+    from minilib.experiments.quant_runs import real_sentences
     sentences = real_sentences(10)
     assert len(sentences) == 10 and all(s[0].isupper() and 6 <= len(s.split()) <= 40 for s in sentences)
     with pytest.raises(ValueError, match="asked for 1000000"):

@@ -1,80 +1,9 @@
-"""Command line: the course's headline comparisons and notebook budgets.
+"""``python -m minilib.bench``: the course's command line (headlines and notebook budgets), see :mod:`minilib.experiments.cli`.
 
-    python -m minilib.bench                      # every headline module: measured vs target
-    python -m minilib.bench attention quant      # only these headline modules
-    python -m minilib.bench notebooks            # every notebook's time and memory vs its budget
-    python -m minilib.bench notebooks notebooks/02_self_attention.ipynb --markdown
-    python -m minilib.bench notebooks --figures notebooks/figures   # also save each chapter's key plot
-
-Exit code 0 when everything met its target, 1 otherwise, 2 for a bad command line.
+An entry point, imported by nothing: the measurement kit in ``minilib/bench/__init__.py`` stays a leaf.
 """
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-from minilib.bench import machine_label
+from minilib.experiments.cli import main
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
-
-
-def headlines_main(names: list[str]) -> int:
-    from minilib.bench import headlines
-
-    try:
-        results = headlines.run(names)
-    except ValueError as error:
-        print(error, file=sys.stderr)
-        return 2
-    if not results:
-        print("No headline modules yet: chapters add them to minilib/bench/headlines/.")
-        return 0
-    print(headlines.table(results))
-    print(f"\nMachine: {machine_label()}")
-    return 0 if all(result.passed for result in results) else 1
-
-
-def notebooks_main(argv: list[str]) -> int:
-    from minilib.bench import notebooks
-
-    parser = argparse.ArgumentParser(prog="python -m minilib.bench notebooks",
-                                     description="Run notebooks headless and check time and memory budgets.")
-    parser.add_argument("paths", nargs="*", type=Path, help=f"notebooks to run (default: all in {NOTEBOOK_DIR})")
-    parser.add_argument("--markdown", action="store_true", help="print a Markdown table (for the README)")
-    parser.add_argument("--figures", type=Path, metavar="DIR",
-                        help='save the plot of each notebook\'s cell tagged "readme-figure" as DIR/<notebook>.png')
-    args = parser.parse_args(argv)
-    paths = args.paths or sorted(NOTEBOOK_DIR.glob("[0-9]*.ipynb"))
-    if not paths:
-        print(f"No notebooks found in {NOTEBOOK_DIR}", file=sys.stderr)
-        return 2
-    runs = []
-    for path in paths:
-        try:
-            runs.append(notebooks.run_notebook(path))
-        except ValueError as error:
-            print(error, file=sys.stderr)
-            return 2
-        print(f"{path.name}: {runs[-1].seconds:.1f} s ({runs[-1].cpu_seconds:.1f} s CPU), "
-              f"{runs[-1].peak_bytes / 1e6:.0f} MB", file=sys.stderr)
-        if args.figures and runs[-1].figure:
-            args.figures.mkdir(parents=True, exist_ok=True)
-            (args.figures / f"{path.stem}.png").write_bytes(runs[-1].figure)
-    print(notebooks.budget_table(runs, markdown=args.markdown))
-    print(f"\nMeasured on: {machine_label()}")
-    return 0 if notebooks.course_passed(runs) else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["notebooks"]:
-        return notebooks_main(argv[1:])
-    if any(arg.startswith("-") for arg in argv):
-        print(__doc__, file=sys.stderr)
-        return 0 if set(argv) & {"-h", "--help"} else 2
-    return headlines_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+sys.exit(main())

@@ -1,8 +1,8 @@
 """Grading a submitted notebook: run it top to bottom in a fresh kernel, under a time limit, and score its checks.
 
 Every check the notebook runs appends one JSON line to the file named by ``MINILIB_GRADING_LOG``
-(see :mod:`minilib.checks`); the grader points that variable at a temporary file, executes the notebook
-(:mod:`minilib.notebook_runner`), and reads the lines back. A notebook that raises or runs out of time
+(see :mod:`minilib.course.checks`); the grader points that variable at a temporary file, executes the notebook
+(:mod:`minilib.course.notebook_runner`), and reads the lines back. A notebook that raises or runs out of time
 stops there and keeps the points of the checks that ran before.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from time import monotonic
 
-from minilib.assignments.exercises import AssignmentError, describe_cell, find_exercises, read_notebook
-from minilib.notebook_runner import CellFailed, run_cells
+from minilib.course.assignments.exercises import AssignmentError, describe_cell, find_exercises, read_notebook
+from minilib.course.notebook_runner import CellFailed, run_cells
 
 
 @dataclass

@@ -28,13 +28,13 @@ from torch.utils.data import TensorDataset
 
 from minilib.arch import task_token_ids, trim_vocabulary
 from minilib.bench import model_size_bytes, time_fn
+from minilib.cache import cached_model
 from minilib.distill import distill, student_from_teacher
-from minilib.picker import Budget, Candidate
+from minilib.experiments.picker import Budget, Candidate
+from minilib.experiments.zoo import TEACHER_VERSION
 from minilib.prune import prune_least_important
 from minilib.train import accuracy, predict_logits, trim_padding
 from minilib.transformer import Classifier
-from minilib.cache import cached_model
-from minilib.experiments.zoo import TEACHER_VERSION
 
 
 @dataclass(frozen=True)
@@ -218,7 +218,7 @@ class BudgetReport:
 def budget_report(models, target, data: TensorDataset, repeats: int = 10) -> BudgetReport:
     """Measure ``models`` (one classifier, or a dict name -> classifier) under ``target`` and report.
 
-    (Not named ``check_budget``: ``check_*`` names are reserved for exercise checks, see ``minilib.checks``.)
+    (Not named ``check_budget``: ``check_*`` names are reserved for exercise checks, see ``minilib.course.checks``.)
 
     A model that misses the budget, or even crashes when run, is reported, not raised: ``print(report)``
     says what each one misses, and when nothing meets the budget, which model came closest.

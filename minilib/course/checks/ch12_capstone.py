@@ -3,8 +3,8 @@ import math
 
 import torch
 
-from minilib.capstone import Measurement, Target
-from minilib.checks import CheckFailed, exercise, expect_close
+from minilib.course.checks import CheckFailed, exercise, expect_close
+from minilib.experiments.capstone import Measurement, Target
 
 
 def _expect_number(what, got, expected, hint):
@@ -23,7 +23,7 @@ def check_throughput_per_core(fn):
 
 @exercise(points=2)
 def check_shortfall(fn):
-    """Sum of fractional excesses, against minilib.capstone.Measurement.shortfall."""
+    """Sum of fractional excesses, against minilib.experiments.capstone.Measurement.shortfall."""
     cases = [(15.0, 30.0, 0.95, 10.0, 20.0, 0.9), (9.0, 10.0, 0.95, 10.0, 20.0, 0.9),
              (1.0, 5.0, 0.45, math.inf, math.inf, 0.9), (40.0, 5.0, 0.5, 10.0, math.inf, 0.0)]
     for size, ms, acc, max_size, max_ms, floor in cases:

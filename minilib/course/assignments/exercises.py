@@ -6,7 +6,7 @@ The form every chapter follows (see the course contract):
   ``(written, 3 points)`` for an answer graded by hand;
 - the cells under it, up to the next heading of level 1–3, belong to that exercise;
 - a code exercise's answer sits between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` and is
-  followed by a visible check, ``check_<name>(answer)``, from :mod:`minilib.checks`.
+  followed by a visible check, ``check_<name>(answer)``, from :mod:`minilib.course.checks`.
 """
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""Command line: ``python -m minilib.assignments build|grade`` (``--help`` on each for details)."""
+"""Command line: ``python -m minilib.course.assignments build|grade`` (``--help`` on each for details)."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from minilib.assignments import AssignmentError, build, grade_notebook, report, write_csv, write_json
+from minilib.course.assignments import AssignmentError, build, grade_notebook, report, write_csv, write_json
 
 
 def main(argv=None) -> int:
@@ -18,7 +18,7 @@ def main(argv=None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m minilib.assignments",
+    parser = argparse.ArgumentParser(prog="python -m minilib.course.assignments",
                                      description="Build the student edition of the course's notebooks; grade submissions.")
     commands = parser.add_subparsers(dest="command", required=True)
     make = commands.add_parser("build", help="write the student edition (solutions replaced by stubs)")

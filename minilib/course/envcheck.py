@@ -1,9 +1,9 @@
 """Is this machine ready for the course? Checks the set-up and says exactly what to fix.
 
-    from minilib.envcheck import report
+    from minilib.course.envcheck import report
     report()            # prints a table, then one line per problem with the command that fixes it
 
-or from a terminal: ``python -m minilib.envcheck`` (exit code 1 when something must be fixed).
+or from a terminal: ``python -m minilib.course.envcheck`` (exit code 1 when something must be fixed).
 
 Each check is a plain function returning a :class:`Check`, so tests can simulate a broken set-up
 (a missing package, an old Python, a CUDA build of PyTorch on a machine without a GPU). Nothing

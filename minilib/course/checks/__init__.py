@@ -5,7 +5,7 @@ plain function decorated with :func:`exercise`; it tests the learner's answer on
 cases against the reference and *never raises*: it prints what was expected, what was got and a
 hint, and returns ``True`` or ``False``.
 
-    from minilib.checks import check_attention_scores
+    from minilib.course.checks import check_attention_scores
     check_attention_scores(attention_scores)   # prints ✔ or ✘ with a hint
 
 For grading, set ``MINILIB_GRADING_LOG`` to a file: every check appends one JSON line

@@ -2,19 +2,19 @@
 
 DistilBERT (Sanh et al., 2019) kept 97% of BERT's GLUE score with 40% fewer parameters, 60% faster.
 Here the bar is higher: at most 40% of the teacher's parameters and at least 2× faster. The student keeps
-2 of the teacher's 6 layers and a rank-96 factorised embedding table (see ``minilib.distill.chapter_student``).
+2 of the teacher's 6 layers and a rank-96 factorised embedding table (see ``minilib.experiments.distill_runs.chapter_student``).
 The setting is the classic one where distillation pays: 2000 sentences of which 200 keep their label; the
 distilled student also learns the teacher's soft targets and layers on all 2000, the label-only student
-trains on the 200 alone, for as many steps. Results over 3 seeds are cached (``minilib.distill.run_students``).
+trains on the 200 alone, for as many steps. Results over 3 seeds are cached (``minilib.experiments.distill_runs.run_students``).
 """
 from __future__ import annotations
 
 from minilib.bench import Headline, param_count
 from minilib.data import sentiment_dataset
-from minilib.distill import (accuracy_by, chapter_runs, chapter_student, latency_comparison, run_students,
-                             teacher_accuracy)
-from minilib.hf import load_minilm
+from minilib.experiments.distill_runs import (accuracy_by, chapter_runs, chapter_student, latency_comparison,
+                                              run_students, teacher_accuracy)
 from minilib.experiments.zoo import sentiment_teacher
+from minilib.hf import load_minilm
 
 DISTILLED, BASELINE = "logits + layers", "labels only"
 

@@ -18,7 +18,7 @@ import nbformat
 import psutil
 
 from minilib.bench import _text_table
-from minilib.notebook_runner import CellFailed, run_cells
+from minilib.course.notebook_runner import CellFailed, run_cells
 
 NOTEBOOK_SECONDS = 90.0
 NOTEBOOK_BYTES = 1.5e9

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import nbformat
 
-from minilib.assignments.exercises import (ANSWER_STUB, CODE_STUB, AssignmentError, Exercise, check_calls,
+from minilib.course.assignments.exercises import (ANSWER_STUB, CODE_STUB, AssignmentError, Exercise, check_calls,
                                            describe_cell, find_exercises, has_solution, read_notebook,
                                            replace_solutions)
 
@@ -73,7 +73,7 @@ def _with_stubs(nb, notebook):
 
 def validate_assignment(nb, notebook="notebook") -> list[Exercise]:
     """The exercises of ``nb``, after checking the form the student edition and the grader rely on."""
-    from minilib.checks import REGISTRY  # imports every chapter's checks
+    from minilib.course.checks import REGISTRY  # imports every chapter's checks
 
     exercises = find_exercises(nb, notebook)
     in_exercise = {index for exercise in exercises for index in exercise.cells}
@@ -86,7 +86,7 @@ def validate_assignment(nb, notebook="notebook") -> list[Exercise]:
         unknown = [name for name in check_calls(cell.source) if name not in REGISTRY] if cell.cell_type == "code" else []
         if unknown:
             close = difflib.get_close_matches(unknown[0], REGISTRY, n=3)
-            raise AssignmentError(f"{where}: calls {unknown[0]}, which is not a check in minilib.checks"
+            raise AssignmentError(f"{where}: calls {unknown[0]}, which is not a check in minilib.course.checks"
                                   + (f" (did you mean {', '.join(close)}?)" if close else ""))
     numbers = [exercise.number for exercise in exercises]
     for exercise in exercises:
@@ -201,7 +201,7 @@ def _read_manifest(out: Path) -> dict:
 
 
 def _write_manifest(out: Path, notebooks: dict) -> None:
-    record = {"written_by": "python -m minilib.assignments build",
+    record = {"written_by": "python -m minilib.course.assignments build",
               "about": "SHA-256 of each student notebook as last written here; a notebook that no longer "
                        "matches was edited and is never overwritten without --force",
               "notebooks": notebooks}

@@ -1,7 +1,7 @@
 """Run a notebook's code cells in a fresh kernel of this very Python, as nbval does.
 
-The course's budget command (:mod:`minilib.bench.notebooks`) and the classroom grader
-(:mod:`minilib.assignments.grade`) both need the same thing: execute every code cell in order, keep
+The course's budget command (:mod:`minilib.course.notebook_budget`) and the classroom grader
+(:mod:`minilib.course.assignments.grade`) both need the same thing: execute every code cell in order, keep
 what each cell displayed, and stop at the first error, at a time limit, or when the kernel dies.
 
 It uses a *blocking* kernel client and reads each cell's messages until the kernel reports it is

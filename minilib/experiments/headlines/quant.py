@@ -9,9 +9,9 @@
   (torch.ao and int4 weight-only are reported alongside: both lose several points).
 """
 from minilib.bench import Headline
-from minilib.hf import load_minilm
-from minilib.quant.experiment import (FP32, INT4, INT8, INT8_COMPILED, TORCH_AO, embedding_cosines, latency,
+from minilib.experiments.quant_runs import (FP32, INT4, INT8, INT8_COMPILED, TORCH_AO, embedding_cosines, latency,
                                       linear_weight_bytes, quantized_variants, real_sentences, sizes_mb)
+from minilib.hf import load_minilm
 from minilib.train import accuracy, set_seed
 
 BATCH, SEQ = 32, 128

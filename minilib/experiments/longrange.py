@@ -23,12 +23,12 @@ from functools import partial
 import torch
 from torch.utils.data import TensorDataset
 
-from .data import Splits, register_dataset
-from .linear_attention import linear_attention
-from .sparse import sliding_window_attention
-from .train import fit, predict_logits, set_seed
-from .transformer import Classifier, Encoder, TransformerConfig
-from .cache import cached_model
+from minilib.cache import cached_model
+from minilib.data import Splits, register_dataset
+from minilib.linear_attention import linear_attention
+from minilib.sparse import sliding_window_attention
+from minilib.train import fit, predict_logits, set_seed
+from minilib.transformer import Classifier, Encoder, TransformerConfig
 
 PAD, CLS, FIRST_FILLER = 0, 1, 2
 EXPERIMENT_VERSION = "v1"

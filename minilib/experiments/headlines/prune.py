@@ -14,8 +14,9 @@ import torch
 from minilib import prune
 from minilib.bench import Headline, compare, param_count
 from minilib.data import sentiment_dataset
-from minilib.train import accuracy, set_seed
+from minilib.experiments.prune_runs import crossover_sparsity, sparse_vs_dense
 from minilib.experiments.zoo import fine_tune_top, sentiment_teacher
+from minilib.train import accuracy, set_seed
 
 BATCH, SEQ = 32, 128
 FRACTION = 0.5         # of heads and of FFN neurons
@@ -49,8 +50,8 @@ def headlines():
     accuracies["unpruned, same fine-tune"] = accuracy(control, splits.test)
     drop = 100 * (max(accuracies["teacher"], accuracies["unpruned, same fine-tune"]) - accuracies["pruned, fine-tuned"])
 
-    points = prune.sparse_vs_dense(sparsities=(0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999))
-    crossover = prune.crossover_sparsity(points)
+    points = sparse_vs_dense(sparsities=(0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999))
+    crossover = crossover_sparsity(points)
     speedups = ", ".join(f"{p.sparsity:.1%}: {p.speedup:.2f}×" for p in points)
     shape = f"batch {BATCH}, seq {SEQ}"
     return [
