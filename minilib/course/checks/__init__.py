@@ -1,9 +1,10 @@
 """Exercise feedback: the visible checks that follow every code exercise.
 
-Each chapter has its own module here (``ch02_attention.py``, ``ch07_quant.py``, ...). A check is a
-plain function decorated with :func:`exercise`; it tests the learner's answer on small hand-made
-cases against the reference and *never raises*: it prints what was expected, what was got and a
-hint, and returns ``True`` or ``False``.
+Each chapter has its own module here (``ch02_attention.py``, ``ch07_quant.py``, ...), imported below one by
+one (a new chapter module is added to that list). A check is a plain function decorated with
+:func:`~minilib.course.checks.core.exercise`; it tests the learner's answer on small hand-made cases against
+the reference and *never raises*: it prints what was expected, what was got and a hint, and returns
+``True`` or ``False``. The machinery the checks share is in :mod:`minilib.course.checks.core`.
 
     from minilib.course.checks import check_attention_scores
     check_attention_scores(attention_scores)   # prints ✔ or ✘ with a hint
@@ -11,112 +12,37 @@ hint, and returns ``True`` or ``False``.
 For grading, set ``MINILIB_GRADING_LOG`` to a file: every check appends one JSON line
 ``{"check": name, "passed": bool, "points": p, "message": ...}`` to it.
 """
-from __future__ import annotations
-
-import functools
-import importlib
-import json
-import os
-import pkgutil
-import traceback
-
-import torch
-
-REGISTRY: dict[str, "Exercise"] = {}
-
-
-class CheckFailed(AssertionError):
-    """Raised inside a check body to report a wrong answer (caught by :func:`exercise`)."""
-
-    def __init__(self, what: str, expected, got, hint: str = ""):
-        self.what, self.expected, self.got, self.hint = what, expected, got, hint
-        super().__init__(f"{what}: expected {expected}, got {got}")
-
-
-class Exercise:
-    """A registered check: its name, points and the function that tests an answer."""
-
-    def __init__(self, fn, points: int, chapter: str):
-        self.fn, self.points, self.chapter = fn, points, chapter
-        self.name = fn.__name__
-
-    def __call__(self, *answers, **kwargs) -> bool:
-        try:
-            self.fn(*answers, **kwargs)
-            passed, message = True, f"✔ {self.name}: passed ({self.points}/{self.points} points)"
-        except NotImplementedError:
-            passed, message = False, f"✘ {self.name}: not done yet — replace `raise NotImplementedError` with your code."
-        except CheckFailed as failure:
-            passed, message = False, _describe(self.name, failure)
-        except Exception as error:  # the learner's code crashed: say where, without a wall of traceback
-            where = traceback.extract_tb(error.__traceback__)[-1]
-            passed, message = False, (
-                f"✘ {self.name}: your code raised {type(error).__name__}: {error}\n"
-                f"   (line {where.lineno}: {where.line})"
-            )
-        print(message)
-        _log(self.name, passed, self.points if passed else 0, message)
-        return passed
-
-
-def exercise(points: int):
-    """Register a check worth ``points``; the check body raises :class:`CheckFailed` on a wrong answer."""
-
-    def register(fn):
-        chapter = fn.__module__.rsplit(".", 1)[-1]
-        wrapped = functools.wraps(fn)(Exercise(fn, points, chapter))
-        if wrapped.name in REGISTRY and REGISTRY[wrapped.name].fn is not fn:
-            raise ValueError(f"two checks are named {wrapped.name!r}; check names must be unique")
-        REGISTRY[wrapped.name] = wrapped
-        return wrapped
-
-    return register
-
-
-def expect_close(what: str, got, expected, atol: float = 1e-5, rtol: float = 1e-4, hint: str = ""):
-    """Raise :class:`CheckFailed` unless tensors ``got`` and ``expected`` have equal shapes and values."""
-    if not isinstance(got, torch.Tensor):
-        raise CheckFailed(what, f"a tensor of shape {tuple(expected.shape)}", f"{type(got).__name__}", hint)
-    if got.shape != expected.shape:
-        raise CheckFailed(what, f"shape {tuple(expected.shape)}", f"shape {tuple(got.shape)}", hint)
-    if not torch.allclose(got.float(), expected.float(), atol=atol, rtol=rtol):
-        worst = (got.float() - expected.float()).abs().max().item()
-        raise CheckFailed(what, _preview(expected), f"{_preview(got)} (max abs difference {worst:.3g})", hint)
-
-
-def expect_equal(what: str, got, expected, hint: str = ""):
-    """Raise :class:`CheckFailed` unless ``got == expected`` (plain Python values)."""
-    if got != expected:
-        raise CheckFailed(what, repr(expected), repr(got), hint)
-
-
-def _preview(t: torch.Tensor, n: int = 6) -> str:
-    flat = t.detach().float().flatten()[:n].tolist()
-    more = ", …" if t.numel() > n else ""
-    return "[" + ", ".join(f"{x:.4g}" for x in flat) + more + "]"
-
-
-def _describe(name: str, f: CheckFailed) -> str:
-    lines = [f"✘ {name}: {f.what}", f"   expected: {f.expected}", f"   got:      {f.got}"]
-    if f.hint:
-        lines.append(f"   hint: {f.hint}")
-    return "\n".join(lines)
-
-
-def _log(name: str, passed: bool, points: int, message: str) -> None:
-    path = os.environ.get("MINILIB_GRADING_LOG")
-    if path:
-        with open(path, "a", encoding="utf-8") as log:
-            log.write(json.dumps({"check": name, "passed": passed, "points": points, "message": message}) + "\n")
-
-
-def _load_chapter_checks() -> None:
-    """Import every chapter module here and re-export its ``check_*`` functions from this package."""
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        for attr in dir(module):
-            if attr.startswith("check_"):
-                globals()[attr] = getattr(module, attr)
-
-
-_load_chapter_checks()
+from minilib.course.checks.core import REGISTRY, CheckFailed, Exercise, exercise, expect_close, expect_equal
+from minilib.course.checks.ch00_welcome import check_matmul_flops, check_gflops, check_tensor_bytes
+from minilib.course.checks.ch01_cost import (check_encoder_layer_params, check_attention_matmul_flops,
+                                             check_crossover_length)
+from minilib.course.checks.ch02_attention import (check_softmax_attention, check_split_heads,
+                                                  check_causal_padding_mask, check_online_softmax_step)
+from minilib.course.checks.ch03_transformer import (check_sinusoidal_positions, check_pre_norm_residual,
+                                                    check_warmup_linear, check_clip_by_global_norm)
+from minilib.course.checks.ch04_sparse import check_window_mask, check_add_global_tokens, check_window_tile_count
+from minilib.course.checks.ch05_linear import check_elu_feature_map, check_kernel_attention, check_rnn_step
+from minilib.course.checks.ch06_distill import check_temperature_softmax, check_kd_loss, check_masked_cosine_loss
+from minilib.course.checks.ch07_quant import (check_symmetric_quantize, check_affine_params, check_int8_linear,
+                                              check_pack_nibbles)
+from minilib.course.checks.ch08_prune import (check_magnitude_mask, check_cubic_sparsity, check_two_four_mask,
+                                              check_head_columns)
+from minilib.course.checks.ch09_arch import check_grouped_ffn_params, check_shuffle, check_albert_savings
+from minilib.course.checks.ch10_hf import check_predict_label, check_freeze_all_but_top, check_onnx_logits
+from minilib.course.checks.ch11_eval import (check_perplexity_from_logits, check_clipped_matches,
+                                             check_brevity_penalty, check_lcs_length, check_pareto_points)
+from minilib.course.checks.ch12_capstone import check_throughput_per_core, check_shortfall, check_changed_fraction
+from minilib.course.checks.ch13_generation import (check_kv_cache_bytes, check_cached_attention_step,
+                                                   check_accepted_count, check_q8_0)
+# the "build it" exercises (a module-scale answer per chapter, 02-12)
+from minilib.course.checks.ch02_build_it import check_multihead_attention
+from minilib.course.checks.ch03_build_it import check_encoder_layer
+from minilib.course.checks.ch04_build_it import check_blocked_window_attention
+from minilib.course.checks.ch05_build_it import check_chunked_causal_linear_attention
+from minilib.course.checks.ch06_build_it import check_distillation_step
+from minilib.course.checks.ch07_build_it import check_int8_linear_layer
+from minilib.course.checks.ch08_build_it import check_remove_heads
+from minilib.course.checks.ch09_build_it import check_grouped_ffn
+from minilib.course.checks.ch10_build_it import check_fine_tune_head_and_export
+from minilib.course.checks.ch11_build_it import check_corpus_bleu
+from minilib.course.checks.ch12_build_it import check_plan_for_budget

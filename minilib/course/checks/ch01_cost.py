@@ -1,6 +1,6 @@
 """Checks for chapter 01 (why fast and small): parameters of a layer, attention FLOPs, the crossover length."""
 from minilib.bench import attention_flops, linear_flops, param_count
-from minilib.course.checks import expect_equal, exercise
+from minilib.course.checks.core import expect_equal, exercise
 from minilib.transformer import EncoderLayer, TransformerConfig
 
 

@@ -4,7 +4,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from minilib.course.checks import exercise, expect_close, expect_equal
+from minilib.course.checks.core import exercise, expect_close, expect_equal
 
 
 @exercise(points=2)

@@ -5,7 +5,7 @@ import math
 import torch
 from torch import nn
 
-from minilib.course.checks import CheckFailed, exercise, expect_close, expect_equal
+from minilib.course.checks.core import CheckFailed, exercise, expect_close, expect_equal
 from minilib.train import lr_multiplier
 from minilib.transformer import SinusoidalPositions
 

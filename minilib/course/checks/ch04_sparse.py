@@ -1,7 +1,7 @@
 """Checks for chapter 04 (sparse attention): a window mask, global tokens, the tiles a blocked kernel computes."""
 import torch
 
-from minilib.course.checks import exercise, expect_close, expect_equal
+from minilib.course.checks.core import exercise, expect_close, expect_equal
 from minilib.sparse import block_layout, global_mask, sliding_window_mask
 
 

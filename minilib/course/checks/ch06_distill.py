@@ -4,7 +4,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from minilib.course.checks import exercise, expect_close
+from minilib.course.checks.core import exercise, expect_close
 
 
 @exercise(points=1)

@@ -1,7 +1,7 @@
 """Checks for chapter 07 (quantization): the symmetric grid, the affine grid, the int8 linear layer, int4 packing."""
 import torch
 
-from minilib.course.checks import CheckFailed, exercise, expect_close, expect_equal
+from minilib.course.checks.core import CheckFailed, exercise, expect_close, expect_equal
 from minilib.quant import dequantize, pack_int4, quantize, scale_and_zero_point
 from minilib.quant.int8 import int8_matmul
 

@@ -2,7 +2,7 @@
 import torch
 import torch.nn.utils.prune as torch_prune
 
-from minilib.course.checks import CheckFailed, exercise, expect_close, expect_equal
+from minilib.course.checks.core import CheckFailed, exercise, expect_close, expect_equal
 
 
 def _expect_mask(what, got, expected, hint):

@@ -3,7 +3,7 @@ import torch
 
 from minilib.arch import GroupedFeedForward, channel_shuffle
 from minilib.bench import param_count
-from minilib.course.checks import CheckFailed, exercise, expect_close, expect_equal
+from minilib.course.checks.core import CheckFailed, exercise, expect_close, expect_equal
 
 
 @exercise(points=2)

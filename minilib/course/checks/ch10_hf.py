@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from minilib.course.checks import CheckFailed, exercise, expect_close, expect_equal
+from minilib.course.checks.core import CheckFailed, exercise, expect_close, expect_equal
 
 LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 TEXTS = ["This is a great movie!", "Not bad at all.", "Boring, far too long.", "I loved the music but not the plot.",

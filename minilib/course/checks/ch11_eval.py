@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from minilib.course.checks import CheckFailed, exercise, expect_close, expect_equal
+from minilib.course.checks.core import CheckFailed, exercise, expect_close, expect_equal
 
 
 def _number(what: str, got) -> torch.Tensor:

@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from minilib.course.checks import CheckFailed, exercise, expect_close
+from minilib.course.checks.core import CheckFailed, exercise, expect_close
 from minilib.experiments.capstone import Measurement, Target
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from minilib.attention import MultiHeadAttention
-from minilib.course.checks import CheckFailed, exercise, expect_close, expect_equal
+from minilib.course.checks.core import CheckFailed, exercise, expect_close, expect_equal
 from minilib.quant.blocks import quantize_blocks
 
 
