@@ -1,30 +1,32 @@
 """Chapter 13's models and measurements: a character-level decoder on Python's documentation, its draft.
 
-``decoder()`` (4 layers, width 256, 8 heads, context 512, ~3.2 M parameters) and ``draft_model()``
-(1 layer, width 128) are trained once by their recipes (``train_decoder`` / ``train_draft``, seeded)
-and cached (``minilib.cache``); later calls load them. The chapter and its headline rows measure
-them with the functions below.
+``decoder()`` (4 layers, width 256, 8 heads, context 512, 3.3 M parameters), ``draft_model()`` (1 layer,
+width 128, distilled from the decoder) and ``grouped_decoder()`` (the decoder with 2 key/value heads,
+uptrained) are shipped artefacts (``minilib.experiments.artefacts``): their recipes (``train_decoder``,
+``train_draft``, ``uptrain``, seeded) take about a minute on a GPU together, an hour or more on a laptop CPU.
+The chapter and its headline rows measure them with the functions below.
 """
 from __future__ import annotations
 
 import functools
+import math
 import time
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Subset, TensorDataset
 
-from minilib.cache import cached_model
 from minilib.data import CharLMData, char_lm_dataset
+from minilib.experiments.artefacts import Artefact, load_model
 from minilib.generation import grouped_query_model
 from minilib.train import fit, init_weights, lm_loss, set_seed
 from minilib.transformer import LanguageModel, TransformerConfig
 
-DECODER_VERSION, DRAFT_VERSION, GQA_VERSION = "v1", "v2", "v1"
 UPTRAIN_STEPS = 320         # 13% of the decoder's 2,490 training steps (the GQA paper uptrains with 5%)
 CONTEXT = 512
 DECODER = dict(d_model=256, n_heads=8, n_layers=4, d_ff=1024, dropout=0.1)
 DRAFT = dict(d_model=128, n_heads=2, n_layers=1, d_ff=512)
+GQA_KV_HEADS = 2            # n_heads / 4
 
 
 @functools.cache
@@ -52,7 +54,7 @@ def train_decoder(model: LanguageModel, epochs: int = 30, seed: int = 0, device=
     About 20 s on a GPU (2,490 steps); on a laptop CPU an hour or more: the trained weights are shipped.
     """
     fit(model, lm_data().train, loss_fn=lm_loss, metric_fn=None, epochs=epochs, batch_size=8, lr=2e-3,
-        warmup=0.05, seed=seed, device=device, desc="training chapter 13's decoder (once; then cached)")
+        warmup=0.05, seed=seed, device=device, desc="training chapter 13's decoder")
     model.cpu().eval()
 
 
@@ -73,29 +75,35 @@ def train_draft(model: LanguageModel, epochs: int = 24, seed: int = 0, device=No
     """The draft's recipe: distilled from :func:`decoder` on the training text, lr 3e-3, 24 epochs (seconds on a GPU)."""
     teacher = decoder()
     fit(model, lm_data().train, loss_fn=distillation_loss(teacher), metric_fn=None, epochs=epochs, batch_size=8,
-        lr=3e-3, warmup=0.05, seed=seed, device=device, desc="distilling chapter 13's draft model (once; then cached)")
+        lr=3e-3, warmup=0.05, seed=seed, device=device, desc="distilling chapter 13's draft model")
     model.cpu().eval()
     teacher.cpu()
 
 
-def decoder() -> LanguageModel:
-    """Chapter 13's decoder (eval mode, CPU): trained the first time, then loaded from the cache."""
-    return cached_model("ch13_decoder", DECODER_VERSION, _fresh(DECODER, 0), train_decoder)
+def decoder(retrain: bool | None = None) -> LanguageModel:
+    """Chapter 13's decoder (eval mode, CPU), as shipped in ``data/``."""
+    return load_model(ARTEFACTS["ch13_decoder"], _fresh(DECODER, 0), train_decoder, retrain)
 
 
-def draft_model() -> LanguageModel:
-    """Chapter 13's one-layer draft model for speculative decoding (same vocabulary and data)."""
-    return cached_model("ch13_draft", DRAFT_VERSION, _fresh(DRAFT, 1), train_draft)
+def draft_model(retrain: bool | None = None) -> LanguageModel:
+    """Chapter 13's one-layer draft model for speculative decoding (same vocabulary), as shipped."""
+    return load_model(ARTEFACTS["ch13_draft"], _fresh(DRAFT, 1), train_draft, retrain)
 
 
-def grouped_decoder(n_kv_heads: int = 2) -> LanguageModel:
-    """The decoder turned grouped-query (key/value heads mean-pooled) and uptrained for ``UPTRAIN_STEPS`` steps."""
-    def build(model):
-        model.load_state_dict(grouped_query_model(decoder(), n_kv_heads).state_dict())
-        uptrain(model, steps=UPTRAIN_STEPS, device=None)
+def _grouped_and_uptrained(model: LanguageModel) -> None:
+    model.load_state_dict(grouped_query_model(decoder(), GQA_KV_HEADS).state_dict())
+    uptrain(model, steps=UPTRAIN_STEPS, device=None)
 
-    return cached_model(f"ch13_decoder_gqa{n_kv_heads}", GQA_VERSION,
-                        _fresh(dict(DECODER, n_kv_heads=n_kv_heads), 0), build)
+
+def grouped_decoder(retrain: bool | None = None) -> LanguageModel:
+    """The decoder with its key/value heads mean-pooled to 2 and uptrained for ``UPTRAIN_STEPS`` steps, as shipped."""
+    return load_model(ARTEFACTS["ch13_decoder_gqa2"], _fresh(dict(DECODER, n_kv_heads=GQA_KV_HEADS), 0),
+                      _grouped_and_uptrained, retrain)
+
+
+def _validation_loss(model) -> dict:
+    """The recorded metric: mean next-character loss (nats) on 22 held-out blocks; perplexity = exp of it."""
+    return {"validation_loss": math.log(perplexity(model, lm_data().validation, n_blocks=22))}
 
 
 @torch.no_grad()
@@ -132,3 +140,23 @@ def time_per_token(fn, n_tokens: int, repeats: int = 3) -> float:
         fn()
         best = min(best, time.perf_counter() - start)
     return best / n_tokens
+
+
+_DATA = "char_lm_dataset(block_size=512, seed=0) of Python's help topics"
+_DECODER = Artefact("ch13_decoder", "chapter 13's character-level decoder (4 layers, width 256, 8 heads, context 512)",
+                    "model", run=decoder, metrics=_validation_loss, depends=(train_decoder, lm_config, _fresh, lm_data),
+                    params={"seed": 0, "sizes": DECODER, "epochs": 30, "lr": 2e-3, "batch_size": 8, "data": _DATA})
+ARTEFACTS = {
+    "ch13_decoder": _DECODER,
+    "ch13_draft": Artefact("ch13_draft", "chapter 13's one-layer draft model, distilled from its decoder", "model",
+                           run=draft_model, metrics=_validation_loss,
+                           depends=(train_draft, distillation_loss, lm_config, _fresh, lm_data),
+                           params={"seed": 1, "sizes": DRAFT, "epochs": 24, "lr": 3e-3, "batch_size": 8, "data": _DATA},
+                           upstream=(_DECODER,)),
+    "ch13_decoder_gqa2": Artefact("ch13_decoder_gqa2", "chapter 13's decoder with 2 key/value heads (mean-pooled), "
+                                  "uptrained", "model", run=grouped_decoder, metrics=_validation_loss,
+                                  depends=(_grouped_and_uptrained, uptrain, lm_config, _fresh, lm_data),
+                                  params={"seed": 0, "n_kv_heads": GQA_KV_HEADS, "steps": UPTRAIN_STEPS, "lr": 1e-3,
+                                          "batch_size": 8, "data": _DATA},
+                                  upstream=(_DECODER,)),
+}

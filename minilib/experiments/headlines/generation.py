@@ -39,8 +39,8 @@ def _cache_rows(model, prompt):
 
 
 def _gqa_rows(model, base, data):
-    n_kv = model.config.n_heads // 4
-    grouped = grouped_decoder(n_kv)
+    grouped = grouped_decoder()
+    n_kv = grouped.config.n_kv_heads
     smaller = KVCache.for_model(model, 1).nbytes / KVCache.for_model(grouped, 1).nbytes
     worse = 100 * (perplexity(grouped, data.validation) / base - 1)
     return [Headline(f"GQA ({model.config.n_heads} → {n_kv} kv heads) cache × smaller", smaller, GQA_SIZE_TARGET, "×",
