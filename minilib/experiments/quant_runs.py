@@ -1,4 +1,8 @@
-"""The chapter's experiment on the real MiniLM: fp32 vs ``minilib`` int8 vs PyTorch's ``quantize_dynamic`` vs int4.
+"""The chapter's experiment on the real MiniLM: fp32 vs ``minilib`` int8 and int4 vs PyTorch's libraries.
+
+The libraries are reference rows (:mod:`minilib.experiments.library_rows`): PyTorch's deprecated
+``quantize_dynamic`` always, torchao's int8 and int4 with ``torchao=True`` (an
+:class:`minilib.optional.Unavailable` row where torchao is missing; the measuring functions skip it).
 
 Shared by the notebook and ``python -m minilib.bench quant`` so that both measure the same thing:
 size in MB, latency (median, ratios measured interleaved in one run), and output fidelity (cosine
@@ -12,12 +16,14 @@ import torch
 import torch.nn as nn
 
 from minilib.bench import Comparison, compare, model_size_bytes
+from minilib.experiments.library_rows import TORCH_AO_DEPRECATED, torch_ao_dynamic, torchao_variants
+from minilib.optional import Unavailable, runnable
 from minilib.quant.int4 import Int4Linear
 from minilib.quant.int8 import QuantLinear
 from minilib.quant.model import quantize_model
 
-FP32, TORCH_AO, INT8, INT8_COMPILED, INT4 = ("fp32", "torch.ao dynamic int8", "minilib int8",
-                                             "minilib int8 + compile", "minilib int4 weights")
+FP32, INT8, INT8_COMPILED, INT4 = "fp32", "minilib int8", "minilib int8 + compile", "minilib int4 weights"
+TORCH_AO = TORCH_AO_DEPRECATED
 
 
 def real_sentences(n: int = 64, min_words: int = 6, max_words: int = 40) -> list[str]:
@@ -33,22 +39,17 @@ def real_sentences(n: int = 64, min_words: int = 6, max_words: int = 40) -> list
     raise ValueError(f"lm_text() has only {len(sentences)} sentences of {min_words}-{max_words} words, asked for {n}")
 
 
-def torch_ao_dynamic(model: nn.Module) -> nn.Module:
-    """PyTorch's reference: ``torch.ao.quantization.quantize_dynamic`` (int8 per-tensor weights and activations)."""
-    import warnings
-
-    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao; still the reference here
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
-
-
-def quantized_variants(model: nn.Module, compiled: bool = False, skip=()) -> dict[str, nn.Module]:
-    """The float model and its quantized versions, all in eval mode. ``compiled`` adds the torch.compile int8 path."""
+def quantized_variants(model: nn.Module, compiled: bool = False, skip=(), torchao: bool = False
+                       ) -> dict[str, nn.Module | Unavailable]:
+    """The float model and its quantized versions, all in eval mode. ``compiled`` adds the torch.compile int8
+    path, ``torchao`` the three torchao rows (each an Unavailable where torchao cannot build it)."""
     variants = {FP32: model.eval(), TORCH_AO: torch_ao_dynamic(model).eval(),
                 INT8: quantize_model(model, bits=8, skip=skip).eval()}
     if compiled:
         variants[INT8_COMPILED] = quantize_model(model, bits=8, skip=skip, compiled=True).eval()
     variants[INT4] = quantize_model(model, bits=4, skip=skip).eval()
+    if torchao:
+        variants.update(torchao_variants(model))
     return variants
 
 
@@ -60,22 +61,25 @@ def linear_weight_bytes(model: nn.Module) -> int:
 
 
 def sizes_mb(variants: dict[str, nn.Module]) -> dict[str, float]:
-    """Whole-model size in MB (weights, buffers and packed integers at their real size)."""
-    return {name: model_size_bytes(m) / 1e6 for name, m in variants.items()}
+    """Whole-model size in MB (weights, buffers and packed integers at their real size); Unavailable rows skipped."""
+    return {name: model_size_bytes(m) / 1e6 for name, m in runnable(variants).items()}
 
 
 def embedding_cosines(variants: dict[str, nn.Module], tokenizer, sentences: list[str]) -> dict[str, torch.Tensor]:
-    """Per sentence, cosine similarity of each variant's sentence embedding to the fp32 one: ``(n_sentences,)``."""
+    """Per sentence, cosine similarity of each variant's sentence embedding to the fp32 one: ``(n_sentences,)``.
+    Unavailable rows are skipped."""
     from minilib.hf import sentence_embeddings
 
     reference = sentence_embeddings(variants[FP32], tokenizer, sentences)
     return {name: (sentence_embeddings(m, tokenizer, sentences) * reference).sum(-1)
-            for name, m in variants.items() if name != FP32}
+            for name, m in runnable(variants).items() if name != FP32}
 
 
 def latency(variants: dict[str, nn.Module], batch: int = 32, seq: int = 128, warmup: int = 1, repeats: int = 5,
             vocab_size: int = 30522) -> Comparison:
-    """Interleaved timing of one forward pass on ``(batch, seq)`` random token ids; ratios against fp32."""
+    """Interleaved timing of one forward pass on ``(batch, seq)`` random token ids; ratios against fp32.
+    Unavailable rows are skipped."""
+    variants = runnable(variants)
     ids = torch.randint(1, vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))  # 0 is padding
     mask = torch.ones_like(ids)
     with torch.inference_mode():
