@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from minilib.arch import FactorisedEmbedding
+from minilib.device import model_device
 from minilib.train import fit, trim_padding
 from minilib.transformer import Classifier, Encoder
 
@@ -200,7 +201,7 @@ def teacher_targets(teacher: Classifier, data: TensorDataset, hidden_layers: lis
     (n, len(layers), heads, seq, seq), stored in float16 to halve their memory.
     """
     input_ids, attention_mask, labels = data.tensors
-    device = next(teacher.parameters()).device
+    device = model_device(teacher)
     outputs: dict[str, list[torch.Tensor]] = {"logits": [], "hidden": [], "attention": []}
     teacher.eval()
     with torch.no_grad():

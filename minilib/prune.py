@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from minilib.device import model_device
 from minilib.layer_parts import encoder_layer_parts
 
 # --------------------------------------------------------------------------------------------------
@@ -407,7 +408,7 @@ def _importance(model, data, loss_fn, batch_size, max_batches, of: str, normaliz
 
     loss_fn = loss_fn or classification_loss
     layers = encoder_layer_parts(model)
-    device = next(model.parameters()).device
+    device = model_device(model)
     counts = [p.n_heads if of == "heads" else p.n_neurons for p in layers]
     gate_list = [torch.ones(n, device=device, requires_grad=True) for n in counts]
     totals = [torch.zeros(n, device=device) for n in counts]

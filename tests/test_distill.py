@@ -14,6 +14,7 @@ from minilib.distill import (UNLABELLED, Distiller, attention_loss, distill, dis
                              teacher_targets)
 from minilib.experiments.distill_runs import (METHODS, StudentRun, accuracy_by, chapter_student, hide_labels,
                                               latency_comparison, run_students, train_student)
+from minilib.train import predict_logits
 from minilib.transformer import Classifier, Encoder, TransformerConfig
 
 
@@ -249,9 +250,8 @@ def test_teacher_targets_store_the_teachers_outputs():
 
 
 def agreement(student, teacher, data):
-    ids, mask, _ = data.tensors
-    with torch.no_grad():
-        return (student(ids, mask).argmax(-1) == teacher(ids, mask).argmax(-1)).float().mean().item()
+    """How often the two predict the same class; each may be on its own device (distill trains on CUDA if present)."""
+    return (predict_logits(student, data).argmax(-1) == predict_logits(teacher, data).argmax(-1)).float().mean().item()
 
 
 @pytest.mark.parametrize("hidden_weight, attention_weight", [(0.0, 0.0), (1.0, 1.0)])

@@ -2,7 +2,7 @@
 import nbformat
 import pytest
 
-from minilib.course.notebook_runner import CellFailed, run_cells
+from minilib.course.notebook_runner import CellFailed, kernel_environment, run_cells
 
 
 def notebook(*sources):
@@ -31,3 +31,16 @@ def test_stops_at_the_first_failure_and_names_the_cell(tmp_path, source, reason,
         run_cells(nb, tmp_path, timeout=8)
     assert (failure.value.index, failure.value.reason, str(failure.value)) == (2, reason, text)
     assert nb.cells[1].outputs == [{"data": {"text/plain": "2"}}] and nb.cells[3].outputs == []
+
+
+def test_figures_show_and_packages_import_whatever_the_calling_shell_set(tmp_path, monkeypatch):
+    """A headless shell often sets MPLBACKEND=Agg, and a service's image may find packages via PYTHONPATH
+    (as the course's GPU check does): the kernel still draws inline and still finds what this Python finds."""
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    env = kernel_environment({"MPLBACKEND": "Agg", "PATH": "/usr/bin:/bin"})
+    assert env["PYTHONPATH"] == str(tmp_path / "site") and env["MPLBACKEND"].endswith("backend_inline")
+    assert kernel_environment({"PYTHONPATH": "/given"})["PYTHONPATH"] == "/given"
+    monkeypatch.delenv("PYTHONPATH")
+    nb = notebook("import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()")
+    run_cells(nb, tmp_path, timeout=60, env={"MPLBACKEND": "Agg", "PATH": "/usr/bin:/bin"})
+    assert "image/png" in nb.cells[1].outputs[0]["data"]

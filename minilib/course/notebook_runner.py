@@ -37,11 +37,11 @@ def run_cells(notebook, cwd: Path, timeout: float, env: dict | None = None) -> N
     """Execute the code cells of ``notebook`` (an nbformat node) in order, in at most ``timeout`` seconds.
 
     Each code cell's ``outputs`` become ``[{"data": {mime type: value}}, ...]`` (displays and results).
-    ``cwd``: the kernel's working folder; ``env``: its environment (default: this process's).
-    Raises :class:`CellFailed` at the first error, at the time limit, or if the kernel dies.
+    ``cwd``: the kernel's working folder; ``env``: its environment (default: this process's), see
+    :func:`kernel_environment`. Raises :class:`CellFailed` at the first error, at the time limit, or if the kernel dies.
     """
     manager = KernelManager(kernel_name=THIS_PYTHON, kernel_spec_manager=_ThisPythonOnly())
-    manager.start_kernel(cwd=str(cwd), env=dict(os.environ if env is None else env))
+    manager.start_kernel(cwd=str(cwd), env=kernel_environment(os.environ if env is None else env))
     client = manager.client()
     client.start_channels()
     try:
@@ -53,6 +53,21 @@ def run_cells(notebook, cwd: Path, timeout: float, env: dict | None = None) -> N
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
+
+
+def kernel_environment(env) -> dict:
+    """``env`` as a notebook kernel of this Python needs it, whatever the shell that started us set.
+
+    * ``PYTHONPATH`` of this process is kept when ``env`` has none: where the packages are found
+      through it (a service's image, the course's GPU check), the kernel could not even import ipykernel.
+    * Figures are drawn inline, as in Jupyter: ``MPLBACKEND=Agg`` (usual on headless machines) would
+      make ``plt.show()`` draw nothing, and a notebook would lose every plot.
+    """
+    env = dict(env)
+    if "PYTHONPATH" in os.environ:
+        env.setdefault("PYTHONPATH", os.environ["PYTHONPATH"])
+    env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    return env
 
 
 def _run_cell(manager, client, source: str, index: int, deadline: float) -> list[dict]:

@@ -37,12 +37,15 @@ def sparse_vs_dense(
     seed: int = 0,
 ) -> list[MatmulPoint]:
     """Measure ``W @ x`` with W ``(out, in)`` pruned by magnitude and x ``(in, tokens)``: dense vs ``torch.sparse``
-    CSR, interleaved with :func:`minilib.bench.compare`, at each sparsity. Defaults: a MiniLM FFN matrix."""
+    CSR, interleaved with :func:`minilib.bench.compare`, at each sparsity. Defaults: a MiniLM FFN matrix.
+
+    On the CPU, always: the lesson is the CPU's sparse kernel (a GPU has other kernels, another crossover).
+    """
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(in_features, tokens, generator=generator)
+    x = torch.randn(in_features, tokens, generator=generator, device="cpu")
     points = []
     for sparsity in sparsities:
-        weight = torch.randn(out_features, in_features, generator=generator)
+        weight = torch.randn(out_features, in_features, generator=generator, device="cpu")
         weight = weight * magnitude_mask(weight, sparsity)
         csr = to_csr(weight)
         with torch.inference_mode():
