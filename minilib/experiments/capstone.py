@@ -29,6 +29,7 @@ from torch.utils.data import TensorDataset
 from minilib.arch import task_token_ids, trim_vocabulary
 from minilib.bench import model_size_bytes, time_fn
 from minilib.cache import cached_model
+from minilib.device import model_device, to_device
 from minilib.distill import distill, student_from_teacher
 from minilib.experiments.picker import Budget, Candidate
 from minilib.experiments.zoo import TEACHER_VERSION
@@ -134,7 +135,8 @@ def latency_seconds(model: nn.Module, target, data: TensorDataset, repeats: int 
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a classifier (an nn.Module), got {type(model).__name__}")
     model.eval()
-    input_ids, attention_mask = trim_padding(*[t[:target.batch_size] for t in data.tensors[:2]])
+    input_ids, attention_mask = to_device(trim_padding(*[t[:target.batch_size] for t in data.tensors[:2]]),
+                                          model_device(model))
     with threads(target.threads), torch.inference_mode():
         return time_fn(lambda: model(input_ids, attention_mask), warmup=2, repeats=repeats).median
 

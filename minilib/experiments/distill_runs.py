@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from minilib.bench import compare
 from minilib.cache import cache_dir
+from minilib.device import model_device, to_device
 from minilib.distill import UNLABELLED, distill, layer_map, student_from_teacher, teacher_targets
 from minilib.train import accuracy, fit
 from minilib.transformer import Classifier
@@ -186,9 +187,11 @@ def latency_comparison(models: dict[str, nn.Module], data: TensorDataset, batch_
     input_ids, attention_mask = data.tensors[0][:batch_size], data.tensors[1][:batch_size]
 
     def infer(model):
+        batch = to_device((input_ids, attention_mask), model_device(model))
+
         def run():
             with torch.no_grad():
-                model(input_ids, attention_mask)
+                model(*batch)
         return run
 
     for model in models.values():
