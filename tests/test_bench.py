@@ -1,7 +1,7 @@
 """The measurement kit: statistics, interleaving, FLOP counts against PyTorch's own counter,
 sizes, peak memory, the headline runner and the notebook budget command. No timing is asserted."""
 import sys
-import textwrap
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig, BertModel
 
 from minilib import bench
-from minilib.bench import (Comparison, Timing, attention_flops, compare, encoder_flops, linear_flops,
+from minilib.bench import (Comparison, Headline, Timing, attention_flops, compare, encoder_flops, linear_flops,
                            model_size_bytes, param_count, peak_matmul_gflops, peak_memory, time_fn)
 from minilib.course import notebook_budget as notebook_budgets
 from minilib.experiments import headlines as headline_runner
@@ -231,37 +231,39 @@ def test_peak_memory_rejects_a_non_function():
 
 # ----------------------------------------------------------------------------------- headlines CLI
 @pytest.fixture
-def fake_headlines(tmp_path, monkeypatch):
-    package = tmp_path / "fake_heads"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "good.py").write_text(textwrap.dedent("""
-        from minilib.bench import Headline
-        def headlines():
-            return [Headline("fast thing", 2.0, 1.5, "×", True, "n=2048"),
-                    Headline("small thing", 3.0, 4.0, "×", False)]
-    """))
-    (package / "broken.py").write_text("def headlines():\n    raise RuntimeError('kernel exploded')\n")
-    (package / "nofunction.py").write_text("X = 1\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return "fake_heads"
+def fake_chapters():
+    def good():
+        return [Headline("fast thing", 2.0, 1.5, "×", True, "n=2048"), Headline("small thing", 3.0, 4.0, "×", False)]
+
+    def broken():
+        raise RuntimeError("kernel exploded")
+
+    def not_headlines():
+        return [("fast thing", 2.0)]
+
+    return {"good": good, "broken": broken, "wrong": not_headlines}
 
 
-def test_headline_runner_reports_failures_without_crashing(fake_headlines):
-    assert headline_runner.available(fake_headlines) == ["broken", "good", "nofunction"]
-    results = {r.name: r for r in headline_runner.run(package=fake_headlines)}
+def test_headline_runner_reports_failures_without_crashing(fake_chapters):
+    results = {r.name: r for r in headline_runner.run(chapters=fake_chapters)}
+    assert list(results) == ["broken", "good", "wrong"]
     assert not results["good"].passed and len(results["good"].headlines) == 2
     assert "RuntimeError: kernel exploded" in results["broken"].error
-    assert "must define headlines()" in results["nofunction"].error
+    assert "must return Headline objects" in results["wrong"].error
     text = headline_runner.table(list(results.values()))
     assert "PASS" in text and "MISS" in text and "ERROR" in text and "kernel exploded" in text
 
 
-def test_headline_runner_runs_one_file_and_rejects_unknown_names(fake_headlines):
-    (result,) = headline_runner.run(["good"], package=fake_headlines)
+def test_headline_runner_runs_one_file_and_rejects_unknown_names(fake_chapters):
+    (result,) = headline_runner.run(["good"], chapters=fake_chapters)
     assert [h.name for h in result.headlines] == ["fast thing", "small thing"]
     with pytest.raises(ValueError, match="no headline module named 'nope'.*available"):
-        headline_runner.run(["nope"], package=fake_headlines)
+        headline_runner.run(["nope"], chapters=fake_chapters)
+
+
+def test_every_headline_module_is_listed():
+    folder = Path(headline_runner.__file__).parent
+    assert sorted(headline_runner.CHAPTERS) == sorted(p.stem for p in folder.glob("[!_]*.py"))
 
 
 def test_cli_rejects_an_unknown_headline_file(capsys):

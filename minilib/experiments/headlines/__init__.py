@@ -2,17 +2,24 @@
 
 Each module defines ``headlines() -> list[Headline]``: it measures its chapter's claims on this
 machine (e.g. "memory-efficient attention within 1.5× of PyTorch's fused kernel at n = 2048") and
-says whether each met its target. ``python -m minilib.bench`` runs them all; a module that fails
-is reported as a failed row, never a crash of the whole run.
+says whether each met its target. :data:`CHAPTERS` lists them (a new chapter's module is added there);
+``python -m minilib.bench`` runs them all, and one that fails is reported as a failed row, never a
+crash of the whole run.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import traceback
 from dataclasses import dataclass
+from typing import Callable
 
 from minilib.bench import Headline, _text_table
+from minilib.experiments.headlines import arch, attention, distill, generation, linear, prune, quant, sparse
+
+CHAPTERS: dict[str, Callable[[], list[Headline]]] = {
+    module.__name__.rsplit(".", 1)[-1]: module.headlines
+    for module in (arch, attention, distill, generation, linear, prune, quant, sparse)
+}
+"""Each headline module's name and its ``headlines()`` function."""
 
 
 @dataclass
@@ -28,36 +35,27 @@ class FileResult:
         return self.error is None and all(h.passed for h in self.headlines)
 
 
-def available(package: str = __name__) -> list[str]:
-    """Names of the headline modules in ``package`` (this package by default), sorted."""
-    path = importlib.import_module(package).__path__
-    return sorted(info.name for info in pkgutil.iter_modules(path) if not info.name.startswith("_"))
-
-
-def run_file(name: str, package: str = __name__) -> FileResult:
-    """Import ``package.name`` and call its ``headlines()``; any exception becomes ``FileResult.error``."""
+def run_file(name: str, headlines: Callable[[], list[Headline]]) -> FileResult:
+    """Call one module's ``headlines()``; any exception becomes ``FileResult.error``."""
     try:
-        module = importlib.import_module(f"{package}.{name}")
-        if not callable(getattr(module, "headlines", None)):
-            raise TypeError(f"{module.__name__} must define headlines() -> list[Headline]")
-        headlines = list(module.headlines())
-        for headline in headlines:
-            if not isinstance(headline, Headline):
-                raise TypeError(f"headlines() must return Headline objects, got {type(headline).__name__}")
-        return FileResult(name, headlines)
+        rows = list(headlines())
+        for row in rows:
+            if not isinstance(row, Headline):
+                raise TypeError(f"headlines() must return Headline objects, got {type(row).__name__}")
+        return FileResult(name, rows)
     except Exception as error:  # report and carry on: one broken chapter must not hide the others
         where = traceback.extract_tb(error.__traceback__)[-1]
         return FileResult(name, [], f"{type(error).__name__}: {error} ({where.filename}:{where.lineno})")
 
 
-def run(names: list[str] | None = None, package: str = __name__) -> list[FileResult]:
-    """Run the named headline modules (all of them by default)."""
-    known = available(package)
-    names = known if not names else names
-    unknown = [name for name in names if name not in known]
+def run(names: list[str] | None = None,
+        chapters: dict[str, Callable[[], list[Headline]]] = CHAPTERS) -> list[FileResult]:
+    """Run the named headline modules of ``chapters`` (all of them by default), in name order."""
+    names = sorted(chapters) if not names else names
+    unknown = [name for name in names if name not in chapters]
     if unknown:
-        raise ValueError(f"no headline module named {', '.join(map(repr, unknown))}; available: {known}")
-    return [run_file(name, package) for name in names]
+        raise ValueError(f"no headline module named {', '.join(map(repr, unknown))}; available: {sorted(chapters)}")
+    return [run_file(name, chapters[name]) for name in names]
 
 
 def table(results: list[FileResult]) -> str:
