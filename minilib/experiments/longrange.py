@@ -11,7 +11,7 @@ the message to position 0, often hundreds of tokens away:
 - window + 1 global token: [CLS] is global, it sees everything again;
 - linear attention: [CLS] sees everything through the sums S, z — but blurred.
 
-:func:`long_range_dataset` generates the data (registered as ``load_dataset("long_range")``),
+:func:`long_range_dataset` generates the data,
 :func:`long_range_experiment` trains one small model per attention and returns the accuracy table.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from minilib.cache import cached_model
-from minilib.data import Splits, register_dataset
+from minilib.data import Splits
 from minilib.linear_attention import linear_attention
 from minilib.sparse import sliding_window_attention
 from minilib.train import fit, predict_logits, set_seed
@@ -68,9 +68,6 @@ def long_range_dataset(seed=0, seq_len=512, sizes=(1000, 300, 300), n_classes=4,
         raise ValueError(f"sizes must be (train, validation, test), got {sizes!r}")
     return Splits(*(long_range_examples(size, seq_len, n_classes, signal_len, n_fillers, seed=3 * seed + i)
                     for i, size in enumerate(sizes)))
-
-
-register_dataset("long_range", long_range_dataset)
 
 
 def message_distance(input_ids, n_fillers=1):
