@@ -32,9 +32,8 @@ from minilib.course.checks.ch10_hf import check_predict_label, check_freeze_all_
 from minilib.course.checks.ch11_eval import (check_perplexity_from_logits, check_clipped_matches,
                                              check_brevity_penalty, check_lcs_length, check_pareto_points)
 from minilib.course.checks.ch12_capstone import check_throughput_per_core, check_shortfall, check_changed_fraction
-from minilib.course.checks.ch13_generation import (check_kv_cache_bytes, check_cached_attention_step,
-                                                   check_accepted_count, check_q8_0)
-# the "build it" exercises (a module-scale answer per chapter, 02-12)
+from minilib.course.checks.ch13_generation import check_kv_cache_bytes, check_accepted_count, check_q8_0
+# the "build it" exercises (a module-scale answer per chapter, 02-13)
 from minilib.course.checks.ch02_build_it import check_multihead_attention
 from minilib.course.checks.ch03_build_it import check_encoder_layer
 from minilib.course.checks.ch04_build_it import check_blocked_window_attention
@@ -46,3 +45,4 @@ from minilib.course.checks.ch09_build_it import check_grouped_ffn
 from minilib.course.checks.ch10_build_it import check_fine_tune_head_and_export
 from minilib.course.checks.ch11_build_it import check_corpus_bleu
 from minilib.course.checks.ch12_build_it import check_plan_for_budget
+from minilib.course.checks.ch13_build_it import check_cached_attention_step
