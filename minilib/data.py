@@ -10,18 +10,18 @@ Nothing here downloads. Three tasks:
 * **lm_text**: English prose shipped with Python itself (``pydoc_data.topics``, about 465 KB),
   for character-level language modelling.
 
-``load_dataset(name, seed=0, **kw)`` reaches any of them by name; chapters add their own tasks with
-``register_dataset(name, fn)``.
+Each task has its own function (:func:`sentiment_dataset`, :func:`translation_dataset`,
+:func:`char_lm_dataset`); chapters that need another task generate it in their own experiment module
+(chapter 04's long-range task: :mod:`minilib.experiments.longrange`).
 """
 from __future__ import annotations
 
 import datetime
 import functools
-import importlib
 import random
 import re
 import string
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from torch.utils.data import TensorDataset
@@ -377,43 +377,3 @@ def char_lm_dataset(block_size: int = 64, seed: int = 0,
             raise ValueError(f"block_size={block_size} is longer than every document of a split")
         parts.append(TensorDataset(ids[:, :-1], ids[:, 1:]))
     return CharLMData(*parts, vocab)
-
-
-# ------------------------------------------------------------------------------------------------
-# The registry
-# ------------------------------------------------------------------------------------------------
-
-_REGISTRY: dict[str, Callable] = {
-    "sentiment": sentiment_dataset,
-    "sentiment_examples": sentiment_examples,
-    "translation": translation_dataset,
-    "lm_text": char_lm_dataset,
-}
-
-
-def register_dataset(name: str, fn: Callable, overwrite: bool = False) -> None:
-    """Make ``load_dataset(name, seed=..., **kw)`` call ``fn(seed=..., **kw)``."""
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"name must be a non-empty str, got {name!r}")
-    if not callable(fn):
-        raise TypeError(f"fn must be callable (seed=..., **kw) -> dataset, got {type(fn).__name__}")
-    if name in _REGISTRY and _REGISTRY[name] is not fn and not overwrite:
-        raise ValueError(f"a dataset named {name!r} is already registered; pass overwrite=True to replace it")
-    _REGISTRY[name] = fn
-
-
-CHAPTER_DATASET_MODULES = ("minilib.experiments.longrange",)   # chapter modules that register their own generators
-
-
-def dataset_names() -> list[str]:
-    """The names :func:`load_dataset` knows, including those that chapter modules register."""
-    for module in CHAPTER_DATASET_MODULES:
-        importlib.import_module(module)            # imported here, not at the top: they import this module
-    return sorted(_REGISTRY)
-
-
-def load_dataset(name: str, seed: int = 0, **kw):
-    """The dataset registered as ``name``, e.g. ``load_dataset("translation", seed=1)``."""
-    if name not in dataset_names():
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
-    return _REGISTRY[name](seed=seed, **kw)

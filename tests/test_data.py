@@ -8,8 +8,7 @@ import torch
 
 from minilib import data
 from minilib.data import (NEGATIVE, POSITIVE, CharVocab, Example, char_lm_dataset, date_formats, encode_examples,
-                          lm_text, load_dataset, register_dataset, sentiment_dataset, sentiment_examples,
-                          translation_dataset, translation_pairs)
+                          lm_text, sentiment_dataset, sentiment_examples, translation_dataset, translation_pairs)
 
 
 @pytest.fixture(scope="module")
@@ -199,43 +198,3 @@ def test_char_lm_bad_arguments():
         char_lm_dataset(block_size=0)
     with pytest.raises(ValueError, match="fractions"):
         char_lm_dataset(fractions=(0.5, 0.5, 0.5))
-
-
-# ---------------------------------------------------------------------------------------------- registry
-
-def test_load_dataset_by_name():
-    assert load_dataset("sentiment_examples", seed=2) == sentiment_examples(seed=2)
-    assert load_dataset("translation", seed=0).train.tensors[1].equal(translation_dataset(seed=0).train.tensors[1])
-    assert load_dataset("lm_text", block_size=16).train.tensors[0].shape[1] == 16
-
-
-def test_unknown_dataset_lists_the_names():
-    with pytest.raises(ValueError, match="unknown dataset 'imdb'.*sentiment.*translation"):
-        load_dataset("imdb")
-
-
-def test_register_dataset():
-    def toy(seed=0, n=3):
-        return list(range(seed, seed + n))
-
-    register_dataset("toy_for_test", toy)
-    try:
-        assert load_dataset("toy_for_test", seed=5, n=2) == [5, 6]
-        register_dataset("toy_for_test", toy)  # registering the same function again is harmless
-        with pytest.raises(ValueError, match="already registered"):
-            register_dataset("toy_for_test", lambda seed=0: None)
-        with pytest.raises(TypeError, match="callable"):
-            register_dataset("other", 42)
-        with pytest.raises(TypeError, match="non-empty str"):
-            register_dataset("", toy)
-    finally:
-        data._REGISTRY.pop("toy_for_test")
-
-
-def test_chapter_datasets_load_without_importing_their_module_first():
-    import subprocess
-    import sys
-
-    code = "from minilib.data import load_dataset; print(len(load_dataset('long_range').train))"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0 and int(done.stdout) > 0, done.stderr

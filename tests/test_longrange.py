@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-from minilib.data import load_dataset
 from minilib.experiments.longrange import (CLS, FIRST_FILLER, attentions, long_range_dataset, long_range_examples,
                                long_range_model, message_distance, results_table, LongRangeResult)
 
@@ -25,12 +24,6 @@ def test_every_sequence_has_cls_fillers_and_one_message_of_its_label(seq_len, n_
     for row, start, label in zip(input_ids, starts, labels):
         assert (row[start:start + signal_len] == FIRST_FILLER + n_fillers + label).all()     # one contiguous message
     assert set(labels.tolist()) == set(range(n_classes))
-
-
-def test_registered_with_load_dataset():
-    splits = load_dataset("long_range", seed=2, seq_len=64, sizes=(10, 5, 6))
-    assert [len(s) for s in splits] == [10, 5, 6]
-    assert torch.equal(splits.train.tensors[0], long_range_dataset(seed=2, seq_len=64, sizes=(10, 5, 6)).train.tensors[0])
 
 
 @pytest.mark.parametrize("call, message", [
