@@ -281,7 +281,8 @@ def _causal_after_past(attn_mask, n_q, n_k, device):
     """Causal mask for n_q new queries after n_k - n_q cached positions: query i sees keys ≤ past + i.
 
     (PyTorch's ``is_causal`` aligns query 0 with key 0, which is only right without a past.)
-    Returns (bool mask (n_q, n_k) combined with ``attn_mask``, or None when one new query sees every key).
+    Returns a bool mask (n_q, n_k) combined with ``attn_mask``; one new query sees every key, so then
+    ``attn_mask`` comes back unchanged.
     """
     if n_q == 1:
         return attn_mask
