@@ -1,4 +1,4 @@
-"""Lighter architectures (seed §3.3): the same encoder, made cheaper by design rather than after training.
+"""Lighter architectures (chapter 09): the same encoder, made cheaper by design rather than after training.
 
 Each variant is a small change to :class:`minilib.transformer.Encoder`, so every chapter's tools
 (the classifier head, training, benchmarks, distillation, quantization) work on all of them:

@@ -1,4 +1,4 @@
-"""Attention, written plainly (seed §2.2, §4.1).
+"""Attention, written plainly (chapter 02).
 
     Attention(Q, K, V) = softmax(QKᵀ / √d_k) V
 

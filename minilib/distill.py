@@ -1,4 +1,4 @@
-"""Knowledge distillation: a small student learns to imitate a large teacher (seed §3.1).
+"""Knowledge distillation: a small student learns to imitate a large teacher (chapter 06).
 
 The pieces, in the order the chapter uses them:
 

@@ -1,4 +1,4 @@
-"""Exporting a classifier to ONNX and running it with ONNX Runtime (seed §7: deployment tools).
+"""Exporting a classifier to ONNX and running it with ONNX Runtime (chapter 10).
 
 ONNX is a file format for a computation graph plus its weights; ONNX Runtime (and NVIDIA Triton,
 TensorRT, phones' runtimes...) run that file without Python or PyTorch. The round trip:

@@ -1,4 +1,4 @@
-"""Linear attention (seed §3.2): attention whose cost grows as n, not n².
+"""Linear attention (chapter 05): attention whose cost grows as n, not n².
 
 Softmax attention weighs value j for query i by sim(q_i, k_j) = exp(q_i·k_j/√d):
 

@@ -1,4 +1,4 @@
-"""Evaluation metrics from scratch (seed §9.2): perplexity, BLEU and ROUGE.
+"""Evaluation metrics from scratch (chapter 11): perplexity, BLEU and ROUGE.
 
 Each function is written plainly, with the formula next to the line that computes it, and is tested
 against the reference implementation the field uses:

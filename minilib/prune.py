@@ -1,4 +1,4 @@
-"""Pruning: removing weights, heads and neurons from a Transformer (seed §3.1).
+"""Pruning: removing weights, heads and neurons from a Transformer (chapter 08).
 
 Two families, with very different effects on speed:
 

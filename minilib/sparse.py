@@ -1,4 +1,4 @@
-"""Sparse attention (seed §3.2, §4.2): each query looks at only some of the keys.
+"""Sparse attention (chapter 04): each query looks at only some of the keys.
 
 The seed names two patterns, *local attention* (each position looks at the positions around it)
 and *global attention* (a few positions look at, and are looked at by, everything). Their

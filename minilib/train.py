@@ -1,4 +1,4 @@
-"""Training: one small fit loop with the tricks that make Transformers train (seed §9.3).
+"""Training: one small fit loop with the tricks that make Transformers train (chapter 03).
 
 * **AdamW**: Adam with weight decay applied to the weights directly (Loshchilov & Hutter, 2019);
   biases and LayerNorm gains are not decayed.

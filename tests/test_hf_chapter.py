@@ -1,4 +1,4 @@
-"""Chapter 10's pieces: the seed's §5 example offline, and the ONNX export round trip (minilib.export)."""
+"""Chapter 10's pieces: the Hugging Face quick-start example offline, and the ONNX export round trip (minilib.export)."""
 import os
 import subprocess
 import sys

@@ -1,4 +1,4 @@
-"""minilib.experiments.picker: budgets, the Pareto front and measuring classifiers (seed §9.1)."""
+"""minilib.experiments.picker: budgets, the Pareto front and measuring classifiers (chapters 09 to 12)."""
 import math
 
 import matplotlib

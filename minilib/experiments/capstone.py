@@ -1,4 +1,4 @@
-"""The capstone (seed §6, §8): compress one model until it fits a deployment target, and say what it cost.
+"""The capstone (chapter 12): compress one model until it fits a deployment target, and say what it cost.
 
 A deployment target is a *stated budget*, measured the way that device runs the model:
 
@@ -79,7 +79,7 @@ TARGETS = {
     "edge box": Target("edge box", batch_size=8, threads=2, max_latency_ms=50, min_accuracy=0.9),
     "cloud": Target("cloud", batch_size=32, threads=1, min_accuracy=0.95),
 }
-"""The three targets of seed §6. The cloud one has no latency limit: its score is throughput per core."""
+"""The three deployment targets of chapter 12 (a phone, an edge device, the cloud). The cloud one has no latency limit: its score is throughput per core."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Choosing a model under a budget (seed §9.1): measure the candidates, keep the Pareto front, pick.
+"""Choosing a model under a budget (chapters 09 to 12): measure the candidates, keep the Pareto front, pick.
 
 "For resource-limited settings choose a smaller, faster model": this module makes that sentence a
 procedure. Every candidate is measured the same way (:func:`measure_classifiers`): latency of one batch
