@@ -199,6 +199,14 @@ def test_bad_inputs_raise_clear_errors(target):
         speculative_generate(target, target, _prompt(2, 4), 5)
     with pytest.raises(ValueError, match="bits must be 8 or 4"):
         QuantizedKVCache(1, 1, 1, 8, 4, bits=2)
+    with pytest.raises(ValueError, match=r"seq ≥ 1, got \(2, 0\)"):
+        generate(target, torch.zeros(2, 0, dtype=torch.long), 5)
+
+
+def test_no_new_tokens_returns_the_prompt(target):
+    prompt = _prompt(2, 5)
+    assert torch.equal(generate(target, prompt, 0), prompt)
+    assert torch.equal(speculative_generate(target, target, prompt[:1], 0).tokens, prompt[:1])
 
 
 # ------------------------------------------------------------------ attention dropout with plug-in functions
