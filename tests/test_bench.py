@@ -233,7 +233,7 @@ def test_peak_memory_rejects_a_non_function():
 @pytest.fixture
 def fake_chapters():
     def good():
-        return [Headline("fast thing", 2.0, 1.5, "×", True, "n=2048"), Headline("small thing", 3.0, 4.0, "×", False)]
+        return [Headline.at_least("fast thing", 2.0, 1.5, "×", "n=2048"), Headline.at_least("small thing", 3.0, 4.0, "×")]
 
     def broken():
         raise RuntimeError("kernel exploded")
@@ -259,6 +259,15 @@ def test_headline_runner_runs_one_file_and_rejects_unknown_names(fake_chapters):
     assert [h.name for h in result.headlines] == ["fast thing", "small thing"]
     with pytest.raises(ValueError, match="no headline module named 'nope'.*available"):
         headline_runner.run(["nope"], chapters=fake_chapters)
+
+
+def test_headline_passes_by_the_comparison_its_target_names():
+    assert Headline.at_least("x", 1.6, 1.6, "×").passed and not Headline.at_least("x", 1.59, 1.6, "×").passed
+    assert Headline.at_most("x", 2.2, 2.2, "×").passed and not Headline.at_most("x", 2.3, 2.2, "×").passed
+    assert [Headline.about("x", r, 1.0, "×").passed for r in (0.79, 0.8, 1.25, 1.26)] == [False, True, True, False]
+    assert not Headline.at_least("x", 2.0, 1.6, "×", also=False).passed       # e.g. the tokens differed
+    assert not Headline.at_most("x", float("nan"), 0.999, "sparsity").passed  # nothing measured: no pass
+    assert Headline.at_most("x", 1.0, 2.0, "×").goal == "≤"
 
 
 def test_every_headline_module_is_listed():

@@ -165,7 +165,12 @@ def compare(variants: dict[str, Callable[[], object]], baseline: str | None = No
 
 @dataclass
 class Headline:
-    """One row of ``python -m minilib.bench``: a measured figure against the course's target."""
+    """One row of ``python -m minilib.bench``: a measured figure against the course's target.
+
+    Build rows with :meth:`at_least`, :meth:`at_most` or :meth:`about`: each writes the target once and
+    derives ``passed`` from the comparison it names (a NaN measurement never passes); ``also`` is a
+    further condition the claim needs, such as "and the fast path gave the same tokens".
+    """
 
     name: str
     measured: float
@@ -173,6 +178,23 @@ class Headline:
     unit: str
     passed: bool
     detail: str = ""
+    goal: str = ""  # how measured compares with target: "≥", "≤" or "≈"
+
+    @classmethod
+    def at_least(cls, name: str, measured: float, target: float, unit: str, detail: str = "",
+                 also: bool = True) -> "Headline":
+        return cls(name, measured, target, unit, bool(measured >= target) and also, detail, "≥")
+
+    @classmethod
+    def at_most(cls, name: str, measured: float, target: float, unit: str, detail: str = "",
+                also: bool = True) -> "Headline":
+        return cls(name, measured, target, unit, bool(measured <= target) and also, detail, "≤")
+
+    @classmethod
+    def about(cls, name: str, measured: float, target: float, unit: str, detail: str = "",
+              low: float = 0.8, high: float = 1.25) -> "Headline":
+        """Passes within ``low``·target to ``high``·target: "no gain and no loss" claims, where noise is expected."""
+        return cls(name, measured, target, unit, bool(low * target <= measured <= high * target), detail, "≈")
 
 
 # ------------------------------------------------------------------------------ the machine itself

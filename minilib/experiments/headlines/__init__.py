@@ -65,6 +65,6 @@ def table(results: list[FileResult]) -> str:
         if result.error is not None:
             rows.append((result.name, "(headlines() failed)", "", "", "ERROR", result.error))
         for h in result.headlines:
-            rows.append((result.name, h.name, f"{h.measured:.3g} {h.unit}", f"{h.target:.3g} {h.unit}",
+            rows.append((result.name, h.name, f"{h.measured:.3g} {h.unit}", f"{h.goal} {h.target:.3g} {h.unit}".strip(),
                          "PASS" if h.passed else "MISS", h.detail))
     return _text_table(("file", "headline", "measured", "target", "result", "detail"), rows)

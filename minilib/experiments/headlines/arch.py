@@ -28,11 +28,10 @@ def headlines():
     flops = {name: count_flops(m, SEQ) for name, m in designs.items()}
     shape = f"batch {BATCH}, seq {SEQ}"
     return [
-        Headline(f"ALBERT sharing: × faster ({shape}; about 1 = saves no time)", timing.ratio("shared"), 1.0, "×",
-                 0.8 <= timing.ratio("shared") <= 1.25,
-                 f"layer parameters {layers['base'] / 1e6:.2f}M → {layers['shared'] / 1e6:.2f}M"),
-        Headline(f"half the layers: × faster ({shape})", timing.ratio("2 layers"), 1.6, "×",
-                 timing.ratio("2 layers") >= 1.6, f"FLOPs ×{flops['base'] / flops['2 layers']:.2f} fewer"),
-        Headline(f"grouped FFN (g=4) + shuffle: × faster ({shape}; less than its FLOP ratio)", timing.ratio("grouped"),
-                 1.05, "×", timing.ratio("grouped") >= 1.05, f"FLOPs ×{flops['base'] / flops['grouped']:.2f} fewer"),
+        Headline.about(f"ALBERT sharing: × faster ({shape}; about 1 = saves no time)", timing.ratio("shared"), 1.0, "×",
+                       f"layer parameters {layers['base'] / 1e6:.2f}M → {layers['shared'] / 1e6:.2f}M"),
+        Headline.at_least(f"half the layers: × faster ({shape})", timing.ratio("2 layers"), 1.6, "×",
+                          f"FLOPs ×{flops['base'] / flops['2 layers']:.2f} fewer"),
+        Headline.at_least(f"grouped FFN (g=4) + shuffle: × faster ({shape}; less than its FLOP ratio)",
+                          timing.ratio("grouped"), 1.05, "×", f"FLOPs ×{flops['base'] / flops['grouped']:.2f} fewer"),
     ]

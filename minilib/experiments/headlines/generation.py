@@ -33,9 +33,9 @@ def _cache_rows(model, prompt):
     cached = time_per_token(lambda: generate(model, prompt, NEW), NEW, repeats=2)
     recomputed = time_per_token(lambda: generate(model, prompt, NEW, use_cache=False), NEW, repeats=1)
     speed_up = recomputed / cached
-    return [Headline(f"KV cache × faster than recomputing ({NEW} new tokens after {PROMPT})", speed_up, CACHE_TARGET,
-                     "×", speed_up >= CACHE_TARGET and same,
-                     f"{1e3 * cached:.1f} vs {1e3 * recomputed:.1f} ms/token; identical tokens: {same}")]
+    return [Headline.at_least(f"KV cache × faster than recomputing ({NEW} new tokens after {PROMPT})", speed_up,
+                              CACHE_TARGET, "×",
+                              f"{1e3 * cached:.1f} vs {1e3 * recomputed:.1f} ms/token; identical tokens: {same}", also=same)]
 
 
 def _gqa_rows(model, base, data):
@@ -43,10 +43,10 @@ def _gqa_rows(model, base, data):
     n_kv = grouped.config.n_kv_heads
     smaller = KVCache.for_model(model, 1).nbytes / KVCache.for_model(grouped, 1).nbytes
     worse = 100 * (perplexity(grouped, data.validation) / base - 1)
-    return [Headline(f"GQA ({model.config.n_heads} → {n_kv} kv heads) cache × smaller", smaller, GQA_SIZE_TARGET, "×",
-                     smaller >= GQA_SIZE_TARGET),
-            Headline("GQA held-out perplexity change after uptraining", worse, GQA_PPL_TARGET, "%",
-                     worse <= GQA_PPL_TARGET, f"multi-head perplexity {base:.3f}")]
+    return [Headline.at_least(f"GQA ({model.config.n_heads} → {n_kv} kv heads) cache × smaller", smaller,
+                              GQA_SIZE_TARGET, "×"),
+            Headline.at_most("GQA held-out perplexity change after uptraining", worse, GQA_PPL_TARGET, "%",
+                             f"multi-head perplexity {base:.3f}")]
 
 
 def _quant_rows(model, base, data):
@@ -57,10 +57,10 @@ def _quant_rows(model, base, data):
         worse = 100 * (perplexity(quantized, data.validation) / base - 1)
         smaller = layer_bytes(model) / layer_bytes(quantized)
         if fmt == "q4_0":
-            rows.append(Headline("q4_0 layer weights × smaller than float32", smaller, Q4_SIZE_TARGET, "×",
-                                 smaller >= Q4_SIZE_TARGET, "biases and LayerNorms stay float32"))
-        rows.append(Headline(f"{fmt} held-out perplexity change", worse, ppl_target, "%", worse <= ppl_target,
-                             f"{smaller:.1f}× smaller layers"))
+            rows.append(Headline.at_least("q4_0 layer weights × smaller than float32", smaller, Q4_SIZE_TARGET, "×",
+                                          "biases and LayerNorms stay float32"))
+        rows.append(Headline.at_most(f"{fmt} held-out perplexity change", worse, ppl_target, "%",
+                                     f"{smaller:.1f}× smaller layers"))
     return rows
 
 
@@ -71,7 +71,6 @@ def _speculative_rows(model, prompt):
     alone = time_per_token(lambda: generate(model, prompt, NEW), NEW, repeats=2)
     speculative = time_per_token(lambda: speculative_generate(model, draft, prompt, NEW, k=K), NEW, repeats=2)
     speed_up = alone / speculative
-    return [Headline(f"speculative decoding (k={K}, 1-layer draft) × faster", speed_up, SPECULATIVE_TARGET, "×",
-                     speed_up >= SPECULATIVE_TARGET and same,
-                     f"identical tokens: {same}; acceptance {result.acceptance_rate:.0%}, "
-                     f"{result.target_calls} target passes for {NEW} tokens")]
+    return [Headline.at_least(f"speculative decoding (k={K}, 1-layer draft) × faster", speed_up, SPECULATIVE_TARGET, "×",
+                              f"identical tokens: {same}; acceptance {result.acceptance_rate:.0%}, "
+                              f"{result.target_calls} target passes for {NEW} tokens", also=same)]

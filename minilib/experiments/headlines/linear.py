@@ -16,10 +16,10 @@ def headlines():
         ratios = {n: _speedup(n, repeats=7) for n in LENGTHS}
     crossover = next((n for n in LENGTHS if ratios[n] > 1.0), float("inf"))
     return [
-        Headline(f"elu+1 linear attention speed-up over torch fused SDPA (n=4096, d={HEAD_DIM}, {HEADS} heads)",
-                 speedup, 10.0, "×", speedup >= 10.0),
-        Headline("crossover: shortest n where linear attention is faster", crossover, 512, "tokens",
-                 crossover <= 512, "ratios " + ", ".join(f"n={n}: {r:.2f}×" for n, r in ratios.items())),
+        Headline.at_least(f"elu+1 linear attention speed-up over torch fused SDPA (n=4096, d={HEAD_DIM}, {HEADS} heads)",
+                 speedup, 10.0, "×"),
+        Headline.at_most("crossover: shortest n where linear attention is faster", crossover, 512, "tokens",
+                         "ratios " + ", ".join(f"n={n}: {r:.2f}×" for n, r in ratios.items())),
     ]
 
 

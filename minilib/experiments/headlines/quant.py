@@ -43,19 +43,17 @@ def headlines():
     shape = f"batch {BATCH}, seq {SEQ}"
     ratios = ", ".join(f"{name} {timing.ratio(name):.2f}×" for name in runnable(variants))
     return [
-        Headline(f"MiniLM int8 ({fastest}) × faster than fp32 ({shape})", timing.ratio(fastest), SPEED_TARGET, "×",
-                 timing.ratio(fastest) >= SPEED_TARGET, ratios),
-        Headline("… speed-up relative to torch.ao quantize_dynamic's (goal: match)",
-                 timing.ratio(fastest) / timing.ratio(TORCH_AO), MATCH_TORCH_AO, "×",
-                 timing.ratio(fastest) / timing.ratio(TORCH_AO) >= MATCH_TORCH_AO, f"torch.ao: {timing.ratio(TORCH_AO):.2f}×"),
-        Headline("MiniLM int8 sentence-embedding cosine to fp32 (worst of 64 sentences)", cosines[INT8], COSINE_TARGET, "",
-                 cosines[INT8] >= COSINE_TARGET,
+        Headline.at_least(f"MiniLM int8 ({fastest}) × faster than fp32 ({shape})", timing.ratio(fastest), SPEED_TARGET,
+                          "×", ratios),
+        Headline.at_least("… speed-up relative to torch.ao quantize_dynamic's (goal: match)",
+                          timing.ratio(fastest) / timing.ratio(TORCH_AO), MATCH_TORCH_AO, "×", f"torch.ao: {timing.ratio(TORCH_AO):.2f}×"),
+        Headline.at_least("MiniLM int8 sentence-embedding cosine to fp32 (worst of 64 sentences)", cosines[INT8],
+                          COSINE_TARGET, "",
                  f"torch.ao per-tensor: {cosines[TORCH_AO]:.3f}, int4 weights: {cosines[INT4]:.3f}"),
-        Headline("int8 linear weights × smaller", linear_ratio[INT8], INT8_SIZE_TARGET, "×",
-                 linear_ratio[INT8] >= INT8_SIZE_TARGET,
+        Headline.at_least("int8 linear weights × smaller", linear_ratio[INT8], INT8_SIZE_TARGET, "×",
                  "whole model (MB): " + ", ".join(f"{name} {mb:.1f}" for name, mb in sizes.items())),
-        Headline("int4 (groups of 128) linear weights × smaller", linear_ratio[INT4], INT4_SIZE_TARGET, "×",
-                 linear_ratio[INT4] >= INT4_SIZE_TARGET, "the embeddings (47 MB) stay float in every variant"),
+        Headline.at_least("int4 (groups of 128) linear weights × smaller", linear_ratio[INT4], INT4_SIZE_TARGET, "×",
+                          "the embeddings (47 MB) stay float in every variant"),
         _torchao_headline(variants, timing, cosines, sizes, fastest),
         *_sentiment_headlines(),
     ]
@@ -69,8 +67,7 @@ def _torchao_headline(variants, timing, cosines, sizes, fastest):
     if isinstance(variants[TORCHAO_INT8_DYNAMIC], Unavailable):
         return Headline(name, math.nan, MATCH_TORCHAO, "×", True, "; ".join(rows))
     relative = timing.ratio(fastest) / timing.ratio(TORCHAO_INT8_DYNAMIC)
-    return Headline(name, relative, MATCH_TORCHAO, "×", relative >= MATCH_TORCHAO and cosines[INT8] >= COSINE_TARGET,
-                    "; ".join(rows))
+    return Headline.at_least(name, relative, MATCH_TORCHAO, "×", "; ".join(rows), also=cosines[INT8] >= COSINE_TARGET)
 
 
 def _sentiment_headlines():
@@ -84,5 +81,5 @@ def _sentiment_headlines():
     accuracies = {name: 100 * accuracy(model, test) for name, model in variants.items()}
     detail = ", ".join(f"{name} {acc:.1f}%" for name, acc in accuracies.items())
     drop = accuracies[FP32] - accuracies[INT8]
-    return [Headline("sentiment accuracy drop, minilib int8 (points)", drop, ACCURACY_DROP_TARGET, "points",
-                     drop <= ACCURACY_DROP_TARGET, detail)]
+    return [Headline.at_most("sentiment accuracy drop, minilib int8 (points)", drop, ACCURACY_DROP_TARGET, "points",
+                             detail)]
