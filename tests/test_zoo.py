@@ -5,7 +5,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from minilib import cache
+from minilib.experiments import teacher as teacher_module
 from minilib.experiments import zoo
+from minilib.experiments.artefacts import ArtefactError
 from minilib.transformer import Classifier, Encoder, TransformerConfig
 
 
@@ -122,8 +124,12 @@ def test_fine_tune_top_trains_only_the_top():
     assert all(p.requires_grad for p in model.parameters())  # handed back ready for full training
 
 
-def test_sentiment_teacher_wiring_and_cache(monkeypatch):
-    """The real MiniLM skeleton, with training replaced by a stand-in that only perturbs the head."""
+def test_sentiment_teacher_wiring_and_retraining(monkeypatch, tmp_path):
+    """The real MiniLM skeleton, with training replaced by a stand-in that only perturbs the head.
+
+    With no shipped copy (an empty data folder) the teacher is refused with the rebuild command, trained
+    only when asked, and then loaded from the learner's own cache.
+    """
     builds = []
 
     def stand_in(classifier, tokenizer):
@@ -131,8 +137,11 @@ def test_sentiment_teacher_wiring_and_cache(monkeypatch):
         with torch.no_grad():
             classifier.head.bias.fill_(0.5)
 
-    monkeypatch.setattr(zoo, "_train_teacher", stand_in)
-    teacher = zoo.sentiment_teacher()
+    monkeypatch.setenv("MINILIB_DATA", str(tmp_path / "no data"))
+    monkeypatch.setattr(teacher_module, "_train_teacher", stand_in)
+    with pytest.raises(ArtefactError, match="rebuild sentiment_teacher"):
+        zoo.sentiment_teacher()
+    teacher = zoo.sentiment_teacher(retrain=True)
     again = zoo.sentiment_teacher()
     assert len(builds) == 1
     assert isinstance(teacher, Classifier) and len(teacher.encoder.layers) == 6 and teacher.head.out_features == 2

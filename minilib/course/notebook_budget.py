@@ -68,8 +68,11 @@ class _KernelSampler(threading.Thread):
         self.join()
 
 
-def run_notebook(path, timeout: float = 600, sample_every: float = 0.05) -> NotebookRun:
-    """Execute the notebook at ``path`` in a fresh kernel (the file is not changed) and measure it."""
+def run_notebook(path, timeout: float = 600, sample_every: float = 0.05, env: dict | None = None) -> NotebookRun:
+    """Execute the notebook at ``path`` in a fresh kernel (the file is not changed) and measure it.
+
+    ``env``: the kernel's environment (default: this process's).
+    """
     path = Path(path)
     if not path.is_file() or path.suffix != ".ipynb":
         raise ValueError(f"expected the path of an existing .ipynb file, got {str(path)!r}")
@@ -78,7 +81,7 @@ def run_notebook(path, timeout: float = 600, sample_every: float = 0.05) -> Note
     sampler.start()
     start, error = time.perf_counter(), None
     try:
-        run_cells(notebook, path.parent.resolve(), timeout)
+        run_cells(notebook, path.parent.resolve(), timeout, env)
     except CellFailed as failure:  # a failing cell is a result to report, not a reason to stop
         error = str(failure)
     seconds = time.perf_counter() - start

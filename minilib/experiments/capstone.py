@@ -30,9 +30,12 @@ from minilib.arch import task_token_ids, trim_vocabulary
 from minilib.bench import model_size_bytes, time_fn
 from minilib.cache import cached_model
 from minilib.device import model_device, to_device
-from minilib.distill import distill, student_from_teacher
+from minilib.data import sentiment_dataset
+from minilib.distill import distill, student_from_teacher, teacher_targets
+from minilib.experiments.artefacts import Artefact, load_model
 from minilib.experiments.picker import Budget, Candidate
-from minilib.experiments.zoo import TEACHER_VERSION
+from minilib.experiments.teacher import TEACHER, sentiment_teacher
+from minilib.hf import load_tokenizer
 from minilib.prune import prune_least_important
 from minilib.train import accuracy, predict_logits, trim_padding
 from minilib.transformer import Classifier
@@ -252,23 +255,33 @@ def trimmed_copy(model: Classifier, datasets, unk_id: int) -> Classifier:
 
 
 def distilled_student(teacher: Classifier, transfer: Callable[[], TensorDataset], layers=STUDENT_LAYERS,
-                      epochs: int = 2, lr: float = 2e-4, name: str = "capstone-student") -> Classifier:
-    """The teacher's ``layers`` (weights copied), then distilled on the teacher's soft targets; cached.
+                      epochs: int = 2, lr: float = 2e-4, name: str = "capstone-student",
+                      retrain: bool | None = None) -> Classifier:
+    """The teacher's ``layers`` (weights copied), then distilled on the teacher's soft targets.
 
-    transfer() returns ``minilib.distill.teacher_targets(teacher, data)``: it is only called when the
-    student is not cached yet (running the teacher over the data is the expensive part).
+    With the chapter's settings (the defaults) it is shipped in ``data/`` for the chapter's trimmed teacher;
+    other settings are trained once and cached. transfer() returns ``minilib.distill.teacher_targets(teacher,
+    data)``: it is only called when the student is trained (running the teacher over the data is the expensive
+    part).
     """
-    return cached_model(name, f"{TEACHER_VERSION}-{'-'.join(map(str, layers))}-e{epochs}",
-                        lambda: student_from_teacher(teacher, list(layers)),
-                        lambda student: distill(student, transfer(), teacher.encoder.config.d_model, epochs=epochs,
-                                                lr=lr, temperature=2.0, alpha=0.5, progress=False))
+    def skeleton():
+        return student_from_teacher(teacher, list(layers))
+
+    def build(student):
+        distill(student, transfer(), teacher.encoder.config.d_model, epochs=epochs, lr=lr, temperature=2.0,
+                alpha=0.5, progress=False)
+
+    if (tuple(layers), epochs, lr, name) == (STUDENT_LAYERS, 2, 2e-4, "capstone-student"):
+        return load_model(STUDENT, skeleton, build, retrain)
+    return cached_model(name, f"{'-'.join(map(str, layers))}-e{epochs}-lr{lr:g}", skeleton, build)
 
 
 def pruned_student(student: Classifier, data: TensorDataset, transfer: Callable[[], TensorDataset],
                    fraction: float = 0.5, recovery_epochs: int = 1, lr: float = 2e-4,
-                   name: str = "capstone-pruned") -> Classifier:
+                   name: str = "capstone-pruned", retrain: bool | None = None) -> Classifier:
     """``student`` without the least important ``fraction`` of its heads and FFN neurons, then distilled again
-    for ``recovery_epochs`` to recover; cached.
+    for ``recovery_epochs`` to recover; shipped in ``data/`` with the chapter's settings (the defaults), else
+    trained once and cached.
 
     Importance is scored on ``data`` (a few batches): deterministic, so the pruned shape is rebuilt the same
     way before the cached weights are loaded into it.
@@ -282,7 +295,50 @@ def pruned_student(student: Classifier, data: TensorDataset, transfer: Callable[
         if recovery_epochs:
             distill(model, transfer(), student.encoder.config.d_model, epochs=recovery_epochs, lr=lr, progress=False)
 
-    return cached_model(name, f"{TEACHER_VERSION}-f{fraction}-e{recovery_epochs}", pruned_shape, recover)
+    if (fraction, recovery_epochs, lr, name) == (0.5, 1, 2e-4, "capstone-pruned"):
+        return load_model(PRUNED, pruned_shape, recover, retrain)
+    return cached_model(name, f"f{fraction}-e{recovery_epochs}-lr{lr:g}", pruned_shape, recover)
+
+
+def chapter_steps(up_to: str = "pruned") -> dict[str, Classifier]:
+    """Chapter 12's compression steps on the sentiment teacher: {"trimmed", "student", ["pruned"]}.
+
+    The chapter's cell in a function, for ``python -m minilib.experiments.zoo rebuild``: the vocabulary trimmed
+    to the task, a 3-layer student distilled on 2000 sentences, and that student pruned by half and recovered.
+    """
+    teacher = sentiment_teacher()
+    tokenizer = load_tokenizer()
+    splits = sentiment_dataset(tokenizer)
+    train_subset = TensorDataset(*[t[:2000] for t in splits.train.tensors])
+    steps = {"trimmed": trimmed_copy(teacher, splits, tokenizer.unk_token_id)}
+
+    def transfer():  # the teacher's logits: computed only when a student is trained
+        return teacher_targets(teacher, train_subset)
+
+    steps["student"] = distilled_student(steps["trimmed"], transfer)
+    if up_to == "pruned":
+        steps["pruned"] = pruned_student(steps["student"], train_subset, transfer, fraction=0.5)
+    return steps
+
+
+def _chapter_student():
+    return chapter_steps(up_to="student")
+
+
+def _test_accuracy(model) -> dict:
+    return {"test_accuracy": accuracy(model, sentiment_dataset(load_tokenizer()).test)}
+
+
+_SETTINGS = {"seed": 0, "layers": list(STUDENT_LAYERS), "distil_epochs": 2, "lr": 2e-4, "temperature": 2.0,
+             "alpha": 0.5, "transfer": "the teacher's logits on the first 2000 training sentences"}
+STUDENT = Artefact("capstone_student", "chapter 12's 3-layer student of the trimmed teacher, distilled", "model",
+                   run=_chapter_student, metrics=_test_accuracy,
+                   depends=(distilled_student, chapter_steps, trimmed_copy), params=_SETTINGS, upstream=(TEACHER,))
+PRUNED = Artefact("capstone_pruned", "chapter 12's student with half its heads and FFN neurons pruned, recovered",
+                  "model", run=chapter_steps, metrics=_test_accuracy, depends=(pruned_student, chapter_steps),
+                  params=_SETTINGS | {"fraction": 0.5, "recovery_epochs": 1, "scoring_batches": 8},
+                  upstream=(STUDENT,))
+ARTEFACTS = (STUDENT, PRUNED)
 
 
 # ------------------------------------------------------------------------------------------- fairness

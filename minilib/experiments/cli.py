@@ -3,6 +3,7 @@
     python -m minilib.bench                      # every headline module: measured vs target
     python -m minilib.bench attention quant      # only these headline modules
     python -m minilib.bench notebooks            # every notebook's time and memory vs its budget
+    python -m minilib.bench notebooks --cold     # the same from an empty cache, as on a fresh clone
     python -m minilib.bench notebooks notebooks/02_self_attention.ipynb --markdown
     python -m minilib.bench notebooks --figures notebooks/figures   # also save each chapter's key plot
 
@@ -11,7 +12,9 @@ Exit code 0 when everything met its target, 1 otherwise, 2 for a bad command lin
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from minilib.bench import machine_label
@@ -40,6 +43,9 @@ def notebooks_main(argv: list[str]) -> int:
                                      description="Run notebooks headless and check time and memory budgets.")
     parser.add_argument("paths", nargs="*", type=Path, help=f"notebooks to run (default: all in {NOTEBOOK_DIR})")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table (for the README)")
+    parser.add_argument("--cold", action="store_true",
+                        help="start from an empty cache (MINILIB_CACHE in a temporary folder), as a fresh clone does: "
+                             "the chapters use what the course ships in data/ and train the rest")
     parser.add_argument("--figures", type=Path, metavar="DIR",
                         help='save the plot of each notebook\'s cell tagged "readme-figure" as DIR/<notebook>.png')
     args = parser.parse_args(argv)
@@ -47,10 +53,16 @@ def notebooks_main(argv: list[str]) -> int:
     if not paths:
         print(f"No notebooks found in {NOTEBOOK_DIR}", file=sys.stderr)
         return 2
+    with tempfile.TemporaryDirectory(prefix="minilib-cold-cache-") as empty_cache:
+        env = os.environ | {"MINILIB_CACHE": empty_cache} if args.cold else None
+        return _run_notebooks(paths, env, args)
+
+
+def _run_notebooks(paths: list[Path], env: dict | None, args) -> int:
     runs = []
     for path in paths:
         try:
-            runs.append(notebooks.run_notebook(path))
+            runs.append(notebooks.run_notebook(path, env=env))
         except ValueError as error:
             print(error, file=sys.stderr)
             return 2
@@ -60,7 +72,7 @@ def notebooks_main(argv: list[str]) -> int:
             args.figures.mkdir(parents=True, exist_ok=True)
             (args.figures / f"{path.stem}.png").write_bytes(runs[-1].figure)
     print(notebooks.budget_table(runs, markdown=args.markdown))
-    print(f"\nMeasured on: {machine_label()}")
+    print(f"\nMeasured on: {machine_label()}" + (", starting from an empty cache (--cold)" if args.cold else ""))
     return 0 if notebooks.course_passed(runs) else 1
 
 

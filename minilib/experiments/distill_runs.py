@@ -19,9 +19,12 @@ from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from minilib.bench import compare
-from minilib.cache import cache_dir
 from minilib.device import model_device, to_device
+from minilib.data import sentiment_dataset
 from minilib.distill import UNLABELLED, distill, layer_map, student_from_teacher, teacher_targets
+from minilib.experiments.artefacts import Artefact, cached_result
+from minilib.experiments.teacher import TEACHER, sentiment_teacher
+from minilib.hf import load_tokenizer
 from minilib.train import accuracy, fit
 from minilib.transformer import Classifier
 
@@ -133,22 +136,13 @@ def run_students(teacher: Classifier, splits, runs: list[StudentRun], progress: 
         return dataclasses.asdict(run) | {"accuracy": accuracy(student, splits.test)}
 
     teacher_id = _fingerprint(teacher)
-    return [_cached([teacher_id, dataclasses.asdict(run)], lambda run=run: train_and_score(run))
+    return [cached_result(STUDENTS, [teacher_id, dataclasses.asdict(run)], lambda run=run: train_and_score(run))
             for run in tqdm(runs, desc="students", disable=not progress)]
 
 
 def teacher_accuracy(teacher: Classifier, test: TensorDataset) -> float:
     """The teacher's test accuracy (cached: the teacher is the slowest model to run)."""
-    return _cached([_fingerprint(teacher), "test accuracy", len(test)], lambda: accuracy(teacher, test))
-
-
-def _cached(key, compute):
-    """compute()'s JSON-able result, stored in ``cache_dir()/distill`` under a hash of ``key``."""
-    path = cache_dir() / "distill" / f"{hashlib.sha1(json.dumps(key).encode()).hexdigest()[:16]}.json"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(compute()))
-    return json.loads(path.read_text())
+    return cached_result(STUDENTS, [_fingerprint(teacher), "test accuracy", len(test)], lambda: accuracy(teacher, test))
 
 
 def _fingerprint(model: nn.Module) -> str:
@@ -197,3 +191,30 @@ def latency_comparison(models: dict[str, nn.Module], data: TensorDataset, batch_
     for model in models.values():
         model.eval()
     return compare({name: infer(model) for name, model in models.items()}, warmup=3, repeats=repeats)
+
+
+def _chapter_sweeps() -> None:
+    """Every run of :func:`chapter_runs` and the teacher's accuracy, as chapter 06 and its headline ask for them."""
+    teacher, splits = sentiment_teacher(), sentiment_dataset(load_tokenizer())
+    for runs in chapter_runs().values():
+        run_students(teacher, splits, runs, progress=False)
+    teacher_accuracy(teacher, splits.test)
+
+
+def _mean_accuracies(results: dict) -> dict:
+    """Recorded metrics: each method's mean test accuracy over the seeds of the chapter's table, the teacher's."""
+    defaults = dataclasses.asdict(StudentRun())
+    table = [r for r in results.values() if isinstance(r, dict)
+             and all(r[k] == v for k, v in defaults.items() if k not in ("method", "seed"))]
+    teacher = [r for r in results.values() if isinstance(r, float)]
+    return {f"{method}: mean test accuracy": mean for method, (mean, _, _) in accuracy_by(table).items()} | (
+        {"teacher test accuracy": teacher[0]} if teacher else {})
+
+
+STUDENTS = Artefact("distill_students", "chapter 06's sweeps: test accuracy of each of its 20 students, and the "
+                    "teacher's", "results", run=_chapter_sweeps, metrics=_mean_accuracies,
+                    depends=(run_students, chapter_runs, StudentRun, chapter_student, transfer_set, hide_labels,
+                             train_student, teacher_accuracy),
+                    params={"seed": 0, "seeds": [0, 1, 2],
+                            "data": "sentiment_examples(seed=0, sizes=(4000, 500, 1000))"},
+                    upstream=(TEACHER,))

@@ -25,6 +25,7 @@ from torch.utils.data import TensorDataset
 
 from minilib.cache import cached_model
 from minilib.data import Splits
+from minilib.experiments.artefacts import Artefact, load_model
 from minilib.linear_attention import linear_attention
 from minilib.sparse import sliding_window_attention
 from minilib.train import fit, predict_logits, set_seed
@@ -107,13 +108,19 @@ class LongRangeResult:
     train_seconds: float     # seconds to train it (or to load it from the cache)
 
 
+CHAPTER_SETTINGS = dict(seq_len=512, window=32, train_size=1000, epochs=1, batch_size=16, lr=3e-3, seed=0)
+"""The settings of chapters 04 and 05: their four trained models are shipped in ``data/``."""
+
+
 def long_range_experiment(seq_len=512, window=32, train_size=1000, epochs=1, batch_size=16, lr=3e-3, seed=0,
-                          progress=True, cache=True):
+                          progress=True, cache=True, retrain=None):
     """Train one small model per attention on the long-range task; return (results, models).
 
     results: a list of :class:`LongRangeResult`; models: {attention name: trained Classifier}.
-    With ``cache`` the trained weights are kept in ``minilib.cache.cache_dir()``, and later calls
-    load them in a moment instead of training again.
+    With ``cache`` the trained weights are loaded instead of trained: with the chapter's settings
+    (:data:`CHAPTER_SETTINGS`) from ``data/``, where they are shipped (``retrain=True`` trains them here
+    when the shipped copy is unusable); with other settings from ``minilib.cache.cache_dir()``, where the
+    first call keeps them.
     """
     data = long_range_dataset(seed=seed, seq_len=seq_len, sizes=(train_size, 300, 300))
     near = message_distance(data.test.tensors[0]) < window
@@ -127,7 +134,11 @@ def long_range_experiment(seq_len=512, window=32, train_size=1000, epochs=1, bat
             fit(model, data.train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress, desc=name)
 
         start = time.perf_counter()
-        if cache:
+        settings = dict(seq_len=seq_len, window=window, train_size=train_size, epochs=epochs,
+                        batch_size=batch_size, lr=lr, seed=seed)
+        if cache and settings == CHAPTER_SETTINGS:
+            model = load_model(ARTEFACTS[name], skeleton, train, retrain)
+        elif cache:
             tag = "".join(c if c.isalnum() else "_" for c in name)
             recipe = f"n{seq_len}_w{window}_t{train_size}_e{epochs}_b{batch_size}_lr{lr:g}_s{seed}"
             model = cached_model(f"long_range_{tag}_{recipe}", EXPERIMENT_VERSION,
@@ -153,3 +164,27 @@ def results_table(results):
 
 def _mean(flags):
     return flags.float().mean().item() if flags.numel() else float("nan")
+
+
+def _chapter_experiment():
+    return long_range_experiment(progress=False)
+
+
+def _chapter_accuracy(model) -> dict:
+    settings = CHAPTER_SETTINGS
+    data = long_range_dataset(seed=settings["seed"], seq_len=settings["seq_len"],
+                              sizes=(settings["train_size"], 300, 300))
+    correct = predict_logits(model, data.test).argmax(dim=-1) == data.test.tensors[2]
+    return {"test_accuracy": correct.float().mean().item()}
+
+
+ARTEFACTS = {
+    name: Artefact("long_range_" + "_".join("".join(c if c.isalnum() else " " for c in name).split()),
+                   f"chapter 04's one-layer {name} classifier on the long-range task", "model",
+                   run=_chapter_experiment, metrics=_chapter_accuracy,
+                   depends=(long_range_experiment, long_range_model, long_range_examples, long_range_dataset,
+                            attentions),
+                   params=CHAPTER_SETTINGS | {"attention": name})
+    for name in attentions(CHAPTER_SETTINGS["window"])
+}
+"""The chapter's four trained models, by attention name."""

@@ -1,114 +1,120 @@
-"""Expensive artefacts shared by chapters: their recipes, built once and cached on disk (``minilib.cache``).
+"""The course's shipped artefacts: the trained models and sweep results that chapters load from ``data/``.
 
-``sentiment_teacher()`` is the fine-tuned MiniLM that chapters 06 (distillation), 07 (quantization),
-08 (pruning) and 12 (capstone) compress. Its tokenizer is MiniLM's: ``minilib.hf.load_minilm()[1]``.
+    python -m minilib.experiments.zoo list                 # each artefact: file, size, recorded metrics
+    python -m minilib.experiments.zoo verify               # every one matches today's code and loads
+    python -m minilib.experiments.zoo rebuild [NAME...]    # retrain them (all, or these), metrics side by side
+
+How they are stored, hashed and loaded: :mod:`minilib.experiments.artefacts`. Each recipe lives with the
+chapter code that loads it (the sentiment teacher in :mod:`minilib.experiments.teacher`, chapter 06's students
+in :mod:`minilib.experiments.distill_runs`, ...); shipping one more is one entry in :data:`ARTEFACTS`, then
+``rebuild NAME``. The sentiment teacher's names are re-exported here, where the chapters import them from.
+
+Exit code 0 when everything went well, 1 when an artefact is unusable (verify) or failed to rebuild,
+2 for a bad command line.
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
-from torch.utils.data import TensorDataset
+import argparse
+import sys
 
-from minilib.cache import cache_dir, cached_model
-from minilib.data import sentiment_dataset
-from minilib.device import model_device
-from minilib.hf import encoder_from_hf, load_minilm
-from minilib.train import accuracy, fit, set_seed
-from minilib.transformer import Classifier, Encoder, mean_pool, padding_mask
+from minilib.experiments import arch_runs, capstone, distill_runs, longrange
+from minilib.experiments.artefacts import Artefact, ArtefactError, check, data_dir, read_manifest, rebuild
+from minilib.experiments.teacher import TEACHER, TopLayers, fine_tune_top, lower_layer_features, sentiment_teacher
 
-TEACHER_VERSION = "v2"
+__all__ = ["ARTEFACTS", "TopLayers", "fine_tune_top", "lower_layer_features", "main", "sentiment_teacher"]
 
-
-# ------------------------------------------------------------------------------------------------
-# The sentiment teacher: MiniLM fine-tuned on minilib.data's sentiment task
-# ------------------------------------------------------------------------------------------------
-
-class TopLayers(nn.Module):
-    """The last layers and the head of a :class:`Classifier`, fed with hidden states instead of token ids.
-
-    forward(hidden ``(batch, seq, d_model)`` = the output of the frozen lower layers, attention_mask
-    ``(batch, seq)``) -> logits ``(batch, n_classes)``. Shares its modules with the classifier, so
-    training it trains the classifier.
-    """
-
-    def __init__(self, classifier: Classifier, first_layer: int):
-        super().__init__()
-        self.layers = classifier.encoder.layers[first_layer:]
-        self.dropout, self.head = classifier.dropout, classifier.head
-
-    def forward(self, hidden, attention_mask):
-        mask = padding_mask(attention_mask)
-        for layer in self.layers:
-            hidden, _ = layer(hidden, attn_mask=mask)
-        return self.head(self.dropout(mean_pool(hidden, attention_mask)))
+ARTEFACTS: list[Artefact] = [
+    TEACHER,                                  # chapters 06, 07, 08, 11, 12
+    distill_runs.STUDENTS,                    # chapter 06's sweeps (upstream: the teacher)
+    *arch_runs.ARTEFACTS.values(),            # chapter 09's six designs
+    *longrange.ARTEFACTS.values(),            # chapters 04 and 05: the long-range task's four models
+    *capstone.ARTEFACTS,                      # chapter 12's distilled and pruned students
+]
+"""Every shipped artefact, in the order ``rebuild`` makes them (upstream ones first)."""
 
 
-@torch.no_grad()
-def lower_layer_features(encoder: Encoder, n_layers: int, data: TensorDataset, batch_size: int = 256) -> TensorDataset:
-    """Run the embeddings and the first ``n_layers`` layers once over ``data`` = (input_ids, attention_mask, labels).
-
-    Returns ``TensorDataset(hidden (n, seq, d_model), attention_mask, labels)``. Sentences are batched
-    by length so that little time goes into padding.
-    """
-    input_ids, attention_mask, labels = data.tensors
-    hidden = torch.zeros(*input_ids.shape, encoder.config.d_model)
-    by_length = attention_mask.sum(dim=1).argsort()
-    device = model_device(encoder)
-    encoder.eval()
-    for start in range(0, len(by_length), batch_size):
-        rows = by_length[start:start + batch_size]
-        width = int(attention_mask[rows].sum(dim=1).max())
-        mask = attention_mask[rows, :width].to(device)
-        x = encoder.embeddings(input_ids[rows, :width].to(device))
-        for layer in encoder.layers[:n_layers]:
-            x, _ = layer(x, attn_mask=padding_mask(mask))
-        hidden[rows, :width] = x.cpu()
-    return TensorDataset(hidden, attention_mask, labels)
+def _selected(names: list[str]) -> list[Artefact]:
+    known = {artefact.name: artefact for artefact in ARTEFACTS}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"unknown artefact(s) {unknown}; the artefacts are: {', '.join(known)}")
+    return [artefact for artefact in ARTEFACTS if not names or artefact.name in names]
 
 
-def fine_tune_top(classifier: Classifier, train: TensorDataset, val: TensorDataset | None = None,
-                  n_trainable: int = 1, **fit_kwargs):
-    """Fine-tune only the last ``n_trainable`` encoder layers and the head; the rest stays as pretrained.
-
-    The frozen lower layers are run once over the data (:func:`lower_layer_features`) instead of once
-    per step, which makes fine-tuning several times faster. Afterwards every parameter is trainable
-    again. Returns ``fit``'s History.
-    """
-    first_trainable = len(classifier.encoder.layers) - n_trainable
-    top = TopLayers(classifier, first_trainable)
-    for p in classifier.parameters():
-        p.requires_grad_(False)
-    for p in top.parameters():
-        p.requires_grad_(True)
-    features = [None if d is None else lower_layer_features(classifier.encoder, first_trainable, d)
-                for d in (train, val)]
-    history = fit(top, *features, **fit_kwargs)
-    classifier.to(model_device(top))  # fit may have moved the top to the GPU: keep the model in one piece
-    for p in classifier.parameters():
-        p.requires_grad_(True)
-    return history
+def _groups(artefacts: list[Artefact]) -> list[list[Artefact]]:
+    """Artefacts made by the same run() together, in order: one run trains them all."""
+    groups: dict[int, list[Artefact]] = {}
+    for artefact in artefacts:
+        groups.setdefault(id(artefact.run), []).append(artefact)
+    return list(groups.values())
 
 
-def _train_teacher(classifier: Classifier, tokenizer) -> None:
-    splits = sentiment_dataset(tokenizer)
-    fine_tune_top(classifier, splits.train, n_trainable=1, epochs=3, lr=3e-4, batch_size=32,
-                  desc="fine-tuning the sentiment teacher (once; then cached)")
-    classifier.cpu().eval()
-    print(f"sentiment teacher: test accuracy {accuracy(classifier, splits.test):.3f}, cached in {cache_dir()}")
+def _metrics_text(metrics: dict) -> str:
+    return ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()) or "no metrics"
 
 
-def sentiment_teacher() -> Classifier:
-    """MiniLM (a ``minilib`` :class:`Encoder` with its pretrained weights) fine-tuned on the sentiment task.
+def rebuild_main(names: list[str]) -> int:
+    failed = []
+    for group in _groups(_selected(names)):
+        recorded = {artefact.name: read_manifest().get(artefact.name, {}).get("metrics") for artefact in group}
+        print(f"rebuilding {', '.join(a.name for a in group)} ...", flush=True)
+        try:
+            entries = rebuild(group)
+        except ArtefactError as error:
+            print(f"  FAILED: {error}", flush=True)
+            failed += [a.name for a in group]
+            continue
+        for artefact, entry in zip(group, entries):
+            before = recorded[artefact.name]
+            print(f"  {artefact.name}: {_metrics_text(entry['metrics'])} (recorded before: "
+                  f"{_metrics_text(before) if before else 'none'}); {entry['bytes'] / 1e6:.2f} MB "
+                  f"{entry['dtype'] or 'JSON'}, {entry['train_seconds']:.0f} s", flush=True)
+    print(f"{len(failed)} failed: {failed}" if failed else f"wrote {data_dir() / 'manifest.json'}")
+    return 1 if failed else 0
 
-    The first call fine-tunes the top layer and the head (under a minute on a laptop CPU) and caches
-    the weights; later calls load them. Returns the classifier in eval mode on CPU.
-    Its tokenizer: ``minilib.hf.load_minilm()[1]``; its data: ``minilib.data.sentiment_dataset()``.
-    """
-    bert, tokenizer = load_minilm()
 
-    def minilm_classifier():
-        set_seed(0)  # the head's initial weights
-        return Classifier(encoder_from_hf(bert), n_classes=2)
+def verify_main() -> int:
+    problems = {}
+    for artefact in ARTEFACTS:
+        problem = check(artefact)
+        print(f"{'ok' if problem is None else 'PROBLEM':8} {artefact.name}" + (f": {problem}" if problem else ""),
+              flush=True)
+        if problem is not None:
+            problems[artefact.name] = problem
+    if problems:
+        print(f"\n{len(problems)} of {len(ARTEFACTS)} shipped artefacts are unusable: {', '.join(problems)}.\n"
+              f"Rebuild them: python -m minilib.experiments.zoo rebuild {' '.join(problems)}")
+        return 1
+    print(f"\nall {len(ARTEFACTS)} shipped artefacts match today's code and load")
+    return 0
 
-    return cached_model("sentiment_teacher", TEACHER_VERSION, minilm_classifier,
-                        lambda classifier: _train_teacher(classifier, tokenizer))
+
+def list_main() -> int:
+    manifest = read_manifest()
+    for artefact in ARTEFACTS:
+        entry = manifest.get(artefact.name)
+        shipped = (f"{entry['bytes'] / 1e6:6.2f} MB  {_metrics_text(entry['metrics'])}" if entry else "not shipped")
+        print(f"{artefact.name:28} {shipped}   {artefact.about}")
+    total = sum(path.stat().st_size for path in data_dir().glob("*") if path.is_file())
+    print(f"\n{data_dir()}: {total / 1e6:.1f} MB in all")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m minilib.experiments.zoo", description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=("list", "verify", "rebuild"))
+    parser.add_argument("names", nargs="*", help="artefacts to rebuild (default: all)")
+    args = parser.parse_args(argv)
+    if args.command == "rebuild":
+        try:
+            return rebuild_main(args.names)
+        except ValueError as error:
+            print(error, file=sys.stderr)
+            return 2
+    if args.names:
+        parser.error(f"{args.command} takes no names")
+    return verify_main() if args.command == "verify" else list_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
