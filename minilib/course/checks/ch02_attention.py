@@ -5,24 +5,28 @@ import torch
 import torch.nn.functional as F
 
 from minilib.course.checks.core import exercise, expect_close, expect_equal
+from minilib.course.checks.guards import forbidden_calls
+import minilib.attention as attention
 
 
 @exercise(points=2)
 def check_softmax_attention(fn):
     """softmax(QKᵀ/√d)V for one sequence: a hand case, then random cases against PyTorch's fused kernel."""
-    q = torch.zeros(1, 2)
-    k = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-    v = torch.tensor([[3.0], [6.0], [0.0]])
-    expect_close("q = [[0, 0]]: every score is 0, so the output is the mean of v's rows", fn(q, k, v),
-                 torch.tensor([[3.0]]), hint="softmax over the keys (the last dimension of the scores), then weights @ v")
-    generator = torch.Generator().manual_seed(2)
-    for seq_q, seq_k, d, d_v in [(3, 5, 16, 4), (4, 4, 64, 8)]:
-        q, k = torch.randn(seq_q, d, generator=generator), torch.randn(seq_k, d, generator=generator)
-        v = torch.randn(seq_k, d_v, generator=generator)
-        expect_close(f"random q ({seq_q}, {d}), k ({seq_k}, {d}), v ({seq_k}, {d_v}) against "
-                     "torch.nn.functional.scaled_dot_product_attention",
-                     fn(q, k, v), F.scaled_dot_product_attention(q, k, v),
-                     hint="divide the scores by √d, where d = q.shape[-1], before the softmax")
+    with forbidden_calls(fn, [(attention, "scaled_dot_product_attention"), (attention, "memory_efficient_attention")],
+                         "write softmax(QKᵀ/√d)V with matmul and softmax: minilib.attention.scaled_dot_product_attention is the answer"):
+        q = torch.zeros(1, 2)
+        k = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+        v = torch.tensor([[3.0], [6.0], [0.0]])
+        expect_close("q = [[0, 0]]: every score is 0, so the output is the mean of v's rows", fn(q, k, v),
+                     torch.tensor([[3.0]]), hint="softmax over the keys (the last dimension of the scores), then weights @ v")
+        generator = torch.Generator().manual_seed(2)
+        for seq_q, seq_k, d, d_v in [(3, 5, 16, 4), (4, 4, 64, 8)]:
+            q, k = torch.randn(seq_q, d, generator=generator), torch.randn(seq_k, d, generator=generator)
+            v = torch.randn(seq_k, d_v, generator=generator)
+            expect_close(f"random q ({seq_q}, {d}), k ({seq_k}, {d}), v ({seq_k}, {d_v}) against "
+                         "torch.nn.functional.scaled_dot_product_attention",
+                         fn(q, k, v), F.scaled_dot_product_attention(q, k, v),
+                         hint="divide the scores by √d, where d = q.shape[-1], before the softmax")
 
 
 @exercise(points=2)

@@ -6,6 +6,9 @@ import torch
 from torch import nn
 
 from minilib.course.checks.core import CheckFailed, exercise, expect_close, expect_equal
+from minilib.course.checks.guards import forbidden_calls
+import minilib.train as train
+import minilib.transformer as transformer
 from minilib.train import lr_multiplier
 from minilib.transformer import SinusoidalPositions
 
@@ -13,14 +16,16 @@ from minilib.transformer import SinusoidalPositions
 @exercise(points=2)
 def check_sinusoidal_positions(fn):
     """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)), as a (max_len, d) table."""
-    expect_close("position 0 of a (4, 4) table: sin 0 = 0 in even columns, cos 0 = 1 in odd ones", fn(4, 4)[0],
-                 torch.tensor([0.0, 1.0, 0.0, 1.0]), hint="even columns use sin, odd columns cos")
-    expect_close("position 1, d = 4: columns sin(1), cos(1), sin(1/100), cos(1/100)", fn(4, 4)[1],
-                 torch.tensor([math.sin(1), math.cos(1), math.sin(0.01), math.cos(0.01)]),
-                 hint="columns 2i and 2i+1 share the frequency 1 / 10000^(2i/d); here 2i/d = 2/4 for the second pair")
-    for max_len, d in [(50, 16), (7, 6)]:
-        expect_close(f"the ({max_len}, {d}) table against minilib.transformer.SinusoidalPositions", fn(max_len, d),
-                     SinusoidalPositions(max_len, d).table, atol=1e-5)
+    with forbidden_calls(fn, [(transformer, "SinusoidalPositions")],
+                         "build the table with sin and cos yourself: minilib's SinusoidalPositions is the reference"):
+        expect_close("position 0 of a (4, 4) table: sin 0 = 0 in even columns, cos 0 = 1 in odd ones", fn(4, 4)[0],
+                     torch.tensor([0.0, 1.0, 0.0, 1.0]), hint="even columns use sin, odd columns cos")
+        expect_close("position 1, d = 4: columns sin(1), cos(1), sin(1/100), cos(1/100)", fn(4, 4)[1],
+                     torch.tensor([math.sin(1), math.cos(1), math.sin(0.01), math.cos(0.01)]),
+                     hint="columns 2i and 2i+1 share the frequency 1 / 10000^(2i/d); here 2i/d = 2/4 for the second pair")
+        for max_len, d in [(50, 16), (7, 6)]:
+            expect_close(f"the ({max_len}, {d}) table against minilib.transformer.SinusoidalPositions", fn(max_len, d),
+                         SinusoidalPositions(max_len, d).table, atol=1e-5)
 
 
 @exercise(points=1)
@@ -44,15 +49,17 @@ def check_pre_norm_residual(fn):
 @exercise(points=2)
 def check_warmup_linear(fn):
     """Linear warm-up to the peak over warmup_steps, then linear decay to 0 at total_steps (a multiplier of lr)."""
-    total, warmup = 20, 4
-    got = torch.tensor([float(fn(step, total, warmup)) for step in range(total + 1)])
-    expected = torch.tensor([lr_multiplier(step, total, warmup, "linear") for step in range(total + 1)])
-    expect_close("the first steps: (step + 1) / warmup_steps", got[:warmup], expected[:warmup],
-                 hint="step is 0-based: the first update already uses 1 / warmup_steps of the peak, not 0")
-    expect_close(f"all steps 0…{total} with total_steps={total}, warmup_steps={warmup}", got, expected,
-                 hint="after warm-up, progress p = (step − warmup) / (total − warmup) and the multiplier is 1 − p")
-    expect_close("no warm-up (warmup_steps=0): start at the peak", torch.tensor([float(fn(0, 10, 0))]),
-                 torch.tensor([1.0]), hint="with warmup_steps = 0 skip the warm-up branch (no division by 0)")
+    with forbidden_calls(fn, [(train, "lr_multiplier")],
+                         "write the schedule yourself: minilib.train.lr_multiplier is the reference"):
+        total, warmup = 20, 4
+        got = torch.tensor([float(fn(step, total, warmup)) for step in range(total + 1)])
+        expected = torch.tensor([lr_multiplier(step, total, warmup, "linear") for step in range(total + 1)])
+        expect_close("the first steps: (step + 1) / warmup_steps", got[:warmup], expected[:warmup],
+                     hint="step is 0-based: the first update already uses 1 / warmup_steps of the peak, not 0")
+        expect_close(f"all steps 0…{total} with total_steps={total}, warmup_steps={warmup}", got, expected,
+                     hint="after warm-up, progress p = (step − warmup) / (total − warmup) and the multiplier is 1 − p")
+        expect_close("no warm-up (warmup_steps=0): start at the peak", torch.tensor([float(fn(0, 10, 0))]),
+                     torch.tensor([1.0]), hint="with warmup_steps = 0 skip the warm-up branch (no division by 0)")
 
 
 @exercise(points=2)

@@ -2,33 +2,61 @@
 import torch
 import torch.nn.functional as F
 
-from minilib.course.checks.core import exercise, expect_close
+from minilib.course.checks.core import CheckFailed, exercise, expect_close
+from minilib.course.checks.guards import TorchOps, forbidden_calls
+import minilib.linear_attention as linear
 from minilib.linear_attention import elu_features, step
+
+_KERNEL_TRICK = [(linear, "elu_features"), (linear, "linear_attention"), (linear, "causal_linear_attention"),
+                 (linear, "quadratic_linear_attention"), (linear, "step")]
 
 
 @exercise(points=1)
 def check_elu_feature_map(fn):
     """φ(x) = elu(x) + 1, elementwise."""
+    hint = "write it with torch.nn.functional.elu: minilib.linear_attention.elu_features is the answer it is checked against"
     x = torch.tensor([-2.0, 0.0, 3.0])
-    expect_close("φ([-2, 0, 3])", fn(x), elu_features(x),
+    with forbidden_calls(fn, _KERNEL_TRICK, hint):
+        got = fn(x)
+    expect_close("φ([-2, 0, 3])", got, elu_features(x),
                  hint="elu(x) = x for x > 0 and e^x - 1 for x ≤ 0; then add 1 so that φ > 0")
     x = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(0))
-    expect_close("φ of a random (2, 3, 5) tensor", fn(x), elu_features(x))
+    with forbidden_calls(fn, _KERNEL_TRICK, hint):
+        got = fn(x)
+    expect_close("φ of a random (2, 3, 5) tensor", got, elu_features(x))
 
 
 @exercise(points=3)
 def check_kernel_attention(fn):
-    """kernel_attention(q, k, v) = φ(Q)(φ(K)ᵀV) / φ(Q)(φ(K)ᵀ1) with φ = elu + 1; q, k (n, d), v (n, d_v)."""
+    """kernel_attention(q, k, v) = φ(Q)(φ(K)ᵀV) / φ(Q)(φ(K)ᵀ1) with φ = elu + 1; q, k (n, d), v (n, d_v);
+    without minilib's linear attention, and without any n × n tensor (checked at n = 2048)."""
+    hint = "write the kernel trick yourself: minilib's linear_attention is the answer it is checked against"
     v = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     zeros = torch.zeros(2, 2)
-    expect_close("q = k = 0: φ = 1 everywhere, so every output row is the mean of v", fn(zeros, zeros, v),
+    with forbidden_calls(fn, _KERNEL_TRICK, hint):
+        got = fn(zeros, zeros, v)
+    expect_close("q = k = 0: φ = 1 everywhere, so every output row is the mean of v", got,
                  torch.full((2, 2), 0.5), hint="divide by φ(q_i)·Σ_j φ(k_j), the row sums of φ(Q)φ(K)ᵀ")
     generator = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(6, 4, generator=generator) for _ in range(3))
     weights = (F.elu(q) + 1) @ (F.elu(k) + 1).T
-    expect_close("random q, k, v (6, 4) against the quadratic form φ(Q)φ(K)ᵀV / rows sums", fn(q, k, v),
+    with forbidden_calls(fn, _KERNEL_TRICK, hint):
+        got = fn(q, k, v)
+    expect_close("random q, k, v (6, 4) against the quadratic form φ(Q)φ(K)ᵀV / rows sums", got,
                  weights @ v / weights.sum(dim=-1, keepdim=True), atol=1e-4,
                  hint="compute S = φ(K)ᵀ V (d × d_v) and z = φ(K)ᵀ 1 first; never build the n × n matrix")
+    n = 2048
+    q, k, v = (torch.randn(n, 8, generator=generator) for _ in range(3))
+    with forbidden_calls(fn, _KERNEL_TRICK, hint), TorchOps() as ops:
+        got = fn(q, k, v)
+    elements, op, shape = ops.largest()
+    if elements >= n * n // 4:
+        raise CheckFailed(f"n = {n}, d = 8: your code built a tensor of {elements:,} numbers (shape {shape}, made by {op})",
+                          f"every tensor under {n * n // 4:,} numbers", f"{elements:,}",
+                          hint="that is the n × n matrix φ(Q)φ(K)ᵀ, which the kernel trick exists to avoid: "
+                               "compute φ(K)ᵀV (d × d_v) first, then multiply by φ(Q)")
+    weights = (F.elu(q) + 1) @ (F.elu(k) + 1).T
+    expect_close(f"random q, k, v ({n}, 8)", got, weights @ v / weights.sum(dim=-1, keepdim=True), atol=1e-4)
 
 
 @exercise(points=3)
@@ -39,7 +67,9 @@ def check_rnn_step(fn):
     S, z = torch.zeros(3, 3), torch.zeros(3)
     state = None
     for t in range(5):
-        S, z, out = fn(S, z, q[t], k[t], v[t])
+        with forbidden_calls(fn, _KERNEL_TRICK, "write the update of S and z yourself: minilib.linear_attention.step "
+                                               "is the answer it is checked against"):
+            S, z, out = fn(S, z, q[t], k[t], v[t])
         state, expected = step(state, q[t], k[t], v[t])
         expect_close(f"S after token {t}", S, state[0], hint="S ← S + φ(k_t) v_tᵀ (an outer product, d × d_v)")
         expect_close(f"z after token {t}", z, state[1], hint="z ← z + φ(k_t)")

@@ -3,6 +3,7 @@ import torch
 
 from minilib.course.checks.core import CheckFailed, exercise, expect_close, expect_equal
 from minilib.quant import dequantize, pack_int4, quantize, scale_and_zero_point
+from minilib.course.checks.guards import TorchOps
 from minilib.quant.int8 import int8_matmul
 
 
@@ -63,9 +64,18 @@ def check_int8_linear(fn):
     w_q = torch.randint(-127, 128, (5, 64), generator=generator, dtype=torch.int8)
     x_scale, w_scale, bias = torch.rand(9, 1, generator=generator), torch.rand(5, generator=generator), torch.randn(5, generator=generator)
     reference = int8_matmul(x_q, w_q.t()).double() * x_scale.double() * w_scale.double() + bias.double()
-    expect_close("random (9, 64) int8 activations × (5, 64) int8 weights", fn(x_q, x_scale, w_q, w_scale, bias).double(),
+    with TorchOps() as ops:
+        got = fn(x_q, x_scale, w_q, w_scale, bias)
+    expect_close("random (9, 64) int8 activations × (5, 64) int8 weights", got.double(),
                  reference, rtol=1e-5, hint="int8 values overflow int8 arithmetic: multiply as int32 (torch._int_mm) or "
-                                            "convert to a wider type before the matmul")
+                                            "convert to a wider integer type before the matmul")
+    # A float32 matmul gives the same numbers here (it adds integers exactly up to 2^24, and a vectorised sum keeps
+    # its partial sums small even at K = 4096), so the dtypes of the products are what tells the two apart.
+    if ops.float_matmuls() or not ops.integer_matmuls():
+        raise CheckFailed("the matrix product of your int8 linear layer", "an integer matmul (int8 or int32 operands)",
+                          ", ".join(ops.float_matmuls()) or "no matrix product",
+                          "the exercise is the integer GEMM that makes int8 fast: multiply x_q and w_q as integers "
+                          "(torch._int_mm, or x_q.int() @ w_q.int().T) and apply the float scales after the sum")
 
 
 @exercise(points=2)

@@ -7,6 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from minilib.course.checks.core import CheckFailed, exercise, expect_close, expect_equal
+from minilib.course.checks.guards import forbidden_calls
+import minilib.experiments.picker as picker
+import minilib.metrics as metrics
 
 
 def _number(what: str, got) -> torch.Tensor:
@@ -61,20 +64,24 @@ def check_brevity_penalty(fn):
 @exercise(points=2)
 def check_lcs_length(fn):
     """Longest common *subsequence* (gaps allowed), not the longest common substring."""
-    cases = [("police killed the gunman".split(), "the gunman killed police".split(), 2),
-             (list("abcbdab"), list("bdcaba"), 4), ([], list("abc"), 0), (list("abc"), list("abc"), 3),
-             (list("axbxc"), list("abc"), 3)]
-    for a, b, expected in cases:
-        expect_equal(f"lcs_length({a}, {b})", fn(a, b), expected,
-                     hint="dynamic programming: L[i][j] = L[i-1][j-1] + 1 if a[i] == b[j] else max(L[i-1][j], L[i][j-1]); "
-                          "the matched tokens need not be next to each other")
+    with forbidden_calls(fn, [(metrics, "lcs_length"), (metrics, "rouge_l")],
+                         "write the dynamic programme yourself: minilib.metrics.lcs_length is the answer"):
+        cases = [("police killed the gunman".split(), "the gunman killed police".split(), 2),
+                 (list("abcbdab"), list("bdcaba"), 4), ([], list("abc"), 0), (list("abc"), list("abc"), 3),
+                 (list("axbxc"), list("abc"), 3)]
+        for a, b, expected in cases:
+            expect_equal(f"lcs_length({a}, {b})", fn(a, b), expected,
+                         hint="dynamic programming: L[i][j] = L[i-1][j-1] + 1 if a[i] == b[j] else max(L[i-1][j], L[i][j-1]); "
+                              "the matched tokens need not be next to each other")
 
 
 @exercise(points=2)
 def check_pareto_points(fn):
     """The (latency, accuracy) points no other point beats on both, sorted by latency."""
-    points = [(10.0, 0.80), (20.0, 0.90), (15.0, 0.78), (30.0, 0.90), (40.0, 0.95), (5.0, 0.70)]
-    expect_equal("front of 6 models", list(fn(points)), [(5.0, 0.70), (10.0, 0.80), (20.0, 0.90), (40.0, 0.95)],
-                 hint="drop a point when another is at least as fast AND at least as accurate, and better on one of them")
-    expect_equal("two identical points", list(fn([(1.0, 0.5), (1.0, 0.5)])), [(1.0, 0.5), (1.0, 0.5)],
-                 hint="an equal point does not dominate: it must be strictly better on one axis")
+    with forbidden_calls(fn, [(picker, "pareto_front")],
+                         "compare the points yourself: minilib.experiments.picker.pareto_front is the answer"):
+        points = [(10.0, 0.80), (20.0, 0.90), (15.0, 0.78), (30.0, 0.90), (40.0, 0.95), (5.0, 0.70)]
+        expect_equal("front of 6 models", list(fn(points)), [(5.0, 0.70), (10.0, 0.80), (20.0, 0.90), (40.0, 0.95)],
+                     hint="drop a point when another is at least as fast AND at least as accurate, and better on one of them")
+        expect_equal("two identical points", list(fn([(1.0, 0.5), (1.0, 0.5)])), [(1.0, 0.5), (1.0, 0.5)],
+                     hint="an equal point does not dominate: it must be strictly better on one axis")
