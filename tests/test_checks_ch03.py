@@ -5,6 +5,8 @@ import torch
 
 from minilib.course.checks import (check_clip_by_global_norm, check_pre_norm_residual, check_sinusoidal_positions,
                             check_warmup_linear)
+from minilib.train import lr_multiplier
+from minilib.transformer import SinusoidalPositions
 
 
 def stub(*args):
@@ -23,6 +25,7 @@ def sinusoidal(max_len, d_model, base=10000.0, swap=False):
 
 def test_sinusoidal_positions():
     assert check_sinusoidal_positions(sinusoidal)
+    assert not check_sinusoidal_positions(lambda max_len, d: SinusoidalPositions(max_len, d).table)   # the library's own
     assert not check_sinusoidal_positions(stub)
     assert not check_sinusoidal_positions(lambda n, d: sinusoidal(n, d, swap=True))       # sin and cos swapped
     assert not check_sinusoidal_positions(lambda n, d: sinusoidal(n, d, base=1000.0))     # wrong base
@@ -43,6 +46,7 @@ def warmup_linear(step, total_steps, warmup_steps):
 
 def test_warmup_linear():
     assert check_warmup_linear(warmup_linear)
+    assert not check_warmup_linear(lambda step, total, warmup: lr_multiplier(step, total, warmup, "linear"))   # the library's
     assert not check_warmup_linear(stub)
     assert not check_warmup_linear(lambda s, t, w: s / w if s < w else 1 - (s - w) / (t - w))  # starts at 0
     assert not check_warmup_linear(lambda s, t, w: (s + 1) / w if s < w else 1 - s / t)        # decays from step 0

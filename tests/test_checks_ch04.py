@@ -4,6 +4,7 @@ import math
 import torch
 
 from minilib.course.checks import check_add_global_tokens, check_window_mask, check_window_tile_count
+from minilib.sparse import block_layout, global_mask, sliding_window_mask
 
 
 def stub(*args):
@@ -21,6 +22,7 @@ def test_window_mask():
     assert not check_window_mask(lambda n, w: window_mask(n, w + 1))               # ≤ instead of <
     assert not check_window_mask(lambda n, w: window_mask(n, w).float())           # not boolean
     assert not check_window_mask(lambda n, w: window_mask(n, w).tril())            # one-sided
+    assert not check_window_mask(lambda n, w: sliding_window_mask(n, w))           # the library's own mask
 
 
 def test_add_global_tokens():
@@ -37,6 +39,7 @@ def test_add_global_tokens():
     assert not check_add_global_tokens(stub)
     assert not check_add_global_tokens(rows_only)
     assert not check_add_global_tokens(lambda mask, g: reference(torch.zeros_like(mask), g))   # forgets the window
+    assert not check_add_global_tokens(lambda mask, g: mask | global_mask(mask.shape[0], g))   # the library's own
 
 
 def test_window_tile_count():
@@ -48,4 +51,6 @@ def test_window_tile_count():
     assert check_window_tile_count(reference)
     assert not check_window_tile_count(stub)
     assert not check_window_tile_count(lambda n, w, b: (n // b) * (2 * math.ceil((w - 1) / b) + 1))   # ignores the ends
+    # the check's own reference: the n × n mask and minilib's block_layout, not a count
+    assert not check_window_tile_count(lambda n, w, b: int(block_layout(sliding_window_mask(n, w), b).sum()))
     assert not check_window_tile_count(lambda n, w, b: (n // b) ** 2)                                # dense

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from minilib.course.checks import check_elu_feature_map, check_kernel_attention, check_rnn_step
+from minilib.linear_attention import elu_features, linear_attention, step
 
 
 def stub(*args):
@@ -18,6 +19,7 @@ def test_elu_feature_map():
     assert not check_elu_feature_map(stub)
     assert not check_elu_feature_map(F.elu)                    # forgets the + 1
     assert not check_elu_feature_map(lambda x: F.relu(x) + 1)
+    assert not check_elu_feature_map(lambda x: elu_features(x))    # the library's own φ: not the exercise
 
 
 def test_kernel_attention():
@@ -30,6 +32,13 @@ def test_kernel_attention():
     assert not check_kernel_attention(lambda q, k, v: phi(q) @ (phi(k).T @ v))                  # not normalised
     assert not check_kernel_attention(lambda q, k, v: torch.softmax(q @ k.T, dim=-1) @ v)       # softmax instead
 
+    def builds_the_n_by_n_matrix(q, k, v):                     # right numbers, but the (n, n) matrix the trick avoids
+        weights = phi(q) @ phi(k).T
+        return weights @ v / weights.sum(dim=-1, keepdim=True)
+
+    assert not check_kernel_attention(builds_the_n_by_n_matrix)
+    assert not check_kernel_attention(lambda q, k, v: linear_attention(q[None, None], k[None, None], v[None, None])[0, 0])
+
 
 def test_rnn_step():
     def reference(S, z, q, k, v):
@@ -41,8 +50,13 @@ def test_rnn_step():
         new_S, new_z = S + torch.outer(phi(k), v), z + phi(k)
         return new_S, new_z, (phi(q) @ S) / (phi(q) @ z + 1e-6)
 
+    def library_step(S, z, q, k, v):                           # minilib's own step: not the exercise
+        (S, z), out = step((S, z), q, k, v)
+        return S, z, out
+
     assert check_rnn_step(reference)
     assert not check_rnn_step(stub)
+    assert not check_rnn_step(library_step)
     assert not check_rnn_step(output_before_update)
     assert not check_rnn_step(lambda S, z, q, k, v: (S + torch.outer(v, phi(k)), z + phi(k),     # transposed outer product
                                                       (phi(q) @ (S + torch.outer(v, phi(k)))) / (phi(q) @ (z + phi(k)))))

@@ -11,13 +11,21 @@ def stub(*args):
 
 
 def test_temperature_softmax():
-    assert check_temperature_softmax(soft_targets)
+    assert check_temperature_softmax(lambda logits, temperature: torch.softmax(logits / temperature, -1))
+    assert not check_temperature_softmax(lambda logits, temperature: soft_targets(logits, temperature))   # the library's
     assert not check_temperature_softmax(stub)
     assert not check_temperature_softmax(lambda logits, temperature: torch.softmax(logits * temperature, -1))
 
 
 def test_kd_loss():
-    assert check_kd_loss(distillation_loss)
+    def kd_loss(student, teacher, labels, temperature, alpha):               # the chapter's model answer
+        log_p_student = torch.log_softmax(student / temperature, dim=-1)
+        log_p_teacher = torch.log_softmax(teacher / temperature, dim=-1)
+        kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1).mean()
+        return alpha * temperature ** 2 * kl + (1 - alpha) * F.cross_entropy(student, labels)
+
+    assert check_kd_loss(kd_loss)
+    assert not check_kd_loss(lambda *args: distillation_loss(*args))                    # the library's own loss
     assert not check_kd_loss(stub)
 
     def without_t_squared(student, teacher, labels, temperature, alpha):
@@ -34,6 +42,11 @@ def test_kd_loss():
 
 
 def test_masked_cosine_loss():
-    assert check_masked_cosine_loss(lambda s, t, mask: hidden_state_loss(s, t, kind="cosine", attention_mask=mask))
+    def masked_cosine_loss(student, teacher, mask):                          # the chapter's model answer
+        per_token = 1 - F.cosine_similarity(student, teacher, dim=-1)
+        return (per_token * mask).sum() / mask.sum()
+
+    assert check_masked_cosine_loss(masked_cosine_loss)
+    assert not check_masked_cosine_loss(lambda s, t, mask: hidden_state_loss(s, t, kind="cosine", attention_mask=mask))
     assert not check_masked_cosine_loss(stub)
     assert not check_masked_cosine_loss(lambda s, t, mask: (1 - F.cosine_similarity(s, t, dim=-1)).mean())

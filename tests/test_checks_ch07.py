@@ -2,6 +2,7 @@
 import torch
 
 from minilib.course.checks import check_affine_params, check_int8_linear, check_pack_nibbles, check_symmetric_quantize
+from minilib.quant.int8 import int8_matmul   # the chapter's int8 GEMM: the model answer builds on it
 
 
 def stub(*args):
@@ -48,6 +49,10 @@ def test_int8_linear():
     assert not check_int8_linear(lambda x_q, x_scale, w_q, w_scale, bias: (x_q @ w_q.t()).float() * x_scale * w_scale + bias)  # int8 overflow
     assert not check_int8_linear(lambda x_q, x_scale, w_q, w_scale, bias: int8_linear(x_q, x_scale, w_q, w_scale, bias) - bias)  # no bias
     assert not check_int8_linear(lambda x_q, x_scale, w_q, w_scale, bias: int8_linear(x_q, x_scale.T[:, :1], w_q, w_scale, bias))  # one scale
+    # right numbers, but a float matmul (exact here) instead of the integer GEMM the exercise is about
+    assert not check_int8_linear(lambda x_q, x_scale, w_q, w_scale, bias: (x_q.float() @ w_q.float().t()) * x_scale * w_scale + bias)
+    assert not check_int8_linear(lambda x_q, x_scale, w_q, w_scale, bias: (x_q.double() @ w_q.double().t()).float() * x_scale * w_scale + bias)
+    assert check_int8_linear(lambda x_q, x_scale, w_q, w_scale, bias: int8_matmul(x_q, w_q.t()).float() * x_scale * w_scale + bias)
 
 
 def pack(codes):

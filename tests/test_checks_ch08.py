@@ -10,7 +10,13 @@ def stub(*args):
 
 
 def test_magnitude_mask():
-    assert check_magnitude_mask(prune.magnitude_mask)
+    def magnitude_mask(weight, sparsity):                                  # the chapter's model answer
+        keep = torch.ones(weight.numel(), dtype=torch.bool)
+        keep[weight.abs().flatten().argsort()[:round(sparsity * weight.numel())]] = False
+        return keep.view_as(weight)
+
+    assert check_magnitude_mask(magnitude_mask)
+    assert not check_magnitude_mask(lambda w, s: prune.magnitude_mask(w, s))           # the library's own
     assert not check_magnitude_mask(stub)
     assert not check_magnitude_mask(lambda w, s: prune.magnitude_mask(w, s).float())  # not a bool mask
     assert not check_magnitude_mask(lambda w, s: prune.magnitude_mask(-w.abs() + w.abs().max(), s))  # keeps the smallest
@@ -18,14 +24,21 @@ def test_magnitude_mask():
 
 
 def test_cubic_sparsity():
-    assert check_cubic_sparsity(prune.cubic_sparsity)
+    assert check_cubic_sparsity(lambda t, n, s: s * (1 - (1 - t / n) ** 3))
+    assert not check_cubic_sparsity(lambda t, n, s: prune.cubic_sparsity(t, n, s))     # the library's own
     assert not check_cubic_sparsity(stub)
     assert not check_cubic_sparsity(lambda t, n, s: s * t / n)  # linear schedule
     assert not check_cubic_sparsity(lambda t, n, s: s * (t / n) ** 3)  # slow first, fast at the end
 
 
 def test_two_four_mask():
-    assert check_two_four_mask(prune.nm_mask)
+    def two_four_mask(weight):                                             # the chapter's model answer
+        groups = weight.abs().view(weight.shape[0], -1, 4)
+        keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, groups.topk(2, dim=-1).indices, True)
+        return keep.view_as(weight)
+
+    assert check_two_four_mask(two_four_mask)
+    assert not check_two_four_mask(lambda w: prune.nm_mask(w))                         # the library's own
     assert not check_two_four_mask(stub)
     assert not check_two_four_mask(lambda w: prune.magnitude_mask(w, 0.5))  # 50% sparse, but not 2 in every 4
     assert not check_two_four_mask(lambda w: torch.zeros_like(w, dtype=torch.bool).view(w.shape[0], -1, 4).scatter_(
@@ -33,7 +46,8 @@ def test_two_four_mask():
 
 
 def test_head_columns():
-    assert check_head_columns(prune.head_columns)
+    assert check_head_columns(lambda heads, d: (heads[:, None] * d + torch.arange(d)).flatten())
+    assert not check_head_columns(lambda heads, d: prune.head_columns(heads, d))       # the library's own
     assert not check_head_columns(stub)
     assert not check_head_columns(lambda heads, d: (heads[:, None] + torch.arange(d)).flatten())  # forgot × d_h
     assert not check_head_columns(lambda heads, d: (heads[:, None] * d + torch.arange(d)).T.flatten())  # interleaved

@@ -52,7 +52,15 @@ def test_brevity_penalty():
 
 
 def test_lcs_length():
-    assert check_lcs_length(lcs_length)
+    def dynamic_programme(a, b):                                           # the chapter's model answer
+        table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+        for i, x in enumerate(a, 1):
+            for j, y in enumerate(b, 1):
+                table[i][j] = table[i - 1][j - 1] + 1 if x == y else max(table[i - 1][j], table[i][j - 1])
+        return table[-1][-1]
+
+    assert check_lcs_length(dynamic_programme)
+    assert not check_lcs_length(lambda a, b: lcs_length(a, b))                         # the library's own
     assert not check_lcs_length(stub)
 
     def longest_common_substring(a, b):
@@ -73,7 +81,13 @@ def test_pareto_points():
         candidates = [Candidate(str(i), latency, 0.0, accuracy) for i, (latency, accuracy) in enumerate(points)]
         return [(c.latency_ms, c.accuracy) for c in pareto_front(candidates, use_memory=False)]
 
-    assert check_pareto_points(pareto_points)
+    def own_pareto_points(points):                                         # the chapter's model answer
+        def dominated(p):
+            return any(q[0] <= p[0] and q[1] >= p[1] and q != p for q in points)
+        return sorted((p for p in points if not dominated(p)), key=lambda p: p[0])
+
+    assert check_pareto_points(own_pareto_points)
+    assert not check_pareto_points(pareto_points)                                      # calls the library's front
     assert not check_pareto_points(stub)
 
     def best_so_far_with_ties_dropped(points):  # a plausible sweep that forgets equal points
