@@ -4,11 +4,11 @@ import math
 import torch
 
 from minilib.attention import scaled_dot_product_attention
-from minilib.course.checks import (check_causal_padding_mask, check_online_softmax_step, check_softmax_attention,
-                            check_split_heads)
+from minilib.course.checks import (check_causal_padding_mask, check_multihead_attention, check_online_softmax_step,
+                                   check_softmax_attention, check_split_heads)
 
 
-def stub(*args):
+def stub(*args, **kwargs):
     raise NotImplementedError
 
 
@@ -69,3 +69,69 @@ def test_online_softmax_step_reference_matches_full_softmax():
     for chunk in range(0, 100, 7):
         state = online_step(*state, scores[:, chunk:chunk + 7], v[chunk:chunk + 7])
     torch.testing.assert_close(state[2] / state[1][:, None], torch.softmax(scores, -1) @ v)
+
+
+class MultiHeadSelfAttention(torch.nn.Module):
+    """The model answer of Exercise 2.6, with switches for the mistakes the check must catch."""
+
+    def __init__(self, d_model, n_heads, scale_by_d_model=False, transposed_out=False, mask=True, fused=False):
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, d_model // n_heads
+        self.in_proj = torch.nn.Linear(d_model, 3 * d_model)
+        self.out_proj = torch.nn.Linear(d_model, d_model)
+        self.scale_by_d_model, self.transposed_out, self.mask, self.fused = scale_by_d_model, transposed_out, mask, fused
+
+    def forward(self, x, key_padding_mask=None):
+        batch, seq, d_model = x.shape
+        q, k, v = self.in_proj(x).chunk(3, dim=-1)
+        q, k, v = (t.view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        if self.fused:  # the shortcut: PyTorch's fused attention
+            allowed = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+            heads = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        else:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(d_model if self.scale_by_d_model else self.head_dim)
+            if key_padding_mask is not None and self.mask:
+                scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+            heads = torch.softmax(scores, dim=-1) @ v
+        merged = heads.transpose(1, 2).reshape(batch, seq, d_model)
+        if self.transposed_out:
+            return merged @ self.out_proj.weight + self.out_proj.bias
+        return self.out_proj(merged)
+
+
+def variant(**mistake):
+    return lambda d_model, n_heads: MultiHeadSelfAttention(d_model, n_heads, **mistake)
+
+
+class StubAttention(MultiHeadSelfAttention):
+    def forward(self, x, key_padding_mask=None):
+        raise NotImplementedError
+
+
+def test_multihead_attention():
+    assert check_multihead_attention(MultiHeadSelfAttention)
+    assert not check_multihead_attention(StubAttention)
+    assert not check_multihead_attention(variant(fused=True))              # PyTorch's fused kernel
+    assert not check_multihead_attention(variant(scale_by_d_model=True))   # √d_model instead of √head_dim
+    assert not check_multihead_attention(variant(transposed_out=True))     # x @ W instead of x @ Wᵀ
+    assert not check_multihead_attention(variant(mask=False))              # padding ignored
+
+
+def test_multihead_attention_rejects_minilib_attention_imported_by_name():
+    """A notebook that imported the function under study under its own name is caught too."""
+    namespace = {}
+    exec("import math, torch\n"
+         "from minilib.attention import scaled_dot_product_attention as attend\n"
+         "class Borrowed(torch.nn.Module):\n"
+         "    def __init__(self, d_model, n_heads):\n"
+         "        super().__init__()\n"
+         "        self.n_heads, self.head_dim = n_heads, d_model // n_heads\n"
+         "        self.in_proj, self.out_proj = torch.nn.Linear(d_model, 3 * d_model), torch.nn.Linear(d_model, d_model)\n"
+         "    def forward(self, x, key_padding_mask=None):\n"
+         "        b, t, d = x.shape\n"
+         "        q, k, v = (s.view(b, t, self.n_heads, self.head_dim).transpose(1, 2) for s in self.in_proj(x).chunk(3, -1))\n"
+         "        mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]\n"
+         "        return self.out_proj(attend(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, t, d))\n",
+         namespace)
+    assert not check_multihead_attention(namespace["Borrowed"])
+    assert namespace["attend"] is scaled_dot_product_attention  # restored afterwards
