@@ -95,10 +95,19 @@ def expect_refusal(problem_word):
     return message
 
 
-def test_missing_artefact_names_it_and_the_rebuild_command():
-    RECIPE.trainings = 0
+def test_missing_artefact_names_it_and_the_rebuild_command(shipped_toy, private_folders):
+    (private_folders / "data" / "toy.safetensors").unlink()
     expect_refusal("missing")
     assert artefacts.check(TOY).startswith("missing")
+
+
+def test_an_artefact_never_shipped_is_trained_on_first_use_with_a_warning():
+    RECIPE.trainings = 0
+    with pytest.warns(UserWarning, match="not shipped yet.*rebuild toy"):
+        RECIPE.run()
+    assert RECIPE.trainings == 1
+    RECIPE.run()                                            # then it is the learner's own copy
+    assert RECIPE.trainings == 1 and artefacts.check(TOY).startswith("missing")
 
 
 def edit_manifest(folder, **changes):

@@ -14,7 +14,8 @@ Loading (:func:`load_model`, :func:`cached_result`) prefers the shipped file, th
 in ``minilib.cache.cache_dir()``, then trains. It trains only when asked (``retrain=True``, or the
 environment variable ``MINILIB_RETRAIN`` set to ``1`` or to a comma-separated list of names): a shipped
 artefact that is missing, stale or corrupt otherwise stops with an :class:`ArtefactError` that names it
-and the command that rebuilds it.
+and the command that rebuilds it. An artefact that the manifest does not list at all (a recipe added
+since the last rebuild) is trained on first use, with a warning that says how to ship it.
 
 **The code hash** (:func:`code_hash`): the first 16 hex digits of the SHA-256 of a canonical JSON
 document made of the artefact's name, its ``params`` (seeds, dataset sizes, epochs...), the source text of
@@ -35,6 +36,7 @@ import json
 import os
 import textwrap
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -154,11 +156,18 @@ def _problem_message(artefact: Artefact, problem: str) -> str:
             f"os.environ['MINILIB_RETRAIN'] = '1' before this cell).")
 
 
-def _retrain_asked(name: str, retrain: bool | None) -> bool:
+def _may_train(artefact: Artefact, retrain: bool | None) -> bool:
+    """Asked for (``retrain``, ``MINILIB_RETRAIN``), or never shipped: a recipe added since the last rebuild."""
     if retrain is not None:
         return retrain
     asked = os.environ.get("MINILIB_RETRAIN", "").strip()
-    return asked.lower() in {"1", "true", "yes", "all"} or name in {a.strip() for a in asked.split(",")}
+    if asked.lower() in {"1", "true", "yes", "all"} or artefact.name in {a.strip() for a in asked.split(",")}:
+        return True
+    if artefact.name not in read_manifest():
+        warnings.warn(f"{artefact.name!r} is not shipped yet: training it here, once (then kept in your cache); "
+                      f"`{REBUILD_COMMAND} {artefact.name}` ships it")
+        return True
+    return False
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -220,7 +229,7 @@ def load_model(artefact: Artefact, skeleton: Callable[[], nn.Module], build: Cal
     if own.exists():
         with contextlib.suppress(ArtefactError):
             return _apply(skeleton(), _read_tensors(own), str(own))
-    if not _retrain_asked(artefact.name, retrain):
+    if not _may_train(artefact, retrain):
         raise ArtefactError(_problem_message(artefact, problem))
     model = skeleton()
     base = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -276,7 +285,7 @@ def cached_result(artefact: Artefact, key, compute: Callable[[], Any], retrain: 
     if own.exists():
         return json.loads(own.read_text())
     ours = key_id in shipped or not shipped  # a run of the chapter's sweep (or, with no readable file, maybe one)
-    if problem is not None and ours and not _retrain_asked(artefact.name, retrain):
+    if problem is not None and ours and not _may_train(artefact, retrain):
         raise ArtefactError(_problem_message(artefact, problem))
     result = compute()
     own.parent.mkdir(parents=True, exist_ok=True)
