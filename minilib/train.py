@@ -110,18 +110,29 @@ def _batches(data: Dataset, batch_size: int, device) -> "iter[tuple[torch.Tensor
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, data: Dataset, batch_size: int = 256) -> torch.Tensor:
-    """Logits ``(n, n_classes)`` of a classifier on ``data`` = ``(input_ids, attention_mask, labels)`` rows, in eval mode, on CPU."""
-    was_training = model.training
-    model.eval()
-    logits = [model(*trim_padding(ids, mask)).float().cpu()
-              for ids, mask, *_ in _batches(data, batch_size, model_device(model))]
-    model.train(was_training)
+def predict_logits(model: Callable, data: Dataset, batch_size: int = 256) -> torch.Tensor:
+    """Logits ``(n, n_classes)`` of a classifier on ``data`` = ``(input_ids, attention_mask, labels)`` rows, on CPU.
+
+    ``model`` is an ``nn.Module`` (run in eval mode, fed on its own device) or any other callable
+    ``(input_ids, attention_mask) -> logits``, such as an ONNX Runtime session (fed CPU tensors).
+    """
+    is_module = isinstance(model, nn.Module)
+    was_training = is_module and model.training
+    if is_module:
+        model.eval()
+    device = model_device(model) if is_module else torch.device("cpu")
+    logits = [torch.as_tensor(model(*trim_padding(ids, mask))).float().cpu()
+              for ids, mask, *_ in _batches(data, batch_size, device)]
+    if is_module:
+        model.train(was_training)
     return torch.cat(logits)
 
 
-def accuracy(model: nn.Module, data: Dataset, batch_size: int = 256) -> float:
-    """Fraction of rows of ``data`` whose arg-max logit equals the label (the last tensor of each row)."""
+def accuracy(model: Callable, data: Dataset, batch_size: int = 256) -> float:
+    """Fraction of rows of ``data`` whose arg-max logit equals the label (the last tensor of each row).
+
+    ``model``: a classifier module or any callable ``(input_ids, attention_mask) -> logits`` (see :func:`predict_logits`).
+    """
     labels = data.tensors[-1] if hasattr(data, "tensors") else torch.stack([row[-1] for row in data])
     return (predict_logits(model, data, batch_size).argmax(dim=-1) == labels).float().mean().item()
 

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from minilib.bench import compare
 from minilib.device import model_device, to_device
-from minilib.train import trim_padding
+from minilib.train import accuracy, trim_padding
 
 Logits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids, attention_mask) -> (batch, classes)
 
@@ -100,17 +100,6 @@ def pareto_front(candidates: Sequence[Candidate], use_memory: bool = True) -> li
 
 
 @torch.no_grad()
-def classifier_accuracy(logits_fn: Logits, data: Dataset, batch_size: int = 256) -> float:
-    """Fraction of ``data`` rows ``(input_ids, attention_mask, label)`` whose arg-max logit is the label."""
-    correct = total = 0
-    device = _device_of(logits_fn)
-    for input_ids, attention_mask, labels in DataLoader(data, batch_size=batch_size):
-        logits = logits_fn(*to_device(trim_padding(input_ids, attention_mask), device))
-        correct += (torch.as_tensor(logits).argmax(dim=-1).cpu() == labels).sum().item()
-        total += len(labels)
-    return correct / total
-
-
 def _device_of(logits_fn: Logits) -> torch.device:
     """Where a classifier wants its inputs: a module's device; the CPU for any other callable (ONNX Runtime)."""
     return model_device(logits_fn) if isinstance(logits_fn, torch.nn.Module) else torch.device("cpu")
@@ -136,7 +125,7 @@ def measure_classifiers(models: dict[str, Logits], sizes_bytes: dict[str, int], 
     with torch.inference_mode():
         timings = compare({name: (lambda fn=fn, name=name: fn(*batches[name])) for name, fn in models.items()},
                           warmup=warmup, repeats=repeats)
-    return [Candidate(name, 1000 * timings.timings[name].median, sizes_bytes[name] / 1e6, classifier_accuracy(fn, data))
+    return [Candidate(name, 1000 * timings.timings[name].median, sizes_bytes[name] / 1e6, accuracy(fn, data))
             for name, fn in models.items()]
 
 
