@@ -14,7 +14,7 @@ the same data types, and the same dimensions **without the batch dimension** whe
 (Triton adds it, and its dynamic batcher stacks the requests it receives into one batch).
 
     repo = triton_repository("model.onnx", "model_repository", "notebooks/model_repository/minilm/config.pbtxt")
-    check_triton_config((repo / "minilm" / "config.pbtxt").read_text(), "model.onnx")   # raises on a mismatch
+    verify_triton_config((repo / "minilm" / "config.pbtxt").read_text(), "model.onnx")   # raises on a mismatch
 """
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def _scalar(token: str):
     return token  # an enum value or true/false
 
 
-def check_triton_config(config_text: str, onnx_path) -> dict:
+def verify_triton_config(config_text: str, onnx_path) -> dict:
     """Check a ``config.pbtxt`` against the ONNX model it serves; return the parsed configuration.
 
     Compares every input and output of the graph (as ONNX Runtime reads it) with the configuration:
@@ -161,11 +161,11 @@ def triton_repository(onnx_path, folder, config_path, version: int = 1) -> Path:
     """Lay out a Triton model repository in ``folder``: ``<name>/config.pbtxt`` and ``<name>/<version>/model.onnx``.
 
     The model's name is the ``name`` field of the configuration at ``config_path``; the configuration is
-    checked against the ONNX file first (:func:`check_triton_config`), so a mismatch fails here, not in the
+    checked against the ONNX file first (:func:`verify_triton_config`), so a mismatch fails here, not in the
     server's log. Returns ``folder``.
     """
     config_text = Path(config_path).read_text(encoding="utf-8")
-    config = check_triton_config(config_text, onnx_path)
+    config = verify_triton_config(config_text, onnx_path)
     if not config.get("name"):
         raise ValueError(f"{config_path}: the configuration has no name: add a line such as name: \"minilm\"")
     model = Path(folder) / config["name"]

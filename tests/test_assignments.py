@@ -18,7 +18,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from minilib.course.assignments import (AssignmentError, StudentWorkError, build, find_exercises, grade_notebook,
                                  read_notebook, student_edition, write_csv, write_json)
-from minilib.course.assignments.exercises import BEGIN, END, replace_solutions
+from minilib.course.assignments.exercises import BEGIN, END, RUBRIC, replace_solutions
 
 REPO = Path(__file__).resolve().parents[1]
 COURSE_NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -37,7 +37,8 @@ def split_heads(x, n_heads):
     ### BEGIN SOLUTION
     return x.view(batch, seq, n_heads, d_model // n_heads).transpose(1, 2)
     ### END SOLUTION"""
-WRITTEN_ANSWER = f"{BEGIN}\nWithout 1/√d the scores grow with d and the softmax saturates.\n{END}"
+WRITTEN_ANSWER = (f"{BEGIN}\nWithout 1/√d the scores grow with d and the softmax saturates.\n{END}\n\n"
+                  f"{RUBRIC[0]}\n**Rubric.**\n- **1 point**: the scores' variance grows with d; softmax saturates.\n{RUBRIC[1]}")
 
 
 def toy_chapter(*extra_after_first_check):
@@ -111,6 +112,32 @@ def test_student_edition_stubs_solutions_keeps_checks_and_strips_outputs():
     compile(student.cells[4].source, "stub", "exec")
 
 
+def rubric_lines(nb) -> set[str]:
+    """Every non-blank line inside a rubric region of ``nb``, markers included."""
+    lines = set()
+    for cell in nb.cells:
+        inside = False
+        for line in cell.source.splitlines():
+            if line.strip() in RUBRIC:
+                inside = line.strip() == RUBRIC[0]
+                lines.add(line.strip())
+            elif inside and line.strip():
+                lines.add(line.strip())
+    return lines
+
+
+def test_student_edition_drops_rubrics_and_cells_that_held_only_a_rubric():
+    teacher = toy_chapter()
+    answer, rubric = WRITTEN_ANSWER.split("\n\n")
+    teacher.cells[10].source = answer
+    teacher.cells.insert(11, new_markdown_cell(rubric))                   # the rubric in a cell of its own
+    student = student_edition(teacher, "toy.ipynb")
+    assert len(student.cells) == len(teacher.cells) - 1
+    assert student.cells[10].source == "YOUR ANSWER HERE"
+    text = "\n".join(cell.source for cell in student.cells)
+    assert "RUBRIC" not in text and "point**" not in text and "saturates" not in text
+
+
 def test_find_exercises_reads_headings_points_and_checks():
     exercises = find_exercises(toy_chapter(), "toy.ipynb")
     assert [(e.number, e.points, e.written, e.checks) for e in exercises] == [
@@ -142,6 +169,17 @@ def test_an_exercise_heading_may_share_its_cell_with_the_section_heading():
      "cell 2 (\"import torch\"): a solution region outside the exercises"),
     (lambda nb: setattr(nb.cells[4], "source", ATTENTION_SOLUTION.replace(BEGIN, "").replace(END, "")),
      "exercise 2.1 has no '### BEGIN SOLUTION' region"),
+    (lambda nb: setattr(nb.cells[10], "source", WRITTEN_ANSWER.split("\n\n")[0]),
+     "written exercise 2.3 needs one model answer between '### BEGIN SOLUTION' and '### END SOLUTION' and one "
+     "rubric between '### BEGIN RUBRIC' and '### END RUBRIC' in its markdown cells; found 1 and 0"),
+    (lambda nb: setattr(nb.cells[10], "source", WRITTEN_ANSWER.split(BEGIN + "\n")[0] + RUBRIC[0] + "\n- **1 point**: x\n" + RUBRIC[1]),
+     "found 0 and 1"),
+    (lambda nb: setattr(nb.cells[10], "source", WRITTEN_ANSWER.replace("**1 point**", "**2 points**")),
+     "the rubric of exercise 2.3 gives 2 points (2), the heading 1"),
+    (lambda nb: setattr(nb.cells[10], "source", WRITTEN_ANSWER.replace(RUBRIC[1], "")),
+     "the rubric region opened at line 5 is never closed; add '### END RUBRIC' after the rubric"),
+    (lambda nb: setattr(nb.cells[2], "source", f"## Exercises\n{RUBRIC[0]}\n- **1 point**: x\n{RUBRIC[1]}"),
+     "cell 3 (\"## Exercises\"): a rubric belongs in a markdown cell of a written exercise"),
 ])
 def test_bad_teacher_notebooks_get_errors_naming_notebook_and_cell(change, message):
     nb = toy_chapter()
@@ -307,7 +345,38 @@ def test_course_notebook_builds_without_leaking_solutions(path):
     teacher = read_notebook(path)
     exercises = find_exercises(teacher, path.name)
     assert len(exercises) >= 3, f"{path.name} has {len(exercises)} exercises; every chapter needs at least three"
-    assert_no_solution_leaks(teacher, student_edition(teacher, path.name))
+    student = student_edition(teacher, path.name)
+    assert_no_solution_leaks(teacher, student)
+    student_text = {line.strip() for cell in student.cells for line in cell.source.splitlines()}
+    assert not rubric_lines(teacher) & student_text, f"{path.name}: rubric text in the student edition"
+
+
+@pytest.mark.skipif(not COURSE_NOTEBOOKS, reason="no notebooks yet")
+@pytest.mark.parametrize("path", COURSE_NOTEBOOKS, ids=lambda p: p.name)
+def test_teachers_edition_has_a_model_answer_and_a_rubric_for_every_written_exercise(path):
+    teacher = read_notebook(path)
+    student = student_edition(teacher, path.name)
+    written = [e for e in find_exercises(teacher, path.name) if e.written]
+    for exercise in written:
+        cells = [teacher.cells[i].source for i in exercise.cells]
+        answer = [c for c in cells if BEGIN in c.splitlines()]
+        assert len(answer) == 1 and len(replace_solutions(answer[0], (), "t", RUBRIC).split(BEGIN)[1]) > 200, (
+            f"exercise {exercise.number}: no substantial model answer")
+        assert sum(RUBRIC[0] in c.splitlines() for c in cells) == 1, f"exercise {exercise.number}: no rubric"
+    # in the student edition each written exercise keeps its question and gets an empty answer cell instead
+    student_written = [e for e in find_exercises(student, path.name) if e.written]
+    assert [e.number for e in student_written] == [e.number for e in written]
+    for exercise in student_written:
+        sources = [student.cells[i].source for i in exercise.cells]
+        assert "YOUR ANSWER HERE" in sources and not any(RUBRIC[0] in s or BEGIN in s for s in sources)
+
+
+def test_build_copies_the_folders_the_notebooks_read(tmp_path):
+    teacher = save(toy_chapter(), tmp_path / "teacher" / "02_toy.ipynb")
+    (tmp_path / "teacher" / "diagrams").mkdir()
+    (tmp_path / "teacher" / "diagrams" / "x.svg").write_text("<svg/>", encoding="utf-8")
+    build([teacher], tmp_path / "student")
+    assert (tmp_path / "student" / "diagrams" / "x.svg").read_text(encoding="utf-8") == "<svg/>"
 
 
 @pytest.mark.skipif(not COURSE_NOTEBOOKS, reason="no notebooks yet")

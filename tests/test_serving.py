@@ -7,7 +7,7 @@ import torch
 
 from minilib.export import LogitsOnly, export_onnx
 from minilib.hf import minilm_path
-from minilib.serving import check_triton_config, parse_pbtxt, triton_repository
+from minilib.serving import verify_triton_config, parse_pbtxt, triton_repository
 
 CONFIG = Path(__file__).resolve().parents[1] / "notebooks" / "model_repository" / "minilm" / "config.pbtxt"
 # the ONNX element types as the onnx package names them, and Triton's names for them: written out independently
@@ -67,7 +67,7 @@ def test_committed_config_matches_the_onnx_graph(onnx_model):
             graph_dims = [dim.dim_value if dim.HasField("dim_value") else -1 for dim in tensor_type.shape.dim]
             assert graph_dims[0] == -1, f"{tensor.name}: the batch dimension must be dynamic for dynamic batching"
             assert entry["dims"] == graph_dims[1:], tensor.name    # Triton's dims leave out the batch dimension
-    assert check_triton_config(CONFIG.read_text(encoding="utf-8"), onnx_model)["name"] == "minilm"
+    assert verify_triton_config(CONFIG.read_text(encoding="utf-8"), onnx_model)["name"] == "minilm"
 
 
 @pytest.mark.parametrize("change, message", [
@@ -86,7 +86,7 @@ def test_a_config_that_disagrees_with_the_model_is_refused_with_the_reason(onnx_
     text = CONFIG.read_text(encoding="utf-8")
     assert old in text
     with pytest.raises(ValueError, match="config.pbtxt does not match model.onnx") as error:
-        check_triton_config(text.replace(old, new, 1), onnx_model)
+        verify_triton_config(text.replace(old, new, 1), onnx_model)
     assert message in str(error.value)
     broken = tmp_path / "config.pbtxt"
     broken.write_text(text.replace(old, new, 1), encoding="utf-8")

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import nbformat
 
-from minilib.course.assignments.exercises import (ANSWER_STUB, CODE_STUB, AssignmentError, Exercise, check_calls,
-                                           describe_cell, find_exercises, has_solution, read_notebook,
-                                           replace_solutions)
+from minilib.course.assignments.exercises import (ANSWER_STUB, CODE_STUB, RUBRIC, AssignmentError, Exercise,
+                                                  check_calls, describe_cell, find_exercises, has_solution,
+                                                  read_notebook, replace_solutions, rubric_points)
 
 MANIFEST = ".minilib-build.json"
+ASSETS = ("diagrams", "model_repository")  # folders next to the notebooks that their cells read: copied with them
 BACKUPS = "backups"
 TEACHER_NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
@@ -60,12 +61,21 @@ def student_edition(nb, notebook="notebook"):
 
 def _with_stubs(nb, notebook):
     student = copy.deepcopy(nb)
+    kept = []
     for index, cell in enumerate(student.cells):
+        where = describe_cell(notebook, nb, index)
         stub = CODE_STUB if cell.cell_type == "code" else ANSWER_STUB
-        cell.source = replace_solutions(cell.source, stub, describe_cell(notebook, nb, index))
+        without_rubric = cell.source
+        if has_solution(cell.source, RUBRIC):
+            without_rubric = replace_solutions(cell.source, (), where, markers=RUBRIC).strip()
+            if not without_rubric:
+                continue                          # a cell that held only a rubric: students get no empty cell
+        cell.source = replace_solutions(without_rubric, stub, where)
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
         cell.metadata.pop("execution", None)
+        kept.append(cell)
+    student.cells = kept
     student.metadata.pop("widgets", None)
     student.metadata["minilib"] = {"edition": "student", "source": Path(str(notebook)).name}
     return student
@@ -80,9 +90,13 @@ def validate_assignment(nb, notebook="notebook") -> list[Exercise]:
     for index, cell in enumerate(nb.cells):
         where = describe_cell(notebook, nb, index)
         replace_solutions(cell.source, (), where)  # raises on an unclosed, stray or nested marker
+        replace_solutions(cell.source, (), where, markers=RUBRIC)
         if has_solution(cell.source) and index not in in_exercise:
             raise AssignmentError(f"{where}: a solution region outside the exercises; students would get a "
                                   f"stub in the lesson. Put it under an '### Exercise N.k: …' heading")
+        if has_solution(cell.source, RUBRIC) and (index not in in_exercise or cell.cell_type != "markdown"):
+            raise AssignmentError(f"{where}: a rubric belongs in a markdown cell of a written exercise, "
+                                  f"next to its model answer")
         unknown = [name for name in check_calls(cell.source) if name not in REGISTRY] if cell.cell_type == "code" else []
         if unknown:
             close = difflib.get_close_matches(unknown[0], REGISTRY, n=3)
@@ -102,6 +116,7 @@ def _validate_exercise(exercise, registry, where, nb):
         if exercise.checks:
             raise AssignmentError(f"{where}: exercise {exercise.number} is marked 'written' (graded by hand) but calls "
                                   f"{', '.join(exercise.checks)}; drop 'written,' from the heading or the check")
+        _validate_teachers_answer(exercise, where, [nb.cells[index] for index in exercise.cells])
         return
     if not exercise.checks:
         raise AssignmentError(f"{where}: exercise {exercise.number} has no check_…(…) call; add its check, "
@@ -114,6 +129,21 @@ def _validate_exercise(exercise, registry, where, nb):
         detail = ", ".join(f"{name}: {points}" for name, points in worth.items())
         raise AssignmentError(f"{where}: the heading gives exercise {exercise.number} {exercise.points} points, "
                               f"but its checks are worth {sum(worth.values())} ({detail})")
+
+
+def _validate_teachers_answer(exercise, where, cells):
+    """A written exercise needs a model answer (a solution region) and a rubric whose points add up to its own."""
+    answers = sum(has_solution(cell.source) for cell in cells if cell.cell_type == "markdown")
+    rubrics = [cell for cell in cells if has_solution(cell.source, RUBRIC)]
+    if answers != 1 or len(rubrics) != 1:
+        raise AssignmentError(f"{where}: written exercise {exercise.number} needs one model answer between "
+                              f"'### BEGIN SOLUTION' and '### END SOLUTION' and one rubric between '{RUBRIC[0]}' and "
+                              f"'{RUBRIC[1]}' in its markdown cells; found {answers} and {len(rubrics)}")
+    points = rubric_points(rubrics[0].source)
+    if sum(points) != exercise.points:
+        criteria = " + ".join(map(str, points)) or "no '- **p points**: …' lines"
+        raise AssignmentError(f"{where}: the rubric of exercise {exercise.number} gives {sum(points)} points "
+                              f"({criteria}), the heading {exercise.points}")
 
 
 def build(notebooks=None, out="student", force=False) -> list[BuildResult]:
@@ -151,7 +181,16 @@ def build(notebooks=None, out="student", force=False) -> list[BuildResult]:
         action = {"edited": "replaced"}.get(actions[name], actions[name])
         results.append(BuildResult(target, action, exercises[name], backup))
     _write_manifest(out, manifest)
+    _copy_assets({path.parent for path in paths}, out)
     return results
+
+
+def _copy_assets(folders, out: Path) -> None:
+    """Copy the folders the notebooks read (diagrams, configuration files) next to the student edition."""
+    for folder in folders:
+        for name in ASSETS:
+            if (folder / name).is_dir() and (folder / name).resolve() != (out / name).resolve():
+                shutil.copytree(folder / name, out / name, dirs_exist_ok=True)
 
 
 def _teacher_notebooks() -> list[Path]:

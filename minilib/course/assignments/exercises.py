@@ -6,7 +6,10 @@ The form every chapter follows (see the course contract):
   ``(written, 3 points)`` for an answer graded by hand;
 - the cells under it, up to the next heading of level 1–3, belong to that exercise;
 - a code exercise's answer sits between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` and is
-  followed by a visible check, ``check_<name>(answer)``, from :mod:`minilib.course.checks`.
+  followed by a visible check, ``check_<name>(answer)``, from :mod:`minilib.course.checks`;
+- a written exercise has a markdown cell with its model answer between the same markers, and a rubric between
+  ``### BEGIN RUBRIC`` and ``### END RUBRIC``: one line per criterion, ``- **1 point**: what earns it``, whose
+  points add up to the exercise's. The student edition keeps neither.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ from pathlib import Path
 import nbformat
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+RUBRIC = ("### BEGIN RUBRIC", "### END RUBRIC")
+MARKERS = (BEGIN, END, *RUBRIC)
 CODE_STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
 ANSWER_STUB = ("YOUR ANSWER HERE",)
 
@@ -25,6 +30,7 @@ EXERCISE_HEADING = re.compile(
     r"\((?P<written>written,\s*)?(?P<points>\d+)\s+points?\)\s*$")
 ANY_HEADING = re.compile(r"^#{1,3}\s")
 CHECK_CALL = re.compile(r"\b(check_\w+)\s*\(")
+RUBRIC_LINE = re.compile(r"^\s*[-*]\s+\*\*(\d+)\s+points?\*\*")
 
 
 class AssignmentError(ValueError):
@@ -82,12 +88,12 @@ def find_exercises(nb, notebook="notebook") -> list[Exercise]:
 
 
 def _headings(markdown: str):
-    """The heading lines (levels 1–3) of a markdown cell, skipping fenced code blocks and solution markers."""
+    """The heading lines (levels 1–3) of a markdown cell, skipping fenced code blocks and solution and rubric markers."""
     in_code = False
     for line in markdown.splitlines():
         if line.lstrip().startswith(("```", "~~~")):
             in_code = not in_code
-        elif not in_code and ANY_HEADING.match(line) and line.strip() not in (BEGIN, END):
+        elif not in_code and ANY_HEADING.match(line) and line.strip() not in MARKERS:
             yield line
 
 
@@ -108,32 +114,47 @@ def check_calls(source: str) -> list[str]:
     return [name for name in CHECK_CALL.findall(source) if name not in defined]
 
 
-def replace_solutions(source: str, stub: tuple[str, ...], where: str) -> str:
+def replace_solutions(source: str, stub: tuple[str, ...], where: str, markers: tuple[str, str] = (BEGIN, END)) -> str:
     """``source`` with each solution region replaced by ``stub``, indented like the region's BEGIN marker.
 
-    ``where`` names the cell in errors: an unclosed region, an END without a BEGIN, or a region opened inside another.
+    ``markers``: the region's opening and closing lines (``RUBRIC`` for rubrics, which the student edition drops
+    with ``stub=()``). ``where`` names the cell in errors: an unclosed region, an END without a BEGIN, or a region
+    opened inside another.
     """
+    begin, end = markers
+    kind = "rubric" if markers == RUBRIC else "solution"
     kept, region_indent, opened_at = [], None, 0
     for number, line in enumerate(source.splitlines(), start=1):
         marker = line.strip()
-        if marker == BEGIN:
+        if marker == begin:
             if region_indent is not None:
-                raise AssignmentError(f"{where}: line {number} opens a solution region inside the one opened "
-                                      f"at line {opened_at}; close it first with '{END}'")
+                raise AssignmentError(f"{where}: line {number} opens a {kind} region inside the one opened "
+                                      f"at line {opened_at}; close it first with '{end}'")
             region_indent, opened_at = line[:len(line) - len(line.lstrip())], number
             kept += [region_indent + stub_line for stub_line in stub]
-        elif marker == END:
+        elif marker == end:
             if region_indent is None:
-                raise AssignmentError(f"{where}: line {number} has '{END}' without a '{BEGIN}' before it")
+                raise AssignmentError(f"{where}: line {number} has '{end}' without a '{begin}' before it")
             region_indent = None
         elif region_indent is None:
             kept.append(line)
     if region_indent is not None:
-        raise AssignmentError(f"{where}: the solution region opened at line {opened_at} is never closed; "
-                              f"add '{END}' after the solution")
+        raise AssignmentError(f"{where}: the {kind} region opened at line {opened_at} is never closed; "
+                              f"add '{end}' after the {kind}")
     return "\n".join(kept) + ("\n" if source.endswith("\n") else "")
 
 
-def has_solution(source: str) -> bool:
-    """Whether a cell holds a solution region."""
-    return any(line.strip() == BEGIN for line in source.splitlines())
+def has_solution(source: str, markers: tuple[str, str] = (BEGIN, END)) -> bool:
+    """Whether a cell holds a solution region (or, with ``markers=RUBRIC``, a rubric)."""
+    return any(line.strip() == markers[0] for line in source.splitlines())
+
+
+def rubric_points(source: str) -> list[int]:
+    """The points of each criterion (``- **2 points**: …``) inside the rubric regions of a markdown cell."""
+    points, inside = [], False
+    for line in source.splitlines():
+        if line.strip() in RUBRIC:
+            inside = line.strip() == RUBRIC[0]
+        elif inside and RUBRIC_LINE.match(line):
+            points.append(int(RUBRIC_LINE.match(line)[1]))
+    return points
