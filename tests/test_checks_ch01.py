@@ -4,11 +4,7 @@ from minilib.bench import attention_flops, param_count
 from minilib.transformer import EncoderLayer, TransformerConfig
 
 
-def stub(*args):
-    raise NotImplementedError
-
-
-def test_encoder_layer_params():
+def test_encoder_layer_params(stub):
     assert check_encoder_layer_params(lambda d, d_ff: 4 * (d * d + d) + (d * d_ff + d_ff) + (d_ff * d + d) + 2 * 2 * d)
     assert not check_encoder_layer_params(stub)
     assert not check_encoder_layer_params(lambda d, d_ff: 4 * d * d + 2 * d * d_ff)  # forgets biases and norms
@@ -16,14 +12,14 @@ def test_encoder_layer_params():
         lambda d, d_ff: param_count(EncoderLayer(TransformerConfig(vocab_size=10, d_model=d, n_heads=1, d_ff=d_ff))))
 
 
-def test_attention_matmul_flops():
+def test_attention_matmul_flops(stub):
     assert check_attention_matmul_flops(lambda n, d: 4 * n * n * d)
     assert not check_attention_matmul_flops(stub)
     assert not check_attention_matmul_flops(lambda n, d: 2 * n * n * d)  # only QKᵀ
     assert not check_attention_matmul_flops(lambda n, d: attention_flops(1, 1, n, d))  # the library's own count
 
 
-def test_crossover_length():
+def test_crossover_length(stub):
     assert check_crossover_length(lambda d, d_ff: 2 * d + d_ff)
     assert not check_crossover_length(stub)
     assert not check_crossover_length(lambda d, d_ff: d_ff)  # attention vs FFN only, forgetting the projections

@@ -9,10 +9,6 @@ from minilib.train import lr_multiplier
 from minilib.transformer import SinusoidalPositions
 
 
-def stub(*args):
-    raise NotImplementedError
-
-
 def sinusoidal(max_len, d_model, base=10000.0, swap=False):
     position = torch.arange(max_len, dtype=torch.float32)[:, None]
     frequency = base ** (-torch.arange(0, d_model, 2, dtype=torch.float32) / d_model)  # 1 / base^(2i/d)
@@ -23,7 +19,7 @@ def sinusoidal(max_len, d_model, base=10000.0, swap=False):
     return table
 
 
-def test_sinusoidal_positions():
+def test_sinusoidal_positions(stub):
     assert check_sinusoidal_positions(sinusoidal)
     assert not check_sinusoidal_positions(lambda max_len, d: SinusoidalPositions(max_len, d).table)   # the library's own
     assert not check_sinusoidal_positions(stub)
@@ -31,7 +27,7 @@ def test_sinusoidal_positions():
     assert not check_sinusoidal_positions(lambda n, d: sinusoidal(n, d, base=1000.0))     # wrong base
 
 
-def test_pre_norm_residual():
+def test_pre_norm_residual(stub):
     assert check_pre_norm_residual(lambda x, sublayer, norm: x + sublayer(norm(x)))
     assert not check_pre_norm_residual(stub)
     assert not check_pre_norm_residual(lambda x, sublayer, norm: norm(x + sublayer(x)))      # post-norm
@@ -44,7 +40,7 @@ def warmup_linear(step, total_steps, warmup_steps):
     return 1 - (step - warmup_steps) / max(1, total_steps - warmup_steps)
 
 
-def test_warmup_linear():
+def test_warmup_linear(stub):
     assert check_warmup_linear(warmup_linear)
     assert not check_warmup_linear(lambda step, total, warmup: lr_multiplier(step, total, warmup, "linear"))   # the library's
     assert not check_warmup_linear(stub)
@@ -58,7 +54,7 @@ def clip_by_global_norm(grads, max_norm):
     return [g * scale for g in grads]
 
 
-def test_clip_by_global_norm():
+def test_clip_by_global_norm(stub):
     assert check_clip_by_global_norm(clip_by_global_norm)
     assert not check_clip_by_global_norm(stub)
     assert not check_clip_by_global_norm(lambda grads, m: [g * min(1.0, m / g.norm()) for g in grads])  # per tensor

@@ -5,11 +5,7 @@ from minilib import prune
 from minilib.course.checks import check_cubic_sparsity, check_head_columns, check_magnitude_mask, check_two_four_mask
 
 
-def stub(*args):
-    raise NotImplementedError
-
-
-def test_magnitude_mask():
+def test_magnitude_mask(stub):
     def magnitude_mask(weight, sparsity):                                  # the chapter's model answer
         keep = torch.ones(weight.numel(), dtype=torch.bool)
         keep[weight.abs().flatten().argsort()[:round(sparsity * weight.numel())]] = False
@@ -23,7 +19,7 @@ def test_magnitude_mask():
     assert not check_magnitude_mask(lambda w, s: w > w.flatten().kthvalue(max(1, round(s * w.numel()))).values)  # signed
 
 
-def test_cubic_sparsity():
+def test_cubic_sparsity(stub):
     assert check_cubic_sparsity(lambda t, n, s: s * (1 - (1 - t / n) ** 3))
     assert not check_cubic_sparsity(lambda t, n, s: prune.cubic_sparsity(t, n, s))     # the library's own
     assert not check_cubic_sparsity(stub)
@@ -31,7 +27,7 @@ def test_cubic_sparsity():
     assert not check_cubic_sparsity(lambda t, n, s: s * (t / n) ** 3)  # slow first, fast at the end
 
 
-def test_two_four_mask():
+def test_two_four_mask(stub):
     def two_four_mask(weight):                                             # the chapter's model answer
         groups = weight.abs().view(weight.shape[0], -1, 4)
         keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, groups.topk(2, dim=-1).indices, True)
@@ -45,7 +41,7 @@ def test_two_four_mask():
         -1, w.view(w.shape[0], -1, 4).topk(2, dim=-1).indices, True).view_as(w))  # signed, not |w|
 
 
-def test_head_columns():
+def test_head_columns(stub):
     assert check_head_columns(lambda heads, d: (heads[:, None] * d + torch.arange(d)).flatten())
     assert not check_head_columns(lambda heads, d: prune.head_columns(heads, d))       # the library's own
     assert not check_head_columns(stub)

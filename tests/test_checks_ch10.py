@@ -4,17 +4,13 @@ import torch
 from minilib.course.checks import check_freeze_all_but_top, check_onnx_logits, check_predict_label
 
 
-def stub(*args):
-    raise NotImplementedError
-
-
 def predict_label(model, tokenizer, text):
     with torch.no_grad():
         logits = model(**tokenizer(text, return_tensors="pt")).logits
     return model.config.id2label[logits.argmax(dim=-1).item()]
 
 
-def test_predict_label():
+def test_predict_label(stub):
     assert check_predict_label(predict_label)
     assert not check_predict_label(stub)
 
@@ -39,7 +35,7 @@ def freeze_all_but_top(model, n_top, include_pooler=True, slice_from_end=False):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def test_freeze_all_but_top():
+def test_freeze_all_but_top(stub):
     assert check_freeze_all_but_top(freeze_all_but_top)
     assert not check_freeze_all_but_top(stub)
     assert not check_freeze_all_but_top(lambda m, n: freeze_all_but_top(m, n, include_pooler=False))
@@ -52,7 +48,7 @@ def onnx_logits(session, input_ids, attention_mask):
     return torch.from_numpy(session.run(["logits"], feeds)[0])
 
 
-def test_onnx_logits():
+def test_onnx_logits(stub):
     assert check_onnx_logits(onnx_logits)
     assert not check_onnx_logits(stub)
     assert not check_onnx_logits(lambda s, i, m: onnx_logits(s, i, m).numpy())  # NumPy, not a tensor

@@ -8,11 +8,7 @@ from minilib.course.checks import (check_accepted_count, check_cached_attention_
 from minilib.quant import quantize_blocks
 
 
-def stub(*args):
-    raise NotImplementedError
-
-
-def test_kv_cache_bytes():
+def test_kv_cache_bytes(stub):
     assert check_kv_cache_bytes(lambda layers, batch, kv, seq, hd, b: 2 * layers * batch * kv * seq * hd * b)
     assert not check_kv_cache_bytes(stub)
     assert not check_kv_cache_bytes(lambda layers, batch, kv, seq, hd, b: layers * batch * kv * seq * hd * b)  # keys only
@@ -31,7 +27,7 @@ def cached_attention_step(attn, x_new, k_cache, v_cache, length, repeat=True):
     return attn.out_proj((weights @ values).transpose(1, 2).reshape(batch, 1, attn.n_heads * hs))
 
 
-def test_cached_attention_step():
+def test_cached_attention_step(stub):
     assert check_cached_attention_step(cached_attention_step)
     assert not check_cached_attention_step(stub)
     # kv heads tiled (0, 1, 0, 1) instead of repeated per group (0, 0, 1, 1): wrong for grouped-query layers
@@ -47,13 +43,13 @@ def test_cached_attention_step():
     assert not check_cached_attention_step(calls_the_layer)
 
 
-def test_accepted_count():
+def test_accepted_count(stub):
     assert check_accepted_count(lambda p, c: int((p == c[:len(p)]).long().cumprod(0).sum()))
     assert not check_accepted_count(stub)
     assert not check_accepted_count(lambda p, c: int((p == c[:len(p)]).sum()))     # counts later agreements too
 
 
-def test_q8_0():
+def test_q8_0(stub):
     assert check_q8_0(lambda w: tuple(quantize_blocks(w, "q8_0"))[:2])
     assert not check_q8_0(stub)
 
