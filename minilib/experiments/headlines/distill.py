@@ -14,14 +14,14 @@ from minilib.data import sentiment_dataset
 from minilib.experiments.distill_runs import (accuracy_by, chapter_runs, chapter_student, latency_comparison,
                                               run_students, teacher_accuracy)
 from minilib.experiments.zoo import sentiment_teacher
-from minilib.hf import load_minilm
+from minilib.hf import load_tokenizer
 
 DISTILLED, BASELINE = "logits + layers", "labels only"
 
 
 def headlines() -> list[Headline]:
     teacher = sentiment_teacher()
-    splits = sentiment_dataset(load_minilm()[1])
+    splits = sentiment_dataset(load_tokenizer())
     runs = chapter_runs()["methods"]
     by_method = accuracy_by(run_students(teacher, splits, runs))
     student = chapter_student(teacher, runs[0].n_layers, runs[0].embedding_rank)
