@@ -202,20 +202,25 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise ArtefactError(f"corrupt: {path.name} cannot be read as safetensors ({error})") from None
 
 
+def _train(skeleton: Callable[[], nn.Module], build: Callable[[nn.Module], None]):
+    """(the trained model in eval mode on CPU, the untrained skeleton's state dict, seconds spent training)."""
+    model = skeleton()
+    base = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    start = time.perf_counter()
+    build(model)
+    return model.cpu().eval(), base, time.perf_counter() - start
+
+
 def load_model(artefact: Artefact, skeleton: Callable[[], nn.Module], build: Callable[[nn.Module], None],
                retrain: bool | None = None) -> nn.Module:
     """``skeleton()`` with the artefact's trained weights: shipped, else the learner's copy, else ``build`` it.
 
-    build(model) trains the fresh skeleton in place (only when the shipped file is unusable and retraining
-    is asked for, or during :func:`rebuild`). Returns the model in eval mode on CPU.
+    build(model) trains the fresh skeleton in place: only during :func:`rebuild`, when retraining is asked for,
+    or for an artefact never shipped. Returns the model in eval mode on CPU.
     """
     if artefact.name in _rebuilding:
-        model = skeleton()
-        base = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        start = time.perf_counter()
-        build(model)
-        _rebuilding[artefact.name].update(model=model.cpu().eval(), base=base, skeleton=skeleton,
-                                          seconds=time.perf_counter() - start)
+        model, base, seconds = _train(skeleton, build)
+        _rebuilding[artefact.name].update(model=model, base=base, skeleton=skeleton, seconds=seconds)
         return model
     problem = shipped_problem(artefact)
     if problem is None:
@@ -231,12 +236,11 @@ def load_model(artefact: Artefact, skeleton: Callable[[], nn.Module], build: Cal
             return _apply(skeleton(), _read_tensors(own), str(own))
     if not _may_train(artefact, retrain):
         raise ArtefactError(_problem_message(artefact, problem))
-    model = skeleton()
-    base = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    build(model)
-    model.cpu()
-    safetensors.torch.save_file(_changed(model, base), own)
-    return model.eval()
+    model, base, _ = _train(skeleton, build)
+    partial = own.with_name(f".{own.name}.{os.getpid()}.partial")  # write, then rename: never half a file
+    safetensors.torch.save_file(_changed(model, base), partial)
+    os.replace(partial, own)
+    return model
 
 
 # ------------------------------------------------------------------------------------------------ results
