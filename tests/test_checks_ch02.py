@@ -11,6 +11,7 @@ from minilib.course.checks import (check_causal_padding_mask, check_multihead_at
 def test_softmax_attention(stub):
     assert check_softmax_attention(lambda q, k, v: torch.softmax(q @ k.T / math.sqrt(q.shape[-1]), dim=-1) @ v)
     assert not check_softmax_attention(lambda q, k, v: scaled_dot_product_attention(q, k, v))   # the library's own
+    assert not check_softmax_attention(scaled_dot_product_attention)                            # ... passed as it is
     assert not check_softmax_attention(stub)
     assert not check_softmax_attention(lambda q, k, v: torch.softmax(q @ k.T, dim=-1) @ v)          # no 1/√d
     assert not check_softmax_attention(lambda q, k, v: torch.softmax(q @ k.T / 8, dim=0) @ v)      # wrong axis

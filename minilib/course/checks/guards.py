@@ -26,6 +26,10 @@ def forbidden_calls(answer, targets, hint: str):
     (``from minilib.attention import ...`` in a notebook) are swapped as well, so importing the function under
     study under another name does not slip through.
     """
+    for module, name in targets:
+        if answer is getattr(module, name):  # the answer *is* the function under study (``shuffle = channel_shuffle``)
+            label = f"{module.__name__}.{name}"
+            raise CheckFailed(f"your answer is {label} itself", "your own code", label, hint)
     swaps = []  # (namespace or closure cell, key, original, tripwire)
     namespaces, cells = _names_read_by(answer)
     for module, name in targets:
