@@ -371,6 +371,11 @@ def test_teachers_edition_has_a_model_answer_and_a_rubric_for_every_written_exer
         assert "YOUR ANSWER HERE" in sources and not any(RUBRIC[0] in s or BEGIN in s for s in sources)
 
 
+def test_build_defaults_to_the_course_notebooks():
+    from minilib.course.assignments.build import TEACHER_NOTEBOOKS
+    assert TEACHER_NOTEBOOKS == REPO / "notebooks"
+
+
 def test_build_copies_the_folders_the_notebooks_read(tmp_path):
     teacher = save(toy_chapter(), tmp_path / "teacher" / "02_toy.ipynb")
     (tmp_path / "teacher" / "diagrams").mkdir()

@@ -20,11 +20,12 @@ import nbformat
 from minilib.course.assignments.exercises import (ANSWER_STUB, CODE_STUB, RUBRIC, AssignmentError, Exercise,
                                                   check_calls, describe_cell, find_exercises, has_solution,
                                                   read_notebook, replace_solutions, rubric_points)
+from minilib.course.checks import REGISTRY  # every chapter's checks, by name
 
 MANIFEST = ".minilib-build.json"
 ASSETS = ("diagrams", "model_repository")  # folders next to the notebooks that their cells read: copied with them
 BACKUPS = "backups"
-TEACHER_NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+TEACHER_NOTEBOOKS = Path(__file__).resolve().parents[3] / "notebooks"
 
 
 class StudentWorkError(AssignmentError):
@@ -83,8 +84,6 @@ def _with_stubs(nb, notebook):
 
 def validate_assignment(nb, notebook="notebook") -> list[Exercise]:
     """The exercises of ``nb``, after checking the form the student edition and the grader rely on."""
-    from minilib.course.checks import REGISTRY  # imports every chapter's checks
-
     exercises = find_exercises(nb, notebook)
     in_exercise = {index for exercise in exercises for index in exercise.cells}
     for index, cell in enumerate(nb.cells):
