@@ -26,6 +26,8 @@ from typing import NamedTuple, Sequence
 import torch
 from torch.utils.data import TensorDataset
 
+from minilib.hf import load_tokenizer
+
 
 class Splits(NamedTuple):
     """Train, validation and test parts of one dataset (lists of examples or ``TensorDataset`` s)."""
@@ -185,7 +187,6 @@ def sentiment_dataset(tokenizer=None, seed: int = 0, max_len: int = 32,
     ``tokenizer`` defaults to MiniLM's (``minilib.hf.load_tokenizer()``), the one the teacher uses.
     """
     if tokenizer is None:
-        from minilib.hf import load_tokenizer
         tokenizer = load_tokenizer()
     return Splits(*(encode_examples(part, tokenizer, max_len) for part in sentiment_examples(seed, sizes)))
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from minilib.transformer import EncoderLayer
+
 
 @dataclass
 class Slot:
@@ -69,8 +71,6 @@ class LayerParts:
 
 def encoder_layer_parts(model: nn.Module) -> list[LayerParts]:
     """Every Transformer encoder layer in ``model`` (minilib ``EncoderLayer`` or HF ``BertLayer``), in order."""
-    from minilib.transformer import EncoderLayer
-
     hf_bert = sys.modules.get("transformers.models.bert.modeling_bert")  # loaded if model holds a BertLayer
     parts = []
     for module in model.modules():

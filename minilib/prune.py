@@ -27,6 +27,7 @@ from torch.nn.utils import parametrize
 
 from minilib.device import model_device
 from minilib.layer_parts import encoder_layer_parts
+from minilib.train import classification_loss
 
 # --------------------------------------------------------------------------------------------------
 # Unstructured pruning: masks on individual weights
@@ -404,8 +405,6 @@ def gates(model: nn.Module, heads: list[torch.Tensor] | None = None, neurons: li
 
 def _importance(model, data, loss_fn, batch_size, max_batches, of: str, normalize: bool) -> torch.Tensor:
     """Mean |∂L/∂gate| over batches of ``data`` for every head or neuron gate (all gates = 1)."""
-    from minilib.train import classification_loss
-
     loss_fn = loss_fn or classification_loss
     layers = encoder_layer_parts(model)
     device = model_device(model)

@@ -16,7 +16,9 @@ import torch
 import torch.nn as nn
 
 from minilib.bench import Comparison, compare, model_size_bytes
+from minilib.data import lm_text
 from minilib.experiments.library_rows import TORCH_AO_DEPRECATED, torch_ao_dynamic, torchao_variants
+from minilib.hf import sentence_embeddings
 from minilib.optional import Unavailable, runnable
 from minilib.quant.int4 import Int4Linear
 from minilib.quant.int8 import QuantLinear
@@ -28,8 +30,6 @@ TORCH_AO = TORCH_AO_DEPRECATED
 
 def real_sentences(n: int = 64, min_words: int = 6, max_words: int = 40) -> list[str]:
     """``n`` English sentences from Python's own documentation prose (``minilib.data.lm_text``), in order."""
-    from minilib.data import lm_text
-
     sentences = []
     for sentence in re.split(r"(?<=[.!?])\s+", " ".join(lm_text().split())):
         if min_words <= len(sentence.split()) <= max_words and sentence[0].isupper():
@@ -68,8 +68,6 @@ def sizes_mb(variants: dict[str, nn.Module]) -> dict[str, float]:
 def embedding_cosines(variants: dict[str, nn.Module], tokenizer, sentences: list[str]) -> dict[str, torch.Tensor]:
     """Per sentence, cosine similarity of each variant's sentence embedding to the fp32 one: ``(n_sentences,)``.
     Unavailable rows are skipped."""
-    from minilib.hf import sentence_embeddings
-
     reference = sentence_embeddings(variants[FP32], tokenizer, sentences)
     return {name: (sentence_embeddings(m, tokenizer, sentences) * reference).sum(-1)
             for name, m in runnable(variants).items() if name != FP32}
