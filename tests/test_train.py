@@ -191,6 +191,22 @@ def test_predict_logits_accuracy_and_evaluate_agree_with_a_direct_computation(ta
     assert evaluate(model, val, metric_fn=None) == {}
 
 
+
+def test_accuracy_of_any_logits_callable_as_of_the_module(task):
+    """An ONNX Runtime session is a plain function of numpy-like inputs: accuracy takes it on CPU tensors, and a
+    Subset (no .tensors) as well as a TensorDataset."""
+    _, val = task
+    model = BagOfWords().eval()
+
+    def session(input_ids, attention_mask):
+        assert input_ids.device.type == "cpu"
+        with torch.no_grad():
+            return model(input_ids, attention_mask).numpy()
+
+    assert accuracy(session, val) == pytest.approx(accuracy(model, val))
+    rows = torch.utils.data.Subset(val, range(10, 60))
+    assert accuracy(session, rows) == pytest.approx(accuracy(model, TensorDataset(*(t[10:60] for t in val.tensors))))
+
 class FixedLogits(nn.Module):
     """Returns stored logits whatever the input: lets a test compute a loss by hand."""
 
