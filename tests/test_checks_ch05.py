@@ -2,7 +2,8 @@
 import torch
 import torch.nn.functional as F
 
-from minilib.course.checks import check_elu_feature_map, check_kernel_attention, check_rnn_step
+from minilib.course.checks import (check_chunked_causal_linear_attention, check_elu_feature_map, check_kernel_attention,
+                                   check_rnn_step)
 from minilib.linear_attention import elu_features, linear_attention, step
 
 
@@ -56,3 +57,46 @@ def test_rnn_step(stub):
     assert not check_rnn_step(output_before_update)
     assert not check_rnn_step(lambda S, z, q, k, v: (S + torch.outer(v, phi(k)), z + phi(k),     # transposed outer product
                                                       (phi(q) @ (S + torch.outer(v, phi(k)))) / (phi(q) @ (z + phi(k)))))
+
+
+def chunked_linear(q, k, v, chunk_size=64, causal_within=True):
+    """The model answer of Exercise 5.5; causal_within=False lets a query see later keys of its chunk."""
+    phi_q, phi_k = F.elu(q) + 1, F.elu(k) + 1
+    S = q.new_zeros(*q.shape[:-2], q.shape[-1], v.shape[-1])
+    z = q.new_zeros(*q.shape[:-2], q.shape[-1], 1)
+    outputs = []
+    for start in range(0, q.shape[-2], chunk_size):
+        pq, pk, vc = (t[..., start:start + chunk_size, :] for t in (phi_q, phi_k, v))
+        within = pq @ pk.transpose(-2, -1)
+        within = within.tril() if causal_within else within
+        outputs.append((pq @ S + within @ vc) / (pq @ z + within.sum(dim=-1, keepdim=True)))
+        S = S + pk.transpose(-2, -1) @ vc
+        z = z + pk.sum(dim=-2)[..., None]
+    return torch.cat(outputs, dim=-2)
+
+
+def cumsum_linear(q, k, v, chunk_size=64):
+    """Right values, but the prefix sums of the outer products hold n·d·d_v numbers."""
+    phi_q, phi_k = F.elu(q) + 1, F.elu(k) + 1
+    S = torch.cumsum(phi_k[..., :, None] * v[..., None, :], dim=-3)
+    z = torch.cumsum(phi_k, dim=-2)
+    return (phi_q[..., None, :] @ S).squeeze(-2) / (phi_q * z).sum(dim=-1, keepdim=True)
+
+
+def masked_linear(q, k, v, chunk_size=64):
+    """Right values, but the n × n matrix linear attention exists to avoid."""
+    weights = ((F.elu(q) + 1) @ (F.elu(k) + 1).transpose(-2, -1)).tril()
+    return (weights @ v) / weights.sum(dim=-1, keepdim=True)
+
+
+def test_chunked_causal_linear_attention(stub):
+    from minilib.linear_attention import linear_attention
+
+    assert check_chunked_causal_linear_attention(chunked_linear)
+    assert not check_chunked_causal_linear_attention(stub)
+    assert not check_chunked_causal_linear_attention(
+        lambda q, k, v, chunk_size=64: linear_attention(q, k, v, "elu", is_causal=True, chunk_size=chunk_size))
+    assert not check_chunked_causal_linear_attention(cumsum_linear)
+    assert not check_chunked_causal_linear_attention(masked_linear)
+    assert not check_chunked_causal_linear_attention(
+        lambda q, k, v, chunk_size=64: chunked_linear(q, k, v, chunk_size, causal_within=False))
