@@ -2,7 +2,8 @@
 import torch
 
 from minilib import prune
-from minilib.course.checks import check_cubic_sparsity, check_head_columns, check_magnitude_mask, check_two_four_mask
+from minilib.course.checks import (check_cubic_sparsity, check_head_columns, check_magnitude_mask, check_remove_heads,
+                                   check_two_four_mask)
 
 
 def test_magnitude_mask(stub):
@@ -47,3 +48,41 @@ def test_head_columns(stub):
     assert not check_head_columns(stub)
     assert not check_head_columns(lambda heads, d: (heads[:, None] + torch.arange(d)).flatten())  # forgot × d_h
     assert not check_head_columns(lambda heads, d: (heads[:, None] * d + torch.arange(d)).T.flatten())  # interleaved
+
+
+def remove_heads_answer(attention, heads, head_index_as_column=False, out_bias=True, library=False):
+    """The model answer of Exercise 8.6, with switches for the mistakes and the shortcut the check must catch."""
+    if library:
+        from minilib.prune import head_columns
+    kept = [h for h in range(attention.n_heads) if h not in heads]
+    d_h = attention.head_dim
+    if library:
+        index = head_columns(torch.tensor(kept), d_h)
+    elif head_index_as_column:
+        index = torch.tensor(kept)
+    else:
+        index = torch.cat([torch.arange(h * d_h, (h + 1) * d_h) for h in kept])
+
+    def new_linear(weight, bias):
+        linear = torch.nn.Linear(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+            if bias is not None:
+                linear.bias.copy_(bias)
+        return linear
+
+    for name in ("q_proj", "k_proj", "v_proj"):
+        old = getattr(attention, name)
+        setattr(attention, name, new_linear(old.weight[index], old.bias[index]))
+    out = attention.out_proj
+    attention.out_proj = new_linear(out.weight[:, index], out.bias if out_bias else None)
+    attention.n_heads = len(kept)
+    return attention
+
+
+def test_remove_heads(stub):
+    assert check_remove_heads(remove_heads_answer)
+    assert not check_remove_heads(stub)
+    assert not check_remove_heads(lambda a, h: remove_heads_answer(a, h, library=True))
+    assert not check_remove_heads(lambda a, h: remove_heads_answer(a, h, head_index_as_column=True))
+    assert not check_remove_heads(lambda a, h: remove_heads_answer(a, h, out_bias=False))
