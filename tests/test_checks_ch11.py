@@ -1,11 +1,12 @@
 """Chapter 11's exercise checks pass the reference answers and fail stubs and plausible mistakes."""
 import math
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
 
-from minilib.course.checks import (check_brevity_penalty, check_clipped_matches, check_lcs_length, check_pareto_points,
-                            check_perplexity_from_logits)
+from minilib.course.checks import (check_brevity_penalty, check_clipped_matches, check_corpus_bleu, check_lcs_length,
+                                   check_pareto_points, check_perplexity_from_logits)
 from minilib.experiments.picker import Candidate, pareto_front
 from minilib.metrics import lcs_length, ngram_counts
 
@@ -96,3 +97,36 @@ def test_pareto_points(stub):
 
     assert not check_pareto_points(best_so_far_with_ties_dropped)
     assert not check_pareto_points(lambda points: sorted(points))  # no filtering at all
+
+
+def corpus_bleu_answer(hypotheses, references, max_order=4, clip=True):
+    """The model answer of Exercise 11.7; clip=False counts every matching n-gram."""
+    matches, totals = [0] * max_order, [0] * max_order
+    hyp_length = ref_length = 0
+    for hypothesis, reference in zip(hypotheses, references):
+        hyp, ref = hypothesis.split(), reference.split()
+        hyp_length, ref_length = hyp_length + len(hyp), ref_length + len(ref)
+        for n in range(1, max_order + 1):
+            hyp_ngrams = Counter(tuple(hyp[i:i + n]) for i in range(len(hyp) - n + 1))
+            ref_ngrams = Counter(tuple(ref[i:i + n]) for i in range(len(ref) - n + 1))
+            matches[n - 1] += sum(min(count, ref_ngrams[g]) if clip else count * (g in ref_ngrams)
+                                  for g, count in hyp_ngrams.items())
+            totals[n - 1] += sum(hyp_ngrams.values())
+    if min(matches) == 0:
+        return 0.0
+    log_mean = sum(math.log(m / t) for m, t in zip(matches, totals)) / max_order
+    return 100 * (1.0 if hyp_length > ref_length else math.exp(1 - ref_length / hyp_length)) * math.exp(log_mean)
+
+
+def test_corpus_bleu(stub):
+    import sacrebleu
+
+    from minilib.metrics import bleu
+
+    assert check_corpus_bleu(corpus_bleu_answer)
+    assert not check_corpus_bleu(stub)
+    assert not check_corpus_bleu(lambda h, r: bleu(h, r).score)
+    assert not check_corpus_bleu(lambda h, r: sacrebleu.corpus_bleu(h, [r], tokenize="none", smooth_method="none").score)
+    assert not check_corpus_bleu(lambda h, r: corpus_bleu_answer(h, r, clip=False))
+    assert not check_corpus_bleu(                                       # the mean of sentence scores
+        lambda h, r: sum(corpus_bleu_answer([a], [b]) for a, b in zip(h, r)) / len(h))
