@@ -1,5 +1,10 @@
 """Chapter 12's exercise checks pass the reference answers and fail stubs and plausible mistakes."""
-from minilib.course.checks import check_changed_fraction, check_shortfall, check_throughput_per_core
+import copy
+
+import torch
+
+from minilib.course.checks import (check_changed_fraction, check_plan_for_budget, check_shortfall,
+                                   check_throughput_per_core)
 
 
 def test_throughput_per_core(stub):
@@ -26,3 +31,38 @@ def test_changed_fraction(stub):
     assert not check_changed_fraction(stub)
     assert not check_changed_fraction(lambda b, a, t, k: (b != a).float().mean().item())          # all templates
     assert not check_changed_fraction(lambda b, a, t, k: (b[t == k] != a[t == k]).sum().item())   # a count
+
+
+def plan_answer(model, max_size_mb, n_task_tokens, int8_row_bytes=8, build=False):
+    """The model answer of Exercise 12.5; int8_row_bytes=0 forgets the scales and biases, build=True weighs built plans."""
+    import itertools
+
+    def nbytes(module, int8=False):
+        linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)] if int8 else []
+        total = sum(t.numel() * t.element_size() for t in itertools.chain(module.parameters(), module.buffers()))
+        return total - sum(3 * l.weight.numel() - (int8_row_bytes - 4) * l.out_features for l in linears)
+
+    table = model.encoder.embeddings.token.weight
+    trimmed = n_task_tokens * table.shape[1] * 4 + table.shape[0] * 4
+    layers = list(model.encoder.layers)
+    for n_layers in range(len(layers), 0, -1):
+        for int8 in (False, True):
+            if build:
+                from minilib.arch import drop_layers
+                from minilib.bench import model_size_bytes
+                built = copy.deepcopy(model)
+                built.encoder = drop_layers(built.encoder, list(range(n_layers)))
+                size = model_size_bytes(built)
+            else:
+                rest = nbytes(model, int8) - sum(nbytes(layer, int8) for layer in layers)
+                size = rest - table.numel() * 4 + trimmed + n_layers * nbytes(layers[0], int8)
+            if size <= max_size_mb * 1e6:
+                return n_layers, int8, size / 1e6
+    return None
+
+
+def test_plan_for_budget(stub):
+    assert check_plan_for_budget(plan_answer)
+    assert not check_plan_for_budget(stub)
+    assert not check_plan_for_budget(lambda *args: plan_answer(*args, build=True))
+    assert not check_plan_for_budget(lambda *args: plan_answer(*args, int8_row_bytes=0))
