@@ -1,7 +1,10 @@
 """Chapter 10's exercise checks pass the reference answers and fail stubs and plausible mistakes."""
+import warnings
+
 import torch
 
-from minilib.course.checks import check_freeze_all_but_top, check_onnx_logits, check_predict_label
+from minilib.course.checks import (check_fine_tune_head_and_export, check_freeze_all_but_top, check_onnx_logits,
+                                   check_predict_label)
 
 
 def predict_label(model, tokenizer, text):
@@ -57,3 +60,48 @@ def test_onnx_logits(stub):
         return onnx_logits(session, input_ids, torch.ones_like(attention_mask))
 
     assert not check_onnx_logits(without_mask)
+
+
+def head_export_answer(freeze=True, dynamic=True, library=False):
+    """The model answer of Exercise 10.5, with switches for the mistakes and the shortcut the check must catch."""
+    def fine_tune_head_and_export(model, batches, path, lr=1e-3):
+        parameters = list(model.parameters())
+        if freeze:
+            model.requires_grad_(False)
+            parameters = [*model.bert.pooler.parameters(), *model.classifier.parameters()]
+            for parameter in parameters:
+                parameter.requires_grad_(True)
+        optimizer = torch.optim.AdamW(parameters, lr=lr)
+        for input_ids, attention_mask, labels in batches:
+            loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        if library:
+            from minilib.export import LogitsOnly, export_onnx
+            return export_onnx(LogitsOnly(model), batches[0][0], batches[0][1], path)
+
+        class Logits(torch.nn.Module):
+            def __init__(self, classifier):
+                super().__init__()
+                self.classifier = classifier
+
+            def forward(self, input_ids, attention_mask):
+                return self.classifier(input_ids=input_ids, attention_mask=attention_mask).logits
+
+        axes = {0: "batch", 1: "seq"}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(Logits(model).eval(), batches[0][:2], str(path), dynamo=False,
+                              input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                              **({"dynamic_axes": {"input_ids": axes, "attention_mask": axes}} if dynamic else {}))
+        return path
+    return fine_tune_head_and_export
+
+
+def test_fine_tune_head_and_export(stub):
+    assert check_fine_tune_head_and_export(head_export_answer())
+    assert not check_fine_tune_head_and_export(stub)
+    assert not check_fine_tune_head_and_export(head_export_answer(library=True))
+    assert not check_fine_tune_head_and_export(head_export_answer(freeze=False))   # weight decay moves the encoder
+    assert not check_fine_tune_head_and_export(head_export_answer(dynamic=False))  # fixed to the traced shape
