@@ -91,7 +91,13 @@ def onnx_dynamic_int8(onnx_path: str | Path, out_path: str | Path | None = None)
     if not onnx_path.is_file():
         raise ValueError(f"onnx_path must be an existing .onnx file, got {str(onnx_path)!r}")
     out_path = Path(out_path) if out_path else onnx_path.with_suffix(".int8.onnx")
-    quantize_dynamic(onnx_path, out_path, weight_type=QuantType.QInt8, per_channel=True)
+    root = logging.getLogger()   # ONNX Runtime logs a suggestion to pre-process the graph first on every call
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(onnx_path, out_path, weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        root.setLevel(level)
     return out_path
 
 
