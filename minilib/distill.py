@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -192,9 +193,33 @@ def student_from_scratch(teacher: Classifier, d_model: int, n_layers: int, n_hea
 
 
 # ---------------------------------------------------------------------------------------------- training
+class TransferColumns(NamedTuple):
+    """The columns of a :func:`teacher_targets` dataset, by name.
+
+    ``internals``: the stacked hidden states and/or attentions, when :func:`teacher_targets` was asked for them.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    teacher_logits: torch.Tensor
+    internals: tuple[torch.Tensor, ...] = ()
+
+    @classmethod
+    def of(cls, transfer: TensorDataset) -> "TransferColumns":
+        input_ids, attention_mask, labels, teacher_logits, *internals = transfer.tensors
+        return cls(input_ids, attention_mask, labels, teacher_logits, tuple(internals))
+
+    def dataset(self, with_internals: bool = True) -> TensorDataset:
+        """The columns as a dataset again (``with_internals=False``: logits only, for Hinton's loss alone)."""
+        return TensorDataset(self.input_ids, self.attention_mask, self.labels, self.teacher_logits,
+                             *(self.internals if with_internals else ()))
+
+
 def teacher_targets(teacher: Classifier, data: TensorDataset, hidden_layers: list[int] = (),
                     attention_layers: list[int] = (), batch_size: int = 128) -> TensorDataset:
-    """Run the teacher once: returns (input_ids, attention_mask, labels, teacher_logits[, hiddens][, attentions]).
+    """Run the teacher once: returns (input_ids, attention_mask, labels, teacher_logits[, hiddens][, attentions])
+    (:class:`TransferColumns` names them).
 
     data holds (input_ids, attention_mask, labels). hidden_layers index ``hidden_states`` (0 = embeddings),
     attention_layers index ``attentions``; they come back stacked, (n, len(layers), seq, d) and

@@ -9,9 +9,9 @@ from torch.utils.data import TensorDataset
 
 from minilib.arch import FactorisedEmbedding
 from minilib.data import Splits
-from minilib.distill import (UNLABELLED, Distiller, attention_loss, distill, distillation_loss, factorised_embedding,
-                             hidden_state_loss, layer_map, soft_targets, student_from_scratch, student_from_teacher,
-                             teacher_targets)
+from minilib.distill import (UNLABELLED, Distiller, TransferColumns, attention_loss, distill, distillation_loss,
+                             factorised_embedding, hidden_state_loss, layer_map, soft_targets, student_from_scratch,
+                             student_from_teacher, teacher_targets)
 from minilib.experiments.distill_runs import (METHODS, StudentRun, accuracy_by, chapter_student, hide_labels,
                                               latency_comparison, run_students, train_student)
 from minilib.train import predict_logits
@@ -247,6 +247,9 @@ def test_teacher_targets_store_the_teachers_outputs():
     torch.testing.assert_close(hidden[:, 1].float(), out.hidden_states[2], atol=1e-2, rtol=1e-2)
     torch.testing.assert_close(attention[:, 1].float(), out.attentions[3], atol=1e-3, rtol=1e-2)
     assert torch.equal(labels, data.tensors[2])
+    columns = TransferColumns.of(targets)
+    assert columns.teacher_logits is logits and columns.internals == (hidden, attention)
+    assert [len(c.tensors) for c in (columns.dataset(), columns.dataset(with_internals=False))] == [6, 4]
 
 
 def agreement(student, teacher, data):

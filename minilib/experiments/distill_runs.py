@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import statistics
 
@@ -21,7 +20,7 @@ from tqdm.auto import tqdm
 from minilib.bench import compare
 from minilib.device import model_device, to_device
 from minilib.data import sentiment_dataset
-from minilib.distill import UNLABELLED, distill, layer_map, student_from_teacher, teacher_targets
+from minilib.distill import UNLABELLED, TransferColumns, distill, layer_map, student_from_teacher, teacher_targets
 from minilib.experiments.artefacts import Artefact, cached_result
 from minilib.experiments.teacher import TEACHER, sentiment_teacher
 from minilib.hf import load_tokenizer
@@ -60,7 +59,8 @@ def train_student(method: str, student: Classifier, transfer: TensorDataset, tea
     teacher's hidden states and attentions for "logits + layers". "labels only" never sees the unlabelled
     sentences, so it runs more epochs over its few examples to get as many steps. Returns fit's History.
     """
-    input_ids, attention_mask, labels, teacher_logits, *_ = transfer.tensors
+    columns = TransferColumns.of(transfer)
+    input_ids, attention_mask, labels = columns.input_ids, columns.attention_mask, columns.labels
     labelled = labels != UNLABELLED
     steps = epochs * math.ceil(len(labels) / batch_size)
     fit_kwargs = dict(batch_size=batch_size, **fit_kwargs)
@@ -68,12 +68,11 @@ def train_student(method: str, student: Classifier, transfer: TensorDataset, tea
         data = TensorDataset(input_ids[labelled], attention_mask[labelled], labels[labelled])
         return fit(student, data, epochs=max(1, round(steps / math.ceil(len(data) / batch_size))), **fit_kwargs)
     if method == "hard labels":
-        pseudo_labels = torch.where(labelled, labels, teacher_logits.argmax(-1))
+        pseudo_labels = torch.where(labelled, labels, columns.teacher_logits.argmax(-1))
         return fit(student, TensorDataset(input_ids, attention_mask, pseudo_labels), epochs=epochs, **fit_kwargs)
     if method == "logits":
-        logits_only = TensorDataset(*transfer.tensors[:4])
-        return distill(student, logits_only, teacher_width, temperature=temperature, alpha=alpha, epochs=epochs,
-                       **fit_kwargs)
+        return distill(student, columns.dataset(with_internals=False), teacher_width, temperature=temperature,
+                       alpha=alpha, epochs=epochs, **fit_kwargs)
     if method == "logits + layers":
         return distill(student, transfer, teacher_width, temperature=temperature, alpha=alpha, epochs=epochs,
                        hidden_weight=layer_weight, attention_weight=layer_weight, **fit_kwargs)
@@ -127,9 +126,9 @@ def run_students(teacher: Classifier, splits, runs: list[StudentRun], progress: 
         if key not in transfers:
             sentences = TensorDataset(*(t[:run.n_sentences] for t in splits.train.tensors))
             transfers[key] = transfer_set(teacher, sentences, run.n_layers)
-        transfer = transfers[key]
-        labels = hide_labels(TensorDataset(*transfer.tensors[:3]), run.n_labelled, run.seed).tensors[2]
-        transfer = TensorDataset(*transfer.tensors[:2], labels, *transfer.tensors[3:])
+        columns = TransferColumns.of(transfers[key])
+        sentences = TensorDataset(columns.input_ids, columns.attention_mask, columns.labels)
+        transfer = columns._replace(labels=hide_labels(sentences, run.n_labelled, run.seed).tensors[2]).dataset()
         student = chapter_student(teacher, run.n_layers, run.embedding_rank)
         train_student(run.method, student, transfer, teacher.encoder.config.d_model, run.epochs, run.temperature,
                       lr=run.lr, seed=run.seed, progress=False)
