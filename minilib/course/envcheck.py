@@ -123,7 +123,7 @@ def check_threads(threads: int | None = None, cpus: int | None = None) -> Check:
 def check_device() -> Check:
     import torch
 
-    from minilib.train import get_device
+    from minilib.device import get_device
 
     device = get_device()
     found = f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu (minilib uses CUDA when present)"
