@@ -151,7 +151,8 @@ ARTEFACTS = {
     "ch13_draft": Artefact("ch13_draft", "chapter 13's one-layer draft model, distilled from its decoder", "model",
                            run=draft_model, metrics=_validation_loss,
                            depends=(train_draft, distillation_loss, lm_config, _fresh, lm_data),
-                           params={"seed": 1, "sizes": DRAFT, "epochs": 24, "lr": 3e-3, "batch_size": 8, "data": _DATA},
+                           params={"seed": 0, "init_seed": 1, "sizes": DRAFT, "epochs": 24, "lr": 3e-3, "batch_size": 8,
+                                   "data": _DATA},
                            upstream=(_DECODER,)),
     "ch13_decoder_gqa2": Artefact("ch13_decoder_gqa2", "chapter 13's decoder with 2 key/value heads (mean-pooled), "
                                   "uptrained", "model", run=grouped_decoder, metrics=_validation_loss,
