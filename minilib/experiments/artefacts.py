@@ -177,8 +177,11 @@ _checking: set[str] = set()        # names that check() is loading: only the shi
 
 def _changed(model: nn.Module, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The tensors of ``model``'s state dict that differ from ``base`` (the untrained skeleton's), as copies."""
-    changed = {}
+    changed, seen = {}, set()
     for key, tensor in model.state_dict().items():
+        if tensor.numel() and tensor.data_ptr() in seen:
+            continue  # a weight shared by several layers (ALBERT) is stored once: loading it fills them all
+        seen.add(tensor.data_ptr())
         if key not in base or base[key].shape != tensor.shape or not torch.equal(base[key], tensor.cpu()):
             changed[key] = tensor.detach().cpu().clone().contiguous()  # clones: tied weights are saved apart
     return changed
