@@ -54,7 +54,11 @@ HALF_TOLERANCE = 0.002
 
 
 class ArtefactError(RuntimeError):
-    """A shipped artefact is missing, stale or corrupt, and retraining it was not asked for."""
+    """A shipped artefact (``name``) is missing, stale or corrupt, and retraining it was not asked for."""
+
+    def __init__(self, message: str, name: str | None = None):
+        super().__init__(message)
+        self.name = name
 
 
 @dataclass(frozen=True)
@@ -232,13 +236,13 @@ def load_model(artefact: Artefact, skeleton: Callable[[], nn.Module], build: Cal
         except ArtefactError as error:
             problem = str(error)
     if artefact.name in _checking:
-        raise ArtefactError(problem)
+        raise ArtefactError(problem, artefact.name)
     own = cache_dir() / f"{artefact.name}-{code_hash(artefact)}.safetensors"
     if own.exists():
         with contextlib.suppress(ArtefactError):
             return _apply(skeleton(), _read_tensors(own), str(own))
     if not _may_train(artefact, retrain):
-        raise ArtefactError(_problem_message(artefact, problem))
+        raise ArtefactError(_problem_message(artefact, problem), artefact.name)
     model, base, _ = _train(skeleton, build)
     partial = own.with_name(f".{own.name}.{os.getpid()}.partial")  # write, then rename: never half a file
     safetensors.torch.save_file(_changed(model, base), partial)
@@ -287,13 +291,13 @@ def cached_result(artefact: Artefact, key, compute: Callable[[], Any], retrain: 
     if problem is None and key_id in shipped:
         return shipped[key_id]
     if artefact.name in _checking:
-        raise ArtefactError(problem or f"missing: the shipped results have no run {key}")
+        raise ArtefactError(problem or f"missing: the shipped results have no run {key}", artefact.name)
     own = cache_dir() / artefact.name / f"{key_id}.json"
     if own.exists():
         return json.loads(own.read_text())
     ours = key_id in shipped or not shipped  # a run of the chapter's sweep (or, with no readable file, maybe one)
     if problem is not None and ours and not _may_train(artefact, retrain):
-        raise ArtefactError(_problem_message(artefact, problem))
+        raise ArtefactError(_problem_message(artefact, problem), artefact.name)
     result = compute()
     own.parent.mkdir(parents=True, exist_ok=True)
     _write_atomically(own, json.dumps(result).encode())
@@ -361,6 +365,8 @@ def check(artefact: Artefact) -> str | None:
     try:
         artefact.run()  # loads it the way its chapter does; while checking nothing trains
     except ArtefactError as error:
+        if error.name not in (None, artefact.name):  # its chapter's run stopped at another artefact first
+            return f"not checked: loading it needs {error.name}, which is unusable"
         return str(error).splitlines()[0]
     finally:
         _checking.discard(artefact.name)
