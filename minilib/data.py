@@ -338,6 +338,21 @@ def lm_text() -> str:
     return "\n\n".join(lm_topics().values())
 
 
+LM_ALPHABET = ("\n !\"#%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_"
+               "abcdefghijklmnopqrstuvwxyz{|}~°ß–—‘’“”…")
+"""The characters of :func:`lm_text` on Python 3.11. Python's documentation gains characters between versions
+(``$`` appears in 3.12), and a character model's vocabulary must not change with them: a model trained on one
+Python (such as the decoder shipped for chapter 13) then still loads and reads text on another."""
+
+
+def _in_alphabet(text: str) -> str:
+    """``text`` without the characters that are not in :data:`LM_ALPHABET` (none on Python 3.11)."""
+    return "".join(ch for ch in text if ch in _LM_CHARSET)
+
+
+_LM_CHARSET = frozenset(LM_ALPHABET)
+
+
 class CharLMData(NamedTuple):
     """Splits of ``TensorDataset(inputs, targets)``, each ``(n_blocks, block_size)``, and the vocabulary.
 
@@ -362,9 +377,9 @@ def char_lm_dataset(block_size: int = 64, seed: int = 0,
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
     if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(f"fractions must be three positive numbers summing to 1, got {fractions!r}")
-    documents = list(lm_topics().values())
+    vocab = CharVocab(LM_ALPHABET)
+    documents = [_in_alphabet(doc) for doc in lm_topics().values()]
     random.Random(seed).shuffle(documents)
-    vocab = CharVocab("".join(documents))
     targets, filled, split_docs = [f * sum(map(len, documents)) for f in fractions], [0, 0, 0], ([], [], [])
     for doc in documents:  # each document goes to the split it overfills least
         part = min(range(3), key=lambda i: (filled[i] + len(doc)) / targets[i])

@@ -198,3 +198,13 @@ def test_char_lm_bad_arguments():
         char_lm_dataset(block_size=0)
     with pytest.raises(ValueError, match="fractions"):
         char_lm_dataset(fractions=(0.5, 0.5, 0.5))
+
+
+def test_character_vocabulary_does_not_change_with_pythons_documentation(monkeypatch):
+    """Python 3.12's help topics add '$': a model trained on 3.11's text must still read the new text."""
+    import minilib.data as data
+    topics = {name: text + " costs $5" for name, text in data.lm_topics().items()}
+    monkeypatch.setattr(data, "lm_topics", lambda: topics)
+    newer = data.char_lm_dataset(block_size=64)
+    assert newer.vocab.itos[3:] == sorted(data.LM_ALPHABET)
+    assert "$" not in newer.vocab.decode(newer.train.tensors[0].flatten())
