@@ -7,8 +7,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from minilib.bench import model_size_bytes
-from minilib.experiments.capstone import (TARGETS, BudgetReport, Measurement, Target, changes_by_template, budget_report, measure,
+from minilib.experiments.capstone import (TARGETS, BudgetReport, changes_by_template, budget_report, measure,
                               plot_waterfall, threads)
+from minilib.experiments.picker import Budget, Measurement
 from minilib.transformer import Classifier, Encoder, TransformerConfig
 
 
@@ -32,7 +33,7 @@ def data(n=12):
 
 def test_measure_reports_size_accuracy_and_throughput():
     model = FirstToken(width=250_000)                     # 1 MB of float32
-    m = measure(model, Target("t", batch_size=4, threads=1), data(), "first")
+    m = measure(model, Budget("t", batch_size=4, threads=1), data(), "first")
     assert m.name == "first" and m.accuracy == 1.0
     assert m.size_mb == pytest.approx(model_size_bytes(model) / 1e6) and m.size_mb == pytest.approx(1.0)
     assert m.throughput == pytest.approx(4 / (m.latency_ms / 1000))
@@ -41,13 +42,13 @@ def test_measure_reports_size_accuracy_and_throughput():
 
 def test_misses_and_shortfall_by_hand():
     phone = TARGETS["phone"]                              # ≤ 10 MB, ≤ 20 ms, accuracy ≥ 0.9
-    assert Measurement("ok", 9.9, 19.0, 50, 0.95).misses(phone) == []
-    big_slow = Measurement("big", 15.0, 30.0, 30, 0.95)
-    assert [m.split()[0] for m in big_slow.misses(phone)] == ["latency", "memory"]
-    assert big_slow.shortfall(phone) == pytest.approx(0.5 + 0.5)
-    cloud = Target("c", 32, 1, min_accuracy=0.9, min_throughput=100)
-    assert Measurement("slow", 1, 1, 50, 0.9).misses(cloud) == ["throughput 50 < 100 sentences/s per core"]
-    assert Measurement("slow", 1, 1, 50, 0.45).shortfall(cloud) == pytest.approx(0.5 + 0.5)
+    assert phone.violations(Measurement("ok", 19.0, 9.9, 0.95, 50)) == []
+    big_slow = Measurement("big", 30.0, 15.0, 0.95, 30)
+    assert [m.split()[0] for m in phone.violations(big_slow)] == ["latency", "size"]
+    assert phone.shortfall(big_slow) == pytest.approx(0.5 + 0.5)
+    cloud = Budget("c", batch_size=32, threads=1, min_accuracy=0.9, min_throughput=100)
+    assert cloud.violations(Measurement("slow", 1, 1, 0.9, 50)) == ["throughput 50 < 100 sentences/s per core"]
+    assert cloud.shortfall(Measurement("slow", 1, 1, 0.45, 50)) == pytest.approx(0.5 + 0.5)
 
 
 def test_budget_report_meets_and_picks_the_best():
@@ -58,13 +59,13 @@ def test_budget_report_meets_and_picks_the_best():
 
 
 def test_an_impossible_budget_reports_the_closest_without_raising():
-    impossible = Target("tiny", batch_size=2, threads=1, max_size_mb=1e-4, min_accuracy=0.9)
+    impossible = Budget("tiny", batch_size=2, threads=1, max_size_mb=1e-4, min_accuracy=0.9)
     models = {"small": FirstToken(width=100), "large": FirstToken(width=10_000),
               "broken": nn.Linear(3, 2)}                  # takes one input, is called with two: crashes
     report = budget_report(models, impossible, data(), repeats=2)
     assert not report.meets and report.best.name == "small"
     text = str(report)
-    assert "Nothing meets the budget. Closest: small" in text and "memory 0.0 MB > 0.0001 MB" in text
+    assert "Nothing meets the budget. Closest: small" in text and "size 0.0 MB > 0.0001 MB" in text
     assert "broken: could not be measured: TypeError" in text
     nothing = budget_report({"broken": nn.Linear(3, 2)}, impossible, data(), repeats=2)
     assert nothing.best is None and "no model could be measured" in str(nothing)
@@ -84,9 +85,9 @@ def test_bad_input_is_named():
     with pytest.raises(TypeError, match="dict of name"):
         budget_report([FirstToken()], "phone", data())
     with pytest.raises(ValueError, match="threads"):
-        Target("t", batch_size=1, threads=0)
-    with pytest.raises(ValueError, match="max_memory_mb"):
-        Target("t", batch_size=1, threads=1, max_size_mb=-1)
+        Budget("t", batch_size=1, threads=0)
+    with pytest.raises(ValueError, match="max_size_mb"):
+        Budget("t", batch_size=1, threads=1, max_size_mb=-1)
 
 
 def test_threads_are_restored():
@@ -115,7 +116,7 @@ def test_changes_by_template():
 def test_waterfall_draws_one_bar_per_step():
     import matplotlib
     matplotlib.use("Agg")
-    steps = [Measurement("teacher", 90, 30, 30, 0.99), Measurement("int8", 25, 12, 80, 0.98)]
+    steps = [Measurement("teacher", 30, 90, 0.99, 30), Measurement("int8", 12, 25, 0.98, 80)]
     size_ax, latency_ax = plot_waterfall(steps, "phone")
     assert len(size_ax.patches) == 2 and [t.get_text() for t in size_ax.get_xticklabels()] == ["teacher", "int8"]
     assert size_ax.patches[1].get_height() == pytest.approx(65) and latency_ax.patches[1].get_y() == pytest.approx(12)
@@ -125,6 +126,6 @@ def test_waterfall_draws_one_bar_per_step():
 
 
 def test_the_cloud_prefers_throughput_the_phone_accuracy():
-    accurate, fast = Measurement("accurate", 5, 10, 100, 0.99), Measurement("fast", 5, 5, 200, 0.96)
+    accurate, fast = Measurement("accurate", 10, 5, 0.99, 100), Measurement("fast", 5, 5, 0.96, 200)
     assert BudgetReport(TARGETS["cloud"], [accurate, fast]).best.name == "fast"
     assert BudgetReport(TARGETS["phone"], [fast, accurate]).best.name == "accurate"

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from minilib.course.checks import (check_brevity_penalty, check_clipped_matches, check_corpus_bleu, check_lcs_length,
                                    check_pareto_points, check_perplexity_from_logits)
-from minilib.experiments.picker import Candidate, pareto_front
+from minilib.experiments.picker import Measurement, pareto_front
 from minilib.metrics import lcs_length, ngram_counts
 
 
@@ -75,8 +75,8 @@ def test_lcs_length(stub):
 
 def test_pareto_points(stub):
     def pareto_points(points):
-        candidates = [Candidate(str(i), latency, 0.0, accuracy) for i, (latency, accuracy) in enumerate(points)]
-        return [(c.latency_ms, c.accuracy) for c in pareto_front(candidates, use_memory=False)]
+        candidates = [Measurement(str(i), latency, 0.0, accuracy) for i, (latency, accuracy) in enumerate(points)]
+        return [(c.latency_ms, c.accuracy) for c in pareto_front(candidates, use_size=False)]
 
     def own_pareto_points(points):                                         # the chapter's model answer
         def dominated(p):

@@ -10,27 +10,27 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from minilib.bench import model_size_bytes
-from minilib.experiments.picker import Budget, Candidate, candidates_table, dominates, measure_classifiers, pareto_front, pick, plot_candidates
+from minilib.experiments.picker import Budget, Measurement, candidates_table, dominates, measure_classifiers, pareto_front, pick, plot_candidates
 from minilib.train import accuracy
 
-BIG = Candidate("big", latency_ms=40.0, memory_mb=90.0, accuracy=0.95)
-INT8 = Candidate("int8", latency_ms=20.0, memory_mb=25.0, accuracy=0.94)
-SMALL = Candidate("small", latency_ms=8.0, memory_mb=20.0, accuracy=0.88)
-BAD = Candidate("bad", latency_ms=30.0, memory_mb=30.0, accuracy=0.90)  # int8 beats it everywhere
+BIG = Measurement("big", latency_ms=40.0, size_mb=90.0, accuracy=0.95)
+INT8 = Measurement("int8", latency_ms=20.0, size_mb=25.0, accuracy=0.94)
+SMALL = Measurement("small", latency_ms=8.0, size_mb=20.0, accuracy=0.88)
+BAD = Measurement("bad", latency_ms=30.0, size_mb=30.0, accuracy=0.90)  # int8 beats it everywhere
 CANDIDATES = [BIG, INT8, SMALL, BAD]
 
 
 def test_pick_keeps_what_fits_best_accuracy_first():
     assert pick(CANDIDATES, Budget()) == [BIG, INT8, BAD, SMALL]
     assert pick(CANDIDATES, Budget(max_latency_ms=25)) == [INT8, SMALL]
-    assert pick(CANDIDATES, Budget(max_memory_mb=22)) == [SMALL]
+    assert pick(CANDIDATES, Budget(max_size_mb=22)) == [SMALL]
     assert pick(CANDIDATES, Budget(max_latency_ms=25, min_accuracy=0.9)) == [INT8]
     assert pick(CANDIDATES, Budget(max_latency_ms=5)) == []
 
 
 def test_budget_violations_name_each_limit():
-    misses = Budget(max_latency_ms=10, max_memory_mb=50, min_accuracy=0.99).violations(BIG)
-    assert len(misses) == 3 and "latency" in misses[0] and "memory" in misses[1] and "accuracy" in misses[2]
+    misses = Budget(max_latency_ms=10, max_size_mb=50, min_accuracy=0.99).violations(BIG)
+    assert len(misses) == 3 and "latency" in misses[0] and "size" in misses[1] and "accuracy" in misses[2]
     assert Budget(max_latency_ms=100).violations(BIG) == []
 
 
@@ -38,17 +38,17 @@ def test_pareto_front_drops_dominated_candidates():
     assert dominates(INT8, BAD) and not dominates(BAD, INT8)
     assert not dominates(INT8, INT8)  # equal is not better
     assert pareto_front(CANDIDATES) == [SMALL, INT8, BIG]
-    twin = Candidate("twin", 20.0, 25.0, 0.94)
+    twin = Measurement("twin", 20.0, 25.0, 0.94)
     assert pareto_front([INT8, twin]) == [INT8, twin]  # equals do not dominate each other
 
 
 def test_pareto_front_without_memory():
-    light_but_slow = Candidate("light", latency_ms=50.0, memory_mb=1.0, accuracy=0.95)
+    light_but_slow = Measurement("light", latency_ms=50.0, size_mb=1.0, accuracy=0.95)
     assert light_but_slow in pareto_front([BIG, light_but_slow])
-    assert pareto_front([BIG, light_but_slow], use_memory=False) == [BIG]
+    assert pareto_front([BIG, light_but_slow], use_size=False) == [BIG]
 
 
-@pytest.mark.parametrize("kwargs", [{"max_latency_ms": 0}, {"max_memory_mb": -1}, {"min_accuracy": 1.5}, {"max_latency_ms": "fast"}])
+@pytest.mark.parametrize("kwargs", [{"max_latency_ms": 0}, {"max_size_mb": -1}, {"min_accuracy": 1.5}, {"max_latency_ms": "fast"}])
 def test_budget_rejects_bad_limits(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         Budget(**kwargs)
@@ -86,7 +86,7 @@ def test_measure_classifiers_matches_minilib_train_accuracy_and_size():
     assert [c.name for c in result] == ["a", "b"]
     assert result[0].accuracy == pytest.approx(accuracy(a, data))
     assert result[1].accuracy == pytest.approx(accuracy(b, data))
-    assert result[0].memory_mb == pytest.approx(model_size_bytes(a) / 1e6) and result[1].memory_mb == 0.123
+    assert result[0].size_mb == pytest.approx(model_size_bytes(a) / 1e6) and result[1].size_mb == 0.123
     assert all(c.latency_ms > 0 for c in result)
 
 
@@ -108,9 +108,9 @@ def test_candidates_table_ratios_and_verdicts():
 
 
 def test_plot_candidates_draws_front_and_budget_lines():
-    ax = plot_candidates(CANDIDATES, Budget(max_latency_ms=25, max_memory_mb=22, min_accuracy=0.9))
+    ax = plot_candidates(CANDIDATES, Budget(max_latency_ms=25, max_size_mb=22, min_accuracy=0.9))
     labels = [t.get_text() for t in ax.texts]
-    assert "✔ int8" not in labels and "✔ small" not in labels  # small misses accuracy, int8 misses memory
+    assert "✔ int8" not in labels and "✔ small" not in labels  # small misses accuracy, int8 misses size
     assert any("latency ≤ 25" in line.get_label() for line in ax.lines)
     assert any("accuracy ≥ 0.9" in line.get_label() for line in ax.lines)
     front_line = next(line for line in ax.lines if "Pareto" in line.get_label())

@@ -1,6 +1,7 @@
 """The capstone (chapter 12): compress one model until it fits a deployment target, and say what it cost.
 
-A deployment target is a *stated budget*, measured the way that device runs the model:
+A deployment target is a *stated budget* (a named :class:`~minilib.experiments.picker.Budget`), measured the
+way that device runs the model:
 
 - ``phone``: at most 10 MB of weights and 20 ms per sentence, one sentence at a time, on one thread;
 - ``edge box``: at most 50 ms for a batch of 8 sentences on two threads;
@@ -33,7 +34,7 @@ from minilib.device import model_device, to_device
 from minilib.data import sentiment_dataset
 from minilib.distill import distill, student_from_teacher, teacher_targets
 from minilib.experiments.artefacts import Artefact, load_model
-from minilib.experiments.picker import Budget, Candidate
+from minilib.experiments.picker import Budget, Measurement
 from minilib.experiments.teacher import TEACHER, sentiment_teacher
 from minilib.hf import load_tokenizer
 from minilib.prune import prune_least_important
@@ -41,74 +42,12 @@ from minilib.train import accuracy, predict_logits, trim_padding
 from minilib.transformer import Classifier
 
 
-@dataclass(frozen=True)
-class Target:
-    """A deployment budget and the conditions it is measured under.
-
-    ``batch_size`` sentences per call on ``threads`` threads; at most ``max_size_mb`` (10⁶ bytes) of weights
-    and ``max_latency_ms`` per call; at least ``min_accuracy`` and ``min_throughput`` sentences per second
-    per thread ("per core").
-    """
-
-    name: str
-    batch_size: int
-    threads: int
-    max_size_mb: float = math.inf
-    max_latency_ms: float = math.inf
-    min_accuracy: float = 0.0
-    min_throughput: float = 0.0
-
-    def __post_init__(self):
-        for field in ("batch_size", "threads"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{field} must be a positive int, got {value!r}")
-        if not self.min_throughput >= 0:
-            raise ValueError(f"min_throughput must be >= 0 sentences/s per core, got {self.min_throughput!r}")
-        Budget(self.max_latency_ms, self.max_size_mb, self.min_accuracy)  # checks the other limits
-
-    def describe(self) -> str:
-        """The budget in words, e.g. ``phone: ≤ 10 MB, ≤ 20 ms per call (batch 1, 1 thread), accuracy ≥ 0.9``."""
-        limits = [f"≤ {self.max_size_mb:g} MB" if math.isfinite(self.max_size_mb) else "",
-                  f"≤ {self.max_latency_ms:g} ms per call" if math.isfinite(self.max_latency_ms) else "",
-                  f"≥ {self.min_throughput:g} sentences/s per core" if self.min_throughput else "",
-                  f"accuracy ≥ {self.min_accuracy:g}" if self.min_accuracy else ""]
-        threads = f"{self.threads} thread{'s' * (self.threads > 1)}"
-        return f"{self.name}: {', '.join(l for l in limits if l)} (batch {self.batch_size}, {threads})"
-
-
 TARGETS = {
-    "phone": Target("phone", batch_size=1, threads=1, max_size_mb=10, max_latency_ms=20, min_accuracy=0.9),
-    "edge box": Target("edge box", batch_size=8, threads=2, max_latency_ms=50, min_accuracy=0.9),
-    "cloud": Target("cloud", batch_size=32, threads=1, min_accuracy=0.95),
+    "phone": Budget("phone", batch_size=1, threads=1, max_size_mb=10, max_latency_ms=20, min_accuracy=0.9),
+    "edge box": Budget("edge box", batch_size=8, threads=2, max_latency_ms=50, min_accuracy=0.9),
+    "cloud": Budget("cloud", batch_size=32, threads=1, min_accuracy=0.95),
 }
 """The three deployment targets of chapter 12 (a phone, an edge device, the cloud). The cloud one has no latency limit: its score is throughput per core."""
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """One model measured under one target: weights in MB, median ms per call, sentences/s per core, accuracy."""
-
-    name: str
-    size_mb: float
-    latency_ms: float
-    throughput: float
-    accuracy: float
-
-    def misses(self, target: Target) -> list[str]:
-        """What this measurement misses of ``target``'s budget, in words; empty when it meets it."""
-        candidate = Candidate(self.name, self.latency_ms, self.size_mb, self.accuracy)
-        misses = Budget(target.max_latency_ms, target.max_size_mb, target.min_accuracy).violations(candidate)
-        if self.throughput < target.min_throughput:
-            misses.append(f"throughput {self.throughput:.0f} < {target.min_throughput:g} sentences/s per core")
-        return misses
-
-    def shortfall(self, target: Target) -> float:
-        """How far outside the budget, summed over limits as fractions: 0 inside; 0.5 = 50 % over one limit."""
-        over = [self.size_mb / target.max_size_mb - 1, self.latency_ms / target.max_latency_ms - 1,
-                1 - self.accuracy / target.min_accuracy if target.min_accuracy else 0.0,
-                1 - self.throughput / target.min_throughput if target.min_throughput else 0.0]
-        return sum(max(0.0, x) for x in over)
 
 
 @contextlib.contextmanager
@@ -122,13 +61,13 @@ def threads(n: int):
         torch.set_num_threads(previous)
 
 
-def resolve_target(target) -> Target:
-    """A :class:`Target`, or the name of one in :data:`TARGETS`."""
-    if isinstance(target, Target):
+def resolve_target(target) -> Budget:
+    """A :class:`~minilib.experiments.picker.Budget`, or the name of one in :data:`TARGETS`."""
+    if isinstance(target, Budget):
         return target
     if isinstance(target, str) and target in TARGETS:
         return TARGETS[target]
-    raise ValueError(f"target must be a Target or one of {sorted(TARGETS)}, got {target!r}")
+    raise ValueError(f"target must be a Budget or one of {sorted(TARGETS)}, got {target!r}")
 
 
 def latency_seconds(model: nn.Module, target, data: TensorDataset, repeats: int = 10) -> float:
@@ -164,8 +103,8 @@ def measure_steps(models: dict, targets, data: TensorDataset, repeats: int = 10)
         seconds = {t.name: latency_seconds(model, t, data, repeats) for t in targets}
         size_mb, correct = model_size_bytes(model) / 1e6, accuracy(model, data)
         for t in targets:
-            results[t.name].append(Measurement(name, size_mb, 1000 * seconds[t.name],
-                                               t.batch_size / seconds[t.name] / t.threads, correct))
+            results[t.name].append(Measurement(name, 1000 * seconds[t.name], size_mb, correct,
+                                               throughput=t.batch_size / seconds[t.name] / t.threads))
     return results
 
 
@@ -173,14 +112,14 @@ def measure_steps(models: dict, targets, data: TensorDataset, repeats: int = 10)
 class BudgetReport:
     """What :func:`budget_report` found: every measurement, which meet the target, and the best or the closest."""
 
-    target: Target
+    target: Budget
     measurements: list[Measurement]
     failures: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> why it could not be measured
 
     @property
     def meeting(self) -> list[Measurement]:
         """The measurements inside the budget, best first (highest throughput for the cloud, else accuracy)."""
-        return sorted((m for m in self.measurements if not m.misses(self.target)), key=self._rank)
+        return sorted((m for m in self.measurements if not self.target.violations(m)), key=self._rank)
 
     def _rank(self, m: Measurement) -> tuple:
         """A target without a latency limit (the cloud) prefers throughput; the others accuracy, then speed."""
@@ -197,12 +136,12 @@ class BudgetReport:
         """The best model inside the budget or, when none is, the one with the smallest shortfall."""
         if self.meeting:
             return self.meeting[0]
-        return min(self.measurements, key=lambda m: m.shortfall(self.target), default=None)
+        return min(self.measurements, key=self.target.shortfall, default=None)
 
     def __str__(self) -> str:
         lines = [f"Budget: {self.target.describe()}"]
         for m in self.measurements:
-            misses = m.misses(self.target)
+            misses = self.target.violations(m)
             lines.append(f"  {'✔' if not misses else '✘'} {m.name}: {m.size_mb:.1f} MB, {m.latency_ms:.1f} ms per call, "
                          f"{m.throughput:.0f} sentences/s per core, accuracy {m.accuracy:.3f}"
                          + (f" — misses: {'; '.join(misses)}" if misses else ""))
@@ -211,7 +150,7 @@ class BudgetReport:
             lines.append(f"Meets the budget: {self.best.name}.")
         elif self.best is not None:
             lines.append(f"Nothing meets the budget. Closest: {self.best.name} "
-                         f"({self.best.shortfall(self.target):.0%} outside it in total): {'; '.join(self.best.misses(self.target))}.")
+                         f"({self.target.shortfall(self.best):.0%} outside it in total): {'; '.join(self.target.violations(self.best))}.")
         else:
             lines.append("Nothing meets the budget: no model could be measured.")
         return "\n".join(lines)

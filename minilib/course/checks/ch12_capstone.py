@@ -4,7 +4,7 @@ import math
 import torch
 
 from minilib.course.checks.core import CheckFailed, exercise, expect_close
-from minilib.experiments.capstone import Measurement, Target
+from minilib.experiments.picker import Budget, Measurement
 
 
 def _expect_number(what, got, expected, hint):
@@ -23,11 +23,12 @@ def check_throughput_per_core(fn):
 
 @exercise(points=2)
 def check_shortfall(fn):
-    """Sum of fractional excesses, against minilib.experiments.capstone.Measurement.shortfall."""
+    """Sum of fractional excesses, against minilib.experiments.picker.Budget.shortfall."""
     cases = [(15.0, 30.0, 0.95, 10.0, 20.0, 0.9), (9.0, 10.0, 0.95, 10.0, 20.0, 0.9),
              (1.0, 5.0, 0.45, math.inf, math.inf, 0.9), (40.0, 5.0, 0.5, 10.0, math.inf, 0.0)]
     for size, ms, acc, max_size, max_ms, floor in cases:
-        expected = Measurement("x", size, ms, 0.0, acc).shortfall(Target("t", 1, 1, max_size, max_ms, floor))
+        budget = Budget(max_size_mb=max_size, max_latency_ms=max_ms, min_accuracy=floor)
+        expected = budget.shortfall(Measurement("x", latency_ms=ms, size_mb=size, accuracy=acc))
         _expect_number(f"shortfall({size}, {ms}, {acc}, {max_size}, {max_ms}, {floor})",
                        fn(size, ms, acc, max_size, max_ms, floor), expected,
                        hint="each limit: max(0, value / limit − 1) for size and latency, max(0, 1 − accuracy / floor) "
