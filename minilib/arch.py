@@ -20,9 +20,7 @@ import dataclasses
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from .device import model_device
 from .transformer import ACTIVATIONS, Encoder, EncoderLayer, TransformerConfig
 
 
@@ -210,17 +208,3 @@ def build(name: str, config: TransformerConfig, **options) -> Encoder:
     if name not in VARIANTS:
         raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(VARIANTS)}")
     return VARIANTS[name](config, **options)
-
-
-def count_flops(model: nn.Module, seq: int, batch: int = 1) -> int:
-    """FLOPs of one forward pass on (batch, seq) token ids, counted by PyTorch's FlopCounterMode.
-
-    It counts every matrix multiplication (linear layers, QKᵀ, P·V, grouped einsums) as
-    2·m·n·k; element-wise work (softmax, norms, activations) is not counted.
-    """
-    if seq < 1 or batch < 1:
-        raise ValueError(f"seq and batch must be positive, got seq={seq}, batch={batch}")
-    ids = torch.ones(batch, seq, dtype=torch.long, device=model_device(model))
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(ids)
-    return counter.get_total_flops()

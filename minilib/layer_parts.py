@@ -1,8 +1,7 @@
 """The parts of a Transformer encoder layer, found the same way in minilib and Hugging Face BERT models.
 
-Counting FLOPs (:func:`minilib.bench.encoder_flops`) and removing heads or neurons
-(:mod:`minilib.prune`) both need the same four things from every layer: the Q, K, V projections,
-the output projection, the two FFN Linears, and the head size. ``encoder_layer_parts(model)`` finds
+Removing heads or neurons (:mod:`minilib.prune`) needs the same four things from every layer: the
+Q, K, V projections, the output projection, the two FFN Linears, and the head size. ``encoder_layer_parts(model)`` finds
 them wherever the layers sit (an ``Encoder``, a ``Classifier``, a ``BertModel``, a
 ``BertForSequenceClassification``...), reading shapes from the Linears so that pruned layers are
 described as they are now.

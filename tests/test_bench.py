@@ -11,11 +11,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig, BertModel
 
 from minilib import bench
-from minilib.bench import (Comparison, Headline, Timing, attention_flops, compare, encoder_flops, linear_flops,
+from minilib.bench import (Comparison, Headline, Timing, attention_flops, compare, count_flops, linear_flops,
                            model_size_bytes, param_count, peak_matmul_gflops, peak_memory, time_fn)
 from minilib.course import notebook_budget as notebook_budgets
 from minilib.experiments import headlines as headline_runner
 from minilib.experiments.cli import main
+from minilib.prune import prune_heads, prune_neurons
 from minilib.transformer import Classifier, Encoder, TransformerConfig
 
 
@@ -119,32 +120,50 @@ def _tiny_bert():
     return BertModel(config, add_pooling_layer=False).eval()
 
 
-def test_encoder_flops_match_pytorch_flop_counter_on_hf_bert():
+def _layer_formula(batch, seq, d, heads, d_ff):
+    """One encoder layer by the formulas: Q, K, V, output projections; QKᵀ and P·V; the two FFN layers."""
+    tokens = batch * seq
+    return (4 * linear_flops(tokens, d, d) + attention_flops(batch, heads, seq, d // heads)
+            + linear_flops(tokens, d, d_ff) + linear_flops(tokens, d_ff, d))
+
+
+def test_count_flops_matches_pytorch_flop_counter_and_the_formulas_on_hf_bert():
     bert = _tiny_bert()
     batch, seq = 2, 10
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    with FlopCounterMode(display=False) as counter, torch.no_grad():  # the reference, run by hand
         bert(torch.randint(0, 50, (batch, seq)))
-    counts = encoder_flops(bert, seq=seq, batch=batch)
-    assert counts["total"] == counter.get_total_flops()
-    assert counts["attention"] == 2 * attention_flops(batch, 4, seq, 8)
-    assert counts["ffn"] == 2 * 2 * linear_flops(batch * seq, 32, 64)
-    assert counts["total"] == counts["projections"] + counts["attention"] + counts["ffn"]
+    assert count_flops(bert, seq=seq, batch=batch) == counter.get_total_flops()
+    assert count_flops(bert, seq=seq, batch=batch) == 2 * _layer_formula(batch, seq, d=32, heads=4, d_ff=64)
 
 
-def test_encoder_flops_match_pytorch_flop_counter_on_minilib_encoder_and_classifier():
-    config = TransformerConfig(vocab_size=50, d_model=32, n_heads=4, n_layers=3, d_ff=48, max_len=32)
+def test_count_flops_matches_pytorch_flop_counter_on_minilib_encoder_and_classifier():
+    config = TransformerConfig(vocab_size=50, d_model=64, n_heads=4, n_layers=3, d_ff=96, max_len=32)
     encoder = Encoder(config).eval()
     batch, seq = 3, 12
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         encoder(torch.randint(0, 50, (batch, seq)))
-    assert encoder_flops(encoder, seq=seq, batch=batch)["total"] == counter.get_total_flops()
-    classifier = Classifier(encoder, n_classes=2)
-    assert encoder_flops(classifier, seq=seq, batch=batch) == encoder_flops(encoder, seq=seq, batch=batch)
+    assert count_flops(encoder, seq=seq, batch=batch) == counter.get_total_flops()
+    assert count_flops(encoder, seq=seq, batch=batch) == 3 * _layer_formula(batch, seq, d=64, heads=4, d_ff=96)
+    classifier = Classifier(encoder, n_classes=2).eval()  # the head: one (batch, d) @ (d, 2) product more
+    assert count_flops(classifier, seq=seq, batch=batch) == (count_flops(encoder, seq=seq, batch=batch)
+                                                             + linear_flops(batch, 64, 2))
 
 
-def test_encoder_flops_rejects_other_models():
-    with pytest.raises(TypeError, match="expected a minilib Encoder"):
-        encoder_flops(nn.Linear(2, 2), seq=4)
+def test_count_flops_counts_pruned_layers_as_they_run():
+    config = TransformerConfig(vocab_size=50, d_model=64, n_heads=4, n_layers=2, d_ff=96, max_len=32)
+    encoder = Encoder(config).eval()
+    prune_heads(encoder, {0: [1, 3]})          # layer 0 keeps 2 heads of 16 dims: its attention is 32 wide
+    prune_neurons(encoder, {1: list(range(48))})  # layer 1 keeps 48 of its 96 FFN neurons
+    batch, seq, tokens = 2, 8, 16
+    layer0 = (3 * linear_flops(tokens, 64, 32) + linear_flops(tokens, 32, 64) + attention_flops(batch, 2, seq, 16)
+              + linear_flops(tokens, 64, 96) + linear_flops(tokens, 96, 64))
+    layer1 = _layer_formula(batch, seq, d=64, heads=4, d_ff=48)
+    assert count_flops(encoder, seq=seq, batch=batch) == layer0 + layer1
+
+
+def test_count_flops_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="seq must be a positive integer"):
+        count_flops(nn.Linear(2, 2), seq=0)
 
 
 # ------------------------------------------------------------------------------------ size, memory

@@ -12,8 +12,8 @@ Timing follows three rules (see the course design, "How claims are measured"):
     result            # a table in a notebook; print(result.table()) in a terminal
     result.ratio("fused")   # baseline median / fused median: "× faster"
 
-Counting: :func:`attention_flops`, :func:`linear_flops` and :func:`encoder_flops` count floating-point
-operations (one multiply-add = 2 FLOPs, the usual convention); :func:`peak_matmul_gflops` measures
+Counting: :func:`attention_flops` and :func:`linear_flops` are the formulas, :func:`count_flops` counts a
+model's forward pass (one multiply-add = 2 FLOPs, the usual convention); :func:`peak_matmul_gflops` measures
 what this machine can do, the "limit" later chapters compare against. Weighing: :func:`param_count`,
 :func:`model_size_bytes` and :func:`peak_memory`.
 
@@ -33,13 +33,13 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
 
-from minilib.device import get_device
-from minilib.layer_parts import encoder_layer_parts
+from minilib.device import get_device, model_device
 
 __all__ = [
     "Timing", "time_fn", "Comparison", "compare", "Headline", "machine_label", "peak_matmul_gflops",
-    "attention_flops", "linear_flops", "encoder_flops", "param_count", "model_size_bytes", "peak_memory",
+    "attention_flops", "linear_flops", "count_flops", "param_count", "model_size_bytes", "peak_memory",
 ]
 
 
@@ -263,24 +263,21 @@ def attention_flops(batch: int, heads: int, seq: int, head_dim: int, causal: boo
     return 4 * batch * heads * pairs * head_dim
 
 
-def encoder_flops(model: nn.Module, seq: int, batch: int = 1) -> dict[str, int]:
-    """FLOPs of one forward pass through an encoder's layers, by component.
+def count_flops(model: nn.Module, seq: int, batch: int = 1) -> int:
+    """FLOPs of one forward pass on (batch, seq) token ids, counted by PyTorch's ``FlopCounterMode``.
 
-    Works for a minilib ``Encoder`` (or ``Classifier``) and a Hugging Face ``BertModel``; shapes are
-    read from each layer's Linear modules, so pruned layers are counted as they are. Returns
-    ``{"projections": Q,K,V and output projections, "attention": QKᵀ and P·V, "ffn": the two FFN
-    layers, "total": their sum}``. Embedding look-ups, norms, the classifier head and HF's pooler
-    are left out (they are small, and not part of "the encoder layers").
+    The counter sees every matrix multiplication the model runs (linear layers, QKᵀ and P·V, grouped
+    einsums) as 2·m·n·k, whatever the design: pruned, grouped or shared layers are counted as they run.
+    Element-wise work (softmax, norms, activations) and embedding look-ups are not counted. The whole
+    model is run: a classifier's head (or Hugging Face's pooler) is in the count, tiny next to the layers.
+    For a plain encoder the count equals the formulas: per layer, 4·:func:`linear_flops` (d → d) for
+    Q, K, V and the output, :func:`attention_flops`, and the two FFN :func:`linear_flops`.
     """
     _check_positive(seq=seq, batch=batch)
-    tokens = batch * seq
-    counts = {"projections": 0, "attention": 0, "ffn": 0}
-    for layer in encoder_layer_parts(model):
-        counts["projections"] += sum(linear_flops(tokens, p.in_features, p.out_features) for p in layer.projections)
-        counts["attention"] += attention_flops(batch, layer.n_heads, seq, layer.head_dim)
-        counts["ffn"] += sum(linear_flops(tokens, f.in_features, f.out_features) for f in layer.ffn)
-    counts["total"] = sum(counts.values())
-    return counts
+    ids = torch.ones(batch, seq, dtype=torch.long, device=model_device(model))  # (batch, seq)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(ids)
+    return counter.get_total_flops()
 
 
 # ---------------------------------------------------------------------------------- size, memory

@@ -7,8 +7,8 @@
 """
 import torch
 
-from minilib.arch import build, count_flops
-from minilib.bench import Headline, compare, param_count
+from minilib.arch import build
+from minilib.bench import Headline, compare, count_flops, param_count
 from minilib.train import set_seed
 from minilib.transformer import Encoder, TransformerConfig
 
