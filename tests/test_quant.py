@@ -364,7 +364,7 @@ def test_prepare_qat_errors():
 
 # ------------------------------------------------------------------------------------ the experiment
 def test_experiment_helpers_on_a_small_model():
-    from minilib.quant import experiment
+    from minilib.experiments import quant_runs as experiment
     torch.manual_seed(0)
     config = TransformerConfig(vocab_size=100, d_model=128, n_heads=4, n_layers=1, d_ff=256, dropout=0.0)
     model = Classifier(Encoder(config), n_classes=2).eval()
