@@ -89,13 +89,3 @@ def test_cold_notebook_budget_gives_every_kernel_the_same_empty_cache(monkeypatc
     paths = [tmp_path / "01_a.ipynb", tmp_path / "02_b.ipynb"]
     assert cli.main(["notebooks", "--cold", *map(str, paths)]) == 0
     assert len(seen) == 2 and seen[0] == seen[1] and not Path(seen[0]).exists()   # one run's cache, removed after
-
-
-def test_an_artefact_not_yet_shipped_is_named_by_verify_and_can_be_rebuilt(capsys, monkeypatch):
-    monkeypatch.delenv("MINILIB_DATA", raising=False)
-    monkeypatch.setattr(zoo, "ARTEFACTS", [])
-    assert zoo.main(["verify"]) == 0
-    out = capsys.readouterr().out
-    for artefact in zoo.NOT_YET_SHIPPED:
-        assert f"not yet shipped: {artefact.name}" in out and f"rebuild {artefact.name}" in out
-        assert zoo._selected([artefact.name]) == [artefact]

@@ -25,6 +25,7 @@ __all__ = ["ARTEFACTS", "TopLayers", "fine_tune_top", "lower_layer_features", "m
 
 ARTEFACTS: list[Artefact] = [
     TEACHER,                                  # chapters 06, 07, 08, 11, 12
+    distill_runs.STUDENTS,                    # chapter 06's sweeps (upstream: the teacher)
     *arch_runs.ARTEFACTS.values(),            # chapter 09's six designs
     *longrange.ARTEFACTS.values(),            # chapters 04 and 05: the long-range task's four models
     *capstone.ARTEFACTS,                      # chapter 12's distilled and pruned students
@@ -32,20 +33,13 @@ ARTEFACTS: list[Artefact] = [
 ]
 """Every shipped artefact, in the order ``rebuild`` makes them (upstream ones first)."""
 
-NOT_YET_SHIPPED: list[Artefact] = [
-    distill_runs.STUDENTS,                    # chapter 06's sweeps (upstream: the teacher)
-]
-"""Artefacts with a recipe but no file in ``data/`` yet: their chapter makes them on first use, with a warning.
-``rebuild NAME`` ships one; then it moves to :data:`ARTEFACTS`."""
-
 
 def _selected(names: list[str]) -> list[Artefact]:
-    everything = ARTEFACTS + NOT_YET_SHIPPED
-    known = {artefact.name: artefact for artefact in everything}
+    known = {artefact.name: artefact for artefact in ARTEFACTS}
     unknown = [name for name in names if name not in known]
     if unknown:
         raise ValueError(f"unknown artefact(s) {unknown}; the artefacts are: {', '.join(known)}")
-    return [artefact for artefact in everything if not names or artefact.name in names]
+    return [artefact for artefact in ARTEFACTS if not names or artefact.name in names]
 
 
 def _groups(artefacts: list[Artefact]) -> list[list[Artefact]]:
@@ -93,9 +87,6 @@ def verify_main() -> int:
               f"Rebuild them: python -m minilib.experiments.zoo rebuild {' '.join(problems)}")
         return 1
     print(f"\nall {len(ARTEFACTS)} shipped artefacts match today's code and load")
-    for artefact in NOT_YET_SHIPPED:
-        print(f"not yet shipped: {artefact.name} (its chapter makes it on first use; ship it with "
-              f"python -m minilib.experiments.zoo rebuild {artefact.name})")
     return 0
 
 
