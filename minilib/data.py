@@ -26,7 +26,6 @@ from typing import NamedTuple, Sequence
 import torch
 from torch.utils.data import TensorDataset
 
-from minilib.hf import load_tokenizer
 
 
 class Splits(NamedTuple):
@@ -180,14 +179,13 @@ def encode_examples(examples: Sequence[Example], tokenizer, max_len: int = 32) -
     return TensorDataset(batch["input_ids"], batch["attention_mask"], labels)
 
 
-def sentiment_dataset(tokenizer=None, seed: int = 0, max_len: int = 32,
+def sentiment_dataset(tokenizer, seed: int = 0, max_len: int = 32,
                       sizes: Sequence[int] = (4000, 500, 1000)) -> Splits:
     """The sentiment task tokenised: ``Splits`` of ``TensorDataset(input_ids, attention_mask, labels)``.
 
-    ``tokenizer`` defaults to MiniLM's (``minilib.hf.load_tokenizer()``), the one the teacher uses.
+    ``tokenizer`` is any Hugging Face tokenizer; the teacher and its students use MiniLM's
+    (``minilib.hf.load_tokenizer()``).
     """
-    if tokenizer is None:
-        tokenizer = load_tokenizer()
     return Splits(*(encode_examples(part, tokenizer, max_len) for part in sentiment_examples(seed, sizes)))
 
 

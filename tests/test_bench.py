@@ -15,7 +15,7 @@ from minilib.bench import (Comparison, Headline, Timing, attention_flops, compar
                            model_size_bytes, param_count, peak_matmul_gflops, peak_memory, time_fn)
 from minilib.course import notebook_budget as notebook_budgets
 from minilib.experiments import headlines as headline_runner
-from minilib.experiments.cli import main
+from minilib.experiments.cli import CHAPTERS, main
 from minilib.prune import prune_heads, prune_neurons
 from minilib.transformer import Classifier, Encoder, TransformerConfig
 
@@ -264,7 +264,7 @@ def fake_chapters():
 
 
 def test_headline_runner_reports_failures_without_crashing(fake_chapters):
-    results = {r.name: r for r in headline_runner.run(chapters=fake_chapters)}
+    results = {r.name: r for r in headline_runner.run(fake_chapters)}
     assert list(results) == ["broken", "good", "wrong"]
     assert not results["good"].passed and len(results["good"].headlines) == 2
     assert "RuntimeError: kernel exploded" in results["broken"].error
@@ -274,10 +274,10 @@ def test_headline_runner_reports_failures_without_crashing(fake_chapters):
 
 
 def test_headline_runner_runs_one_file_and_rejects_unknown_names(fake_chapters):
-    (result,) = headline_runner.run(["good"], chapters=fake_chapters)
+    (result,) = headline_runner.run(fake_chapters, ["good"])
     assert [h.name for h in result.headlines] == ["fast thing", "small thing"]
     with pytest.raises(ValueError, match="no headline module named 'nope'.*available"):
-        headline_runner.run(["nope"], chapters=fake_chapters)
+        headline_runner.run(fake_chapters, ["nope"])
 
 
 def test_headline_passes_by_the_comparison_its_target_names():
@@ -291,7 +291,7 @@ def test_headline_passes_by_the_comparison_its_target_names():
 
 def test_every_headline_module_is_listed():
     folder = Path(headline_runner.__file__).parent
-    assert sorted(headline_runner.CHAPTERS) == sorted(p.stem for p in folder.glob("[!_]*.py"))
+    assert sorted(CHAPTERS) == sorted(p.stem for p in folder.glob("[!_]*.py"))
 
 
 def test_cli_rejects_an_unknown_headline_file(capsys):

@@ -20,13 +20,17 @@ from pathlib import Path
 from minilib.bench import machine_label
 from minilib.course import notebook_budget as notebooks
 from minilib.experiments import headlines
+from minilib.experiments.headlines import arch, attention, distill, generation, linear, prune, quant, sparse
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
+CHAPTERS = {module.__name__.rsplit(".", 1)[-1]: module.headlines
+            for module in (arch, attention, distill, generation, linear, prune, quant, sparse)}
+"""Each headline module's name and its ``headlines()`` function."""
 
 
 def headlines_main(names: list[str]) -> int:
     try:
-        results = headlines.run(names)
+        results = headlines.run(CHAPTERS, names)
     except ValueError as error:
         print(error, file=sys.stderr)
         return 2

@@ -2,7 +2,7 @@
 
 ``sentiment_teacher()`` is the fine-tuned MiniLM that chapters 06 (distillation), 07 (quantization),
 08 (pruning), 11 (evaluation) and 12 (capstone) compress. Its tokenizer is MiniLM's
-(``minilib.hf.load_tokenizer()``), its data ``minilib.data.sentiment_dataset()``. Only its top layer and head
+(``minilib.hf.load_tokenizer()``), its data ``minilib.data.sentiment_dataset(tokenizer)``. Only its top layer and head
 are trained, so only those are shipped (``data/sentiment_teacher.safetensors``, see
 :mod:`minilib.experiments.artefacts`); ``python -m minilib.experiments.zoo rebuild sentiment_teacher``
 trains it again (about a minute on a laptop CPU).

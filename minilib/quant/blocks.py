@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minilib.quant.swap import linear_layer_names, replace_linears
+
 BLOCK = 32
 FORMATS = ("q8_0", "q4_0")
 
@@ -135,15 +137,10 @@ class BlockQuantLinear(nn.Module):
 def quantize_model_blocks(model: nn.Module, fmt: str, skip=("lm_head",)) -> nn.Module:
     """A copy of ``model`` whose ``nn.Linear`` layers are :class:`BlockQuantLinear` in ``fmt``.
 
-    skip: names of layers to keep in float (by default a language model's output head, which shares its
+    skip: names or patterns of layers to keep in float (by default a language model's output head, which shares its
     weight with the token embeddings).
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
     model = copy.deepcopy(model)
-    names = [name for name, m in model.named_modules() if type(m) is nn.Linear and name not in skip]
-    for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, BlockQuantLinear.from_linear(getattr(parent, child), fmt))
-    return model
+    return replace_linears(model, linear_layer_names(model, skip), lambda layer: BlockQuantLinear.from_linear(layer, fmt))

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minilib.quant.affine import check_bits, dequantize, quantize
-from minilib.quant.model import linear_layer_names
+from minilib.quant.swap import linear_layer_names, replace_linears
 
 
 def fake_quantize(x: torch.Tensor, bits: int = 8, symmetric: bool = True, axis: int | None = None) -> torch.Tensor:
@@ -65,8 +65,5 @@ def prepare_qat(model: nn.Module, weight_bits: int = 8, act_bits: int | None = 8
     Train it as usual (e.g. ``minilib.train.fit``); evaluating it measures the quantized model's accuracy.
     """
     model = copy.deepcopy(model)
-    for name in linear_layer_names(model, skip):
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, FakeQuantLinear.from_linear(getattr(parent, child), weight_bits, act_bits))
-    return model
+    return replace_linears(model, linear_layer_names(model, skip),
+                           lambda layer: FakeQuantLinear.from_linear(layer, weight_bits, act_bits))

@@ -12,13 +12,13 @@ memory, better GEMM efficiency); each projection then receives its third of the 
 from __future__ import annotations
 
 import copy
-import fnmatch
 
 import torch
 import torch.nn as nn
 
 from minilib.quant.int4 import Int4Linear
 from minilib.quant.int8 import QuantLinear
+from minilib.quant.swap import linear_layer_names, replace_linears, skipped
 
 QKV_NAMES = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))  # minilib, Hugging Face BERT
 
@@ -78,10 +78,6 @@ class ProjectionSlice(nn.Module):
         return f"part {self.index} of a shared int8 GEMM, out_features={self.out_features}"
 
 
-def _skipped(name: str, skip) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in skip)
-
-
 def _qkv_groups(model: nn.Module, skip) -> list[tuple[nn.Module, tuple[str, str, str]]]:
     """Attention blocks whose Q, K, V projections are plain ``nn.Linear`` layers of one input size, none skipped."""
     groups = []
@@ -90,21 +86,9 @@ def _qkv_groups(model: nn.Module, skip) -> list[tuple[nn.Module, tuple[str, str,
             layers = [getattr(module, n, None) for n in names]
             full_names = [f"{name}.{n}" if name else n for n in names]
             if (all(type(l) is nn.Linear for l in layers) and len({l.in_features for l in layers}) == 1
-                    and not any(_skipped(n, skip) for n in full_names)):
+                    and not any(skipped(n, skip) for n in full_names)):
                 groups.append((module, names))
     return groups
-
-
-def linear_layer_names(model: nn.Module, skip=()) -> list[str]:
-    """Names of the plain ``nn.Linear`` layers of ``model`` not matching a ``skip`` pattern; a clear error if none."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
-    if isinstance(skip, str):
-        skip = (skip,)
-    names = [name for name, m in model.named_modules() if type(m) is nn.Linear and not _skipped(name, skip)]
-    if not names:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear layers to quantize (skip={tuple(skip)!r})")
-    return names
 
 
 def quantize_model(model: nn.Module, bits: int = 8, skip=(), fuse_qkv: bool = True, compiled: bool = False,
@@ -128,11 +112,6 @@ def quantize_model(model: nn.Module, bits: int = 8, skip=(), fuse_qkv: bool = Tr
             shared = SharedInputProjections.from_linears([getattr(module, n) for n in names], compiled)
             for index, n in enumerate(names):
                 setattr(module, n, ProjectionSlice(shared, index))
-    for name in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        layer = getattr(parent, child)
-        if type(layer) is nn.Linear:  # not already replaced by a fused Q/K/V slice
-            quantized = QuantLinear.from_linear(layer, compiled) if bits == 8 else Int4Linear.from_linear(layer, group_size)
-            setattr(parent, child, quantized)
-    return model
+    if bits == 8:
+        return replace_linears(model, targets, lambda layer: QuantLinear.from_linear(layer, compiled))
+    return replace_linears(model, targets, lambda layer: Int4Linear.from_linear(layer, group_size))

@@ -5,11 +5,6 @@
 
 The teacher's notebooks are the ones in ``notebooks/``; their exercises follow one form (see
 :mod:`minilib.course.assignments.exercises`), which ``build`` checks before it writes anything.
+From Python: ``build.build`` and ``build.student_edition`` make the student edition, ``grade.grade_notebook``
+grades one submission, ``exercises.find_exercises`` reads a notebook's exercises.
 """
-from minilib.course.assignments.build import BuildResult, StudentWorkError, build, student_edition, validate_assignment
-from minilib.course.assignments.exercises import AssignmentError, Exercise, find_exercises, read_notebook
-from minilib.course.assignments.grade import ExerciseScore, Grade, grade_notebook, report, write_csv, write_json
-
-__all__ = ["AssignmentError", "BuildResult", "Exercise", "ExerciseScore", "Grade", "StudentWorkError", "build",
-           "find_exercises", "grade_notebook", "read_notebook", "report", "student_edition", "validate_assignment",
-           "write_csv", "write_json"]

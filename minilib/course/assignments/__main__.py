@@ -5,7 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from minilib.course.assignments import AssignmentError, build, grade_notebook, report, write_csv, write_json
+from minilib.course.assignments.build import build
+from minilib.course.assignments.exercises import AssignmentError
+from minilib.course.assignments.grade import grade_notebook, report, write_csv, write_json
 
 
 def main(argv=None) -> int:

@@ -2,9 +2,9 @@
 
 Each module defines ``headlines() -> list[Headline]``: it measures its chapter's claims on this
 machine (e.g. "memory-efficient attention within 1.5× of PyTorch's fused kernel at n = 2048") and
-says whether each met its target. :data:`CHAPTERS` lists them (a new chapter's module is added there);
-``python -m minilib.bench`` runs them all, and one that fails is reported as a failed row, never a
-crash of the whole run.
+says whether each met its target. This package's own code runs them: ``python -m minilib.bench``
+(:mod:`minilib.experiments.cli`, where ``CHAPTERS`` lists the modules; a new chapter's module is added there)
+runs them all, and one that fails is reported as a failed row, never a crash of the whole run.
 """
 from __future__ import annotations
 
@@ -13,13 +13,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 from minilib.bench import Headline, _text_table
-from minilib.experiments.headlines import arch, attention, distill, generation, linear, prune, quant, sparse
-
-CHAPTERS: dict[str, Callable[[], list[Headline]]] = {
-    module.__name__.rsplit(".", 1)[-1]: module.headlines
-    for module in (arch, attention, distill, generation, linear, prune, quant, sparse)
-}
-"""Each headline module's name and its ``headlines()`` function."""
 
 
 @dataclass
@@ -48,8 +41,7 @@ def run_file(name: str, headlines: Callable[[], list[Headline]]) -> FileResult:
         return FileResult(name, [], f"{type(error).__name__}: {error} ({where.filename}:{where.lineno})")
 
 
-def run(names: list[str] | None = None,
-        chapters: dict[str, Callable[[], list[Headline]]] = CHAPTERS) -> list[FileResult]:
+def run(chapters: dict[str, Callable[[], list[Headline]]], names: list[str] | None = None) -> list[FileResult]:
     """Run the named headline modules of ``chapters`` (all of them by default), in name order."""
     names = sorted(chapters) if not names else names
     unknown = [name for name in names if name not in chapters]

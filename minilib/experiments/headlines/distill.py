@@ -13,7 +13,7 @@ from minilib.bench import Headline, param_count
 from minilib.data import sentiment_dataset
 from minilib.experiments.distill_runs import (accuracy_by, chapter_runs, chapter_student, latency_comparison,
                                               run_students, teacher_accuracy)
-from minilib.experiments.zoo import sentiment_teacher
+from minilib.experiments.teacher import sentiment_teacher
 from minilib.hf import load_tokenizer
 
 DISTILLED, BASELINE = "logits + layers", "labels only"

@@ -15,7 +15,8 @@ from minilib import prune
 from minilib.bench import Headline, compare, param_count
 from minilib.data import sentiment_dataset
 from minilib.experiments.prune_runs import crossover_sparsity, sparse_vs_dense
-from minilib.experiments.zoo import fine_tune_top, sentiment_teacher
+from minilib.experiments.teacher import fine_tune_top, sentiment_teacher
+from minilib.hf import load_tokenizer
 from minilib.train import accuracy, set_seed
 
 BATCH, SEQ = 32, 128
@@ -27,7 +28,7 @@ FINE_TUNE_LR = 1e-4    # one epoch over the training split, embeddings frozen
 def headlines():
     set_seed(0)
     teacher = sentiment_teacher().eval()
-    splits = sentiment_dataset()
+    splits = sentiment_dataset(load_tokenizer())
     structured = copy.deepcopy(teacher)
     prune.prune_least_important(structured, splits.validation, head_fraction=FRACTION, neuron_fraction=FRACTION)
     masked = copy.deepcopy(teacher)

@@ -18,8 +18,8 @@ from minilib.data import sentiment_dataset
 from minilib.experiments.library_rows import TORCHAO_INT4_WEIGHTS, TORCHAO_INT8_DYNAMIC, TORCHAO_INT8_WEIGHTS
 from minilib.experiments.quant_runs import (FP32, INT4, INT8, INT8_COMPILED, TORCH_AO, embedding_cosines, latency,
                                       linear_weight_bytes, quantized_variants, real_sentences, sizes_mb)
-from minilib.experiments.zoo import sentiment_teacher
-from minilib.hf import load_minilm
+from minilib.experiments.teacher import sentiment_teacher
+from minilib.hf import load_minilm, load_tokenizer
 from minilib.optional import Unavailable, runnable
 from minilib.train import accuracy, set_seed
 
@@ -75,7 +75,7 @@ def _torchao_headline(variants, timing, cosines, sizes, fastest):
 def _sentiment_headlines():
     """Accuracy of the fine-tuned sentiment model (a minilib Classifier on MiniLM) before and after quantization."""
     teacher = sentiment_teacher().eval()
-    test = sentiment_dataset().test
+    test = sentiment_dataset(load_tokenizer()).test
     variants = runnable(quantized_variants(teacher, torchao=True))
     accuracies = {name: 100 * accuracy(model, test) for name, model in variants.items()}
     detail = ", ".join(f"{name} {acc:.1f}%" for name, acc in accuracies.items())
