@@ -15,6 +15,8 @@ Speculative decoding (Leviathan et al. 2023; Chen et al. 2023): a small draft mo
 tokens one by one; the large target model checks all of them in one forward pass and keeps the
 longest prefix that agrees with its own greedy choices, plus its own next token. The output is
 exactly the target's greedy output; the speed-up comes from running the target once per round.
+A draft that stops a round early when it is unsure (``min_confidence``) wastes fewer of its own passes
+and fewer of the target's positions on tokens that would be rejected anyway.
 """
 from __future__ import annotations
 
@@ -248,16 +250,21 @@ class SpeculativeResult(NamedTuple):
 
 
 @torch.no_grad()
-def speculative_generate(target, draft, input_ids, max_new_tokens, *, k=4):
+def speculative_generate(target, draft, input_ids, max_new_tokens, *, k=4, min_confidence=None):
     """Greedy speculative decoding: ``target``'s greedy tokens, with ``draft`` guessing ``k`` at a time.
 
     Each round: the draft proposes d_1 … d_k (k cheap passes); the target scores [last, d_1 … d_k]
     in one pass, giving its own choices p_0 … p_k; the first n drafts with d_i = p_{i-1} are kept, then
     p_n (the target's correction, or a bonus token when all k agree). Both caches are then cut back
     to the tokens kept. input_ids: (1, seq) → :class:`SpeculativeResult`.
+
+    min_confidence: the draft ends a round early, after a token it gave a probability below this
+    (a guess it is unsure of is likely to be rejected). The output is the same; only the cost changes.
     """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k (tokens drafted per round) must be a positive int, got {k!r}")
+    if min_confidence is not None and not 0 < min_confidence < 1:
+        raise ValueError(f"min_confidence must be a probability between 0 and 1 (or None), got {min_confidence!r}")
     vocab = (target.lm_head.out_features, draft.lm_head.out_features)
     if vocab[0] != vocab[1]:
         raise ValueError(f"the draft must share the target's vocabulary: target has {vocab[0]} tokens, "
@@ -274,7 +281,8 @@ def speculative_generate(target, draft, input_ids, max_new_tokens, *, k=4):
     stats = dict(drafted=0, accepted=0, target_calls=0, draft_calls=0)
     while tokens.shape[1] < total:
         n_draft = min(k, total - tokens.shape[1] - 1)               # never draft past max_new_tokens
-        proposal = _draft(draft, caches[1], tokens, n_draft, stats)          # (1, n_draft)
+        proposal = _draft(draft, caches[1], tokens, n_draft, stats, min_confidence)  # (1, ≤ n_draft)
+        n_draft = proposal.shape[1]
         seen = caches[0].length                                             # the target has seen tokens[:seen]
         logits = target(torch.cat([tokens[:, seen:], proposal], dim=1), cache=caches[0])
         stats["target_calls"] += 1
@@ -287,13 +295,17 @@ def speculative_generate(target, draft, input_ids, max_new_tokens, *, k=4):
     return SpeculativeResult(tokens, **stats)
 
 
-def _draft(draft, cache, tokens, n, stats):
-    """The draft's n greedy tokens after ``tokens`` (1, seq), feeding it what its cache has not seen yet."""
+def _draft(draft, cache, tokens, n, stats, min_confidence=None):
+    """The draft's greedy tokens after ``tokens`` (1, seq), n of them or fewer if it becomes unsure (see
+    :func:`speculative_generate`), feeding it what its cache has not seen yet."""
     proposal, new = [], tokens[:, cache.length:]
     for _ in range(n):
-        new = draft(new, cache=cache)[:, -1:].argmax(dim=-1)                 # (1, 1)
+        logits = draft(new, cache=cache)[:, -1]                             # (1, vocab)
+        new = logits.argmax(dim=-1, keepdim=True)                           # (1, 1)
         proposal.append(new)
         stats["draft_calls"] += 1
+        if min_confidence is not None and torch.softmax(logits.float(), dim=-1).max() < min_confidence:
+            break
     return torch.cat(proposal, dim=1) if proposal else tokens[:, :0]
 
 

@@ -142,6 +142,22 @@ def test_a_perfect_draft_is_always_accepted(target):
     assert result.target_calls == 10                                 # 5 tokens per pass: 4 drafted + 1 of its own
 
 
+@pytest.mark.parametrize("min_confidence", [0.5, 0.99])
+def test_a_draft_that_stops_when_unsure_gives_the_same_tokens_with_fewer_drafts(target, min_confidence):
+    prompt = _prompt(1, 12, seed=3)
+    draft = _language_model(5, n_layers=1)
+    fixed = speculative_generate(target, draft, prompt, 40, k=4)
+    unsure = speculative_generate(target, draft, prompt, 40, k=4, min_confidence=min_confidence)
+    assert torch.equal(unsure.tokens, generate(target, prompt, 40))
+    assert unsure.drafted < fixed.drafted          # an untrained draft is never sure: rounds end early
+
+
+def test_a_sure_draft_drafts_every_token_it_may(target):
+    """The target as its own draft: confident wherever its top token stands out, so confidence stopping changes little."""
+    sure = speculative_generate(target, target, _prompt(1, 8), 50, k=4, min_confidence=1e-6)
+    assert sure.acceptance_rate == 1.0 and sure.target_calls == 10
+
+
 # ------------------------------------------------------------------------------ grouped-query attention
 @pytest.mark.parametrize("n_kv_heads", [8, 4, 2, 1])
 def test_grouped_query_attention_equals_pytorch_enable_gqa(n_kv_heads):
@@ -197,6 +213,8 @@ def test_bad_inputs_raise_clear_errors(target):
         speculative_generate(target, other, _prompt(1, 4), 5)
     with pytest.raises(ValueError, match="batch 1"):
         speculative_generate(target, target, _prompt(2, 4), 5)
+    with pytest.raises(ValueError, match="min_confidence must be a probability between 0 and 1"):
+        speculative_generate(target, target, _prompt(1, 4), 5, min_confidence=1.5)
     with pytest.raises(ValueError, match="bits must be 8 or 4"):
         QuantizedKVCache(1, 1, 1, 8, 4, bits=2)
     with pytest.raises(ValueError, match=r"seq ≥ 1, got \(2, 0\)"):
