@@ -311,18 +311,6 @@ class LanguageModel(nn.Module):
             cache.advance(input_ids.shape[1])
         return self.lm_head(self.final_norm(x))
 
-    @torch.no_grad()
-    def generate(self, input_ids, max_new_tokens, temperature=1.0, greedy=False):
-        """Append max_new_tokens sampled tokens to input_ids (batch, seq) (on the model's device)."""
-        input_ids = to_device(input_ids, model_device(self))
-        for _ in range(max_new_tokens):
-            window = input_ids[:, -self.embeddings.position_limit:]
-            logits = self(window)[:, -1] / temperature
-            next_token = (logits.argmax(-1, keepdim=True) if greedy
-                          else torch.multinomial(torch.softmax(logits, -1), 1))
-            input_ids = torch.cat([input_ids, next_token], dim=1)
-        return input_ids
-
 
 def mean_pool(hidden, attention_mask=None):
     """Average of the real tokens' vectors: (batch, seq, d), (batch, seq) → (batch, d)."""

@@ -55,7 +55,6 @@ HELPERS = {
     "metrics.perplexity": lambda: metrics.perplexity(on_meta(LanguageModel(CONFIG)), tokens()),
     "EncoderDecoder.generate": lambda: on_meta(EncoderDecoder(CONFIG)).generate(
         tokens().tensors[0], max_new_tokens=3, bos_id=1, eos_id=2, src_mask=torch.ones(4, 6, dtype=torch.long)),
-    "LanguageModel.generate": lambda: on_meta(LanguageModel(CONFIG)).generate(tokens().tensors[0], 3, greedy=True),
     "generation.generate": lambda: generate(on_meta(LanguageModel(CONFIG)), tokens().tensors[0], 3),
     "hf.sentence_embeddings": lambda: hf.sentence_embeddings(
         on_meta(Encoder(TransformerConfig(vocab_size=30522, d_model=16, n_heads=2, n_layers=1, d_ff=32,

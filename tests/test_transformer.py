@@ -62,7 +62,6 @@ def test_language_model_is_causal():
     changed[0, 6:] = (changed[0, 6:] % 49) + 1               # change only the future
     torch.testing.assert_close(lm(ids)[:, :6], lm(changed)[:, :6])
     assert not torch.allclose(lm(ids)[:, 6:], lm(changed)[:, 6:])
-    assert lm.generate(ids, max_new_tokens=5, greedy=True).shape == (1, 15)
 
 
 def test_encoder_decoder_and_greedy_generation():
