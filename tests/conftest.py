@@ -1,5 +1,11 @@
 """Fixtures shared by the tests."""
 import pytest
+import torch
+
+from minilib.transformer import Classifier, Encoder, TransformerConfig
+
+TINY_CONFIG = dict(vocab_size=100, d_model=32, n_heads=4, n_layers=2, d_ff=64, dropout=0.0)
+TINY_BERT = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
 
 
 @pytest.fixture
@@ -9,3 +15,58 @@ def stub():
         raise NotImplementedError
 
     return not_done
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """Makes a small TransformerConfig (no dropout): ``tiny_config(d_model=128, n_layers=1)`` changes what a test needs."""
+    def make(**changes) -> TransformerConfig:
+        return TransformerConfig(**{**TINY_CONFIG, **changes})
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_config):
+    """Makes a two-class Classifier on a :func:`tiny_config`, initialised from ``seed``, in eval mode.
+
+    head_dropout: the head's dropout; other keywords change the config: ``tiny_classifier(n_layers=3)``.
+    """
+    def make(seed: int = 0, head_dropout: float = 0.1, **changes) -> Classifier:
+        torch.manual_seed(seed)
+        return Classifier(Encoder(tiny_config(**changes)), n_classes=2, dropout=head_dropout).eval()
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_bert():
+    """Makes a small, randomly initialised Hugging Face BERT in eval mode, initialised from ``seed``.
+
+    model_class: ``BertModel`` (the default) or e.g. ``BertForSequenceClassification``; model_kwargs go to it
+    (``{"add_pooling_layer": False}``); other keywords change the BertConfig: ``tiny_bert(num_hidden_layers=1)``.
+    """
+    from transformers import BertConfig, BertModel
+
+    def make(model_class=BertModel, seed: int = 0, model_kwargs: dict | None = None, **changes):
+        torch.manual_seed(seed)
+        return model_class(BertConfig(**{**TINY_BERT, **changes}), **(model_kwargs or {})).eval()
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def padded_tokens():
+    """Makes random token ids padded on the right: ``padded_tokens(n, seq_len, vocab_size, min_len, seed)``.
+
+    → ids (n, seq_len) in [1, vocab_size) with 0 after each row's length, and mask (n, seq_len), 1 = real token;
+    each row's length is drawn in [min_len, seq_len].
+    """
+    def make(n: int, seq_len: int, vocab_size: int, min_len: int, seed: int):
+        generator = torch.Generator().manual_seed(seed)
+        ids = torch.randint(1, vocab_size, (n, seq_len), generator=generator)
+        lengths = torch.randint(min_len, seq_len + 1, (n,), generator=generator)
+        mask = (torch.arange(seq_len) < lengths[:, None]).long()
+        return ids * mask, mask
+
+    return make

@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import BertConfig, BertModel
 
 from minilib import bench
 from minilib.bench import (Comparison, Headline, Timing, attention_flops, compare, count_flops, linear_flops,
@@ -114,12 +113,6 @@ def test_flop_counts_reject_non_positive_sizes(bad):
         attention_flops(**args)
 
 
-def _tiny_bert():
-    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=32, attn_implementation="eager")
-    return BertModel(config, add_pooling_layer=False).eval()
-
-
 def _layer_formula(batch, seq, d, heads, d_ff):
     """One encoder layer by the formulas: Q, K, V, output projections; QKᵀ and P·V; the two FFN layers."""
     tokens = batch * seq
@@ -127,8 +120,8 @@ def _layer_formula(batch, seq, d, heads, d_ff):
             + linear_flops(tokens, d, d_ff) + linear_flops(tokens, d_ff, d))
 
 
-def test_count_flops_matches_pytorch_flop_counter_and_the_formulas_on_hf_bert():
-    bert = _tiny_bert()
+def test_count_flops_matches_pytorch_flop_counter_and_the_formulas_on_hf_bert(tiny_bert):
+    bert = tiny_bert(max_position_embeddings=32, attn_implementation="eager", model_kwargs={"add_pooling_layer": False})
     batch, seq = 2, 10
     with FlopCounterMode(display=False) as counter, torch.no_grad():  # the reference, run by hand
         bert(torch.randint(0, 50, (batch, seq)))

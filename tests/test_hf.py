@@ -2,8 +2,6 @@
 import pytest
 import torch
 
-from transformers import BertConfig, BertModel
-
 from minilib.hf import encoder_from_hf, load_minilm, minilm_path, sentence_embeddings
 
 SENTENCES = ["The film was not bad at all.", "Good acting, but far too long.", "I hated every minute."]
@@ -46,12 +44,11 @@ def test_sentence_embeddings_match_sentence_transformers(minilm):
         torch.testing.assert_close(sentence_embeddings(model, tokenizer, SENTENCES), reference, atol=1e-5, rtol=1e-4)
 
 
-def test_bad_inputs(minilm):
+def test_bad_inputs(minilm, tiny_bert):
     bert, tokenizer = minilm
     with pytest.raises(TypeError, match="BertModel"):
         encoder_from_hf(torch.nn.Linear(2, 2))
-    causal = BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                  intermediate_size=64, is_decoder=True))
+    causal = tiny_bert(num_hidden_layers=1, num_attention_heads=2, is_decoder=True)
     with pytest.raises(ValueError, match="is_decoder=True"):               # a decoder would silently turn bidirectional
         encoder_from_hf(causal)
     with pytest.raises(ValueError, match="non-empty list"):

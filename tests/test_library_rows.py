@@ -64,15 +64,13 @@ def test_optional_row_reports_missing_tools_and_lets_bugs_through():
         library_rows.torchao_config("int3")
 
 
-def test_onnx_runtime_int8_of_a_tiny_bert(tmp_path):
+def test_onnx_runtime_int8_of_a_tiny_bert(tmp_path, tiny_bert):
     from minilib.course.checks.ch10_hf import TEXTS, _tokenizer
     from minilib.export import LogitsOnly, OnnxClassifier, export_onnx
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
-    torch.manual_seed(0)
-    model = LogitsOnly(BertForSequenceClassification(BertConfig(
-        vocab_size=_tokenizer().vocab_size, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=256, num_labels=2))).eval()
+    model = LogitsOnly(tiny_bert(BertForSequenceClassification, vocab_size=_tokenizer().vocab_size, hidden_size=128,
+                                 num_attention_heads=2, intermediate_size=256, num_labels=2)).eval()
     batch = _tokenizer()(TEXTS, return_tensors="pt", padding=True)
     ids, mask = batch["input_ids"], batch["attention_mask"]
     path = export_onnx(model, ids[:2, :4], mask[:2, :4], tmp_path / "tiny.onnx")
@@ -92,21 +90,13 @@ def test_missing_onnxruntime_gives_a_not_available_row(monkeypatch, tmp_path):
                        "None in sys.modules); pip install onnxruntime"
 
 
-def _small_classifier():
-    from minilib.transformer import Classifier, Encoder, TransformerConfig
-
-    torch.manual_seed(0)
-    config = TransformerConfig(vocab_size=100, d_model=128, n_heads=4, n_layers=1, d_ff=256, dropout=0.0)
-    return Classifier(Encoder(config), n_classes=2).eval()
-
-
 @pytest.mark.parametrize("has_torchao", [True, False])
-def test_chapter_07_experiment_with_torchao_rows(monkeypatch, has_torchao):
+def test_chapter_07_experiment_with_torchao_rows(monkeypatch, has_torchao, tiny_classifier):
     from minilib.experiments import quant_runs
 
     if not has_torchao:
         monkeypatch.setitem(sys.modules, "torchao", None)
-    model = _small_classifier()
+    model = tiny_classifier(d_model=128, n_layers=1, d_ff=256)
     variants = quant_runs.quantized_variants(model, torchao=True)
     torchao_rows = [TORCHAO_INT8_DYNAMIC, TORCHAO_INT8_WEIGHTS, TORCHAO_INT4_WEIGHTS]
     assert list(variants)[-3:] == torchao_rows

@@ -6,29 +6,35 @@ import torch
 import torch.nn.functional as F
 import torch.nn.utils.prune as torch_prune
 from torch import nn
-from transformers import BertConfig, BertModel
+from transformers import BertModel
 
 from minilib import prune
 from minilib.bench import param_count
 from minilib.experiments import prune_runs
-from minilib.transformer import Classifier, Encoder, TransformerConfig
+from minilib.transformer import Classifier, Encoder
 
 N_LAYERS, N_HEADS, HEAD_DIM, D_FF = 3, 4, 8, 64
 
 
-def small_encoder(seed=0) -> Encoder:
-    torch.manual_seed(seed)
-    config = TransformerConfig(vocab_size=50, d_model=N_HEADS * HEAD_DIM, n_heads=N_HEADS, n_layers=N_LAYERS,
-                               d_ff=D_FF, max_len=16, dropout=0.0)
-    return Encoder(config).eval()
+@pytest.fixture
+def small_encoder(tiny_config):
+    """Makes the pruning tests' encoder: N_LAYERS layers of N_HEADS heads of HEAD_DIM, D_FF neurons, eval mode."""
+    def make() -> Encoder:
+        torch.manual_seed(0)
+        return Encoder(tiny_config(vocab_size=50, d_model=N_HEADS * HEAD_DIM, n_heads=N_HEADS, n_layers=N_LAYERS,
+                                   d_ff=D_FF, max_len=16)).eval()
+
+    return make
 
 
-def small_bert(seed=0) -> BertModel:
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=50, hidden_size=N_HEADS * HEAD_DIM, num_hidden_layers=N_LAYERS,
-                        num_attention_heads=N_HEADS, intermediate_size=D_FF, max_position_embeddings=16,
-                        attn_implementation="eager")
-    return BertModel(config).eval()
+@pytest.fixture
+def small_bert(tiny_bert):
+    """Makes a Hugging Face BertModel of the same sizes as :func:`small_encoder`."""
+    def make() -> BertModel:
+        return tiny_bert(hidden_size=N_HEADS * HEAD_DIM, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS,
+                         intermediate_size=D_FF, max_position_embeddings=16, attn_implementation="eager")
+
+    return make
 
 
 def inputs(seed=1):
@@ -48,7 +54,7 @@ def hidden(model):
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.9, 0.999])
 @pytest.mark.parametrize("scope", ["global", "layer"])
-def test_magnitude_masks_reach_the_requested_sparsity_exactly(sparsity, scope):
+def test_magnitude_masks_reach_the_requested_sparsity_exactly(sparsity, scope, small_encoder):
     model = small_encoder()
     masks = prune.magnitude_masks(model, sparsity, scope=scope)
     weights = prune.linear_weights(model)
@@ -62,7 +68,7 @@ def test_magnitude_masks_reach_the_requested_sparsity_exactly(sparsity, scope):
             assert int((~mask).sum()) == round(sparsity * mask.numel()), name
 
 
-def test_masks_equal_pytorch_l1_pruning():
+def test_masks_equal_pytorch_l1_pruning(small_encoder):
     """Reference: torch.nn.utils.prune (global_unstructured and l1_unstructured with L1 magnitude)."""
     ours_global = prune.magnitude_masks(small_encoder(), 0.6, scope="global")
     ours_layer = prune.magnitude_masks(small_encoder(), 0.6, scope="layer")
@@ -88,12 +94,12 @@ def test_global_and_layer_scopes_differ_on_layers_of_different_scale():
 
 
 @pytest.mark.parametrize("bad", [1.0, -0.1, 1.5])
-def test_sparsity_outside_unit_interval_is_refused(bad):
+def test_sparsity_outside_unit_interval_is_refused(bad, small_encoder):
     with pytest.raises(ValueError, match=r"\[0, 1\).*got"):
         prune.magnitude_masks(small_encoder(), bad)
 
 
-def test_bad_sparsity_type_scope_and_model_are_refused():
+def test_bad_sparsity_type_scope_and_model_are_refused(small_encoder):
     with pytest.raises(TypeError, match="number"):
         prune.magnitude_masks(small_encoder(), "0.5")
     with pytest.raises(ValueError, match="'global' or 'layer'.*'local'"):
@@ -102,7 +108,7 @@ def test_bad_sparsity_type_scope_and_model_are_refused():
         prune.magnitude_masks(nn.ReLU(), 0.5)
 
 
-def test_apply_masks_zeroes_weights_freezes_them_in_training_and_can_be_undone():
+def test_apply_masks_zeroes_weights_freezes_them_in_training_and_can_be_undone(small_encoder):
     model = small_encoder()
     original = {name: w.detach().clone() for name, w in prune.linear_weights(model).items()}
     masks = prune.magnitude_masks(model, 0.75, scope="layer")
@@ -120,7 +126,7 @@ def test_apply_masks_zeroes_weights_freezes_them_in_training_and_can_be_undone()
         assert torch.equal(weight, original[name])
 
 
-def test_remove_masks_bakes_the_zeros_into_plain_weights():
+def test_remove_masks_bakes_the_zeros_into_plain_weights(small_encoder):
     model = small_encoder()
     prune.apply_masks(model, prune.magnitude_masks(model, 0.5))
     masked = hidden(model)
@@ -130,14 +136,14 @@ def test_remove_masks_bakes_the_zeros_into_plain_weights():
     assert prune.sparsity_report(model).overall == pytest.approx(0.5, abs=1e-3)
 
 
-def test_applying_new_masks_replaces_the_old_ones():
+def test_applying_new_masks_replaces_the_old_ones(small_encoder):
     model = small_encoder()
     prune.apply_masks(model, prune.magnitude_masks(model, 0.9))
     prune.apply_masks(model, {name: torch.ones_like(m) for name, m in prune.magnitude_masks(model, 0.0).items()})
     assert prune.sparsity_report(model).overall == 0.0
 
 
-def test_apply_masks_refuses_wrong_names_and_shapes():
+def test_apply_masks_refuses_wrong_names_and_shapes(small_encoder):
     model = small_encoder()
     with pytest.raises(ValueError, match="no nn.Linear named 'nope'"):
         prune.apply_masks(model, {"nope": torch.ones(2, 2, dtype=torch.bool)})
@@ -167,7 +173,7 @@ def test_cubic_schedule_follows_zhu_and_gupta():
         prune.cubic_sparsity(11, 10, 0.9)
 
 
-def test_gradual_pruning_keeps_earlier_pruned_weights_pruned():
+def test_gradual_pruning_keeps_earlier_pruned_weights_pruned(small_encoder):
     model = small_encoder()
     seen = []
 
@@ -187,7 +193,7 @@ def test_gradual_pruning_keeps_earlier_pruned_weights_pruned():
     assert prune.sparsity_report(model).overall == pytest.approx(0.8, abs=1e-3)
 
 
-def test_two_four_masks_keep_exactly_the_two_largest_of_every_four():
+def test_two_four_masks_keep_exactly_the_two_largest_of_every_four(small_encoder):
     torch.manual_seed(0)
     weight = torch.randn(6, 16)
     mask = prune.nm_mask(weight, 2, 4)
@@ -251,7 +257,7 @@ def head_mask_for(removed, n_layers=N_LAYERS, n_heads=N_HEADS):
     return mask
 
 
-def test_pruning_heads_of_a_minilib_encoder_equals_masking_them():
+def test_pruning_heads_of_a_minilib_encoder_equals_masking_them(small_encoder):
     model = small_encoder()
     input_ids, attention_mask = inputs()
     with torch.no_grad():
@@ -268,7 +274,7 @@ def test_pruning_heads_of_a_minilib_encoder_equals_masking_them():
     assert [a.shape[1] for a in attentions] == [2, 4, 1]
 
 
-def test_gates_equal_the_core_head_mask():
+def test_gates_equal_the_core_head_mask(small_encoder):
     model = small_encoder()
     gates = list(head_mask_for(HEADS) * 0.5)
     with torch.no_grad(), prune.gates(model, heads=gates):
@@ -278,7 +284,7 @@ def test_gates_equal_the_core_head_mask():
     torch.testing.assert_close(hidden(model), model(*inputs()).last_hidden_state.detach())  # hooks removed
 
 
-def test_pruning_no_heads_changes_nothing():
+def test_pruning_no_heads_changes_nothing(small_encoder):
     model = small_encoder()
     before, state = hidden(model), copy.deepcopy(model.state_dict())
     prune.prune_heads(model, {})
@@ -298,7 +304,7 @@ def zero_head_outputs(bert, removed):
     return reference
 
 
-def test_pruning_heads_of_a_hugging_face_bert_equals_masking_them():
+def test_pruning_heads_of_a_hugging_face_bert_equals_masking_them(small_bert):
     bert = small_bert()
     expected = hidden(zero_head_outputs(bert, HEADS))
     prune.prune_heads(bert, HEADS)
@@ -308,7 +314,7 @@ def test_pruning_heads_of_a_hugging_face_bert_equals_masking_them():
     assert attention.query.out_features == HEAD_DIM and bert.encoder.layer[2].attention.output.dense.in_features == HEAD_DIM
 
 
-def test_heads_are_renumbered_after_pruning():
+def test_heads_are_renumbered_after_pruning(small_encoder):
     model = small_encoder()
     prune.prune_heads(model, {0: [0]})
     heads_left = copy.deepcopy(model.layers[0].attn.v_proj.weight)
@@ -336,9 +342,9 @@ def test_real_minilm_pruned_in_hf_and_in_minilib_agree():
     torch.testing.assert_close(from_minilib, masked, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("make", [small_encoder, small_bert])
-def test_bad_head_requests_are_refused(make):
-    model = make()
+@pytest.mark.parametrize("make", ["small_encoder", "small_bert"])
+def test_bad_head_requests_are_refused(make, request):
+    model = request.getfixturevalue(make)()
     with pytest.raises(ValueError, match=r"layer 1 has 4 heads \(indices 0…3\), got \[4\]"):
         prune.prune_heads(model, {1: [0, 4]})
     with pytest.raises(ValueError, match=r"layer index must be an int in \[0, 2\], got 3"):
@@ -369,11 +375,11 @@ def zero_neuron_outputs(model, removed, down_of):
 
 
 @pytest.mark.parametrize("make, down_of", [
-    (small_encoder, lambda m, i: m.layers[i].ffn.down),
-    (small_bert, lambda m, i: m.encoder.layer[i].output.dense),
+    ("small_encoder", lambda m, i: m.layers[i].ffn.down),
+    ("small_bert", lambda m, i: m.encoder.layer[i].output.dense),
 ])
-def test_removing_ffn_neurons_equals_masking_them(make, down_of):
-    model = make()
+def test_removing_ffn_neurons_equals_masking_them(make, down_of, request):
+    model = request.getfixturevalue(make)()
     expected = hidden(zero_neuron_outputs(model, NEURONS, down_of))
     gates = [torch.ones(D_FF) for _ in range(N_LAYERS)]
     for layer, neurons in NEURONS.items():
@@ -389,7 +395,7 @@ def test_removing_ffn_neurons_equals_masking_them(make, down_of):
 
 # ------------------------------------------------------------------------------------ importance
 
-def test_head_importance_is_the_mean_absolute_gradient_of_the_head_mask():
+def test_head_importance_is_the_mean_absolute_gradient_of_the_head_mask(small_encoder):
     torch.manual_seed(0)
     model = Classifier(small_encoder(), n_classes=2, dropout=0.0)
     input_ids, attention_mask = inputs()
@@ -411,7 +417,7 @@ def test_head_importance_is_the_mean_absolute_gradient_of_the_head_mask():
     assert after[1, 2:].isnan().all() and not after[1, :2].isnan().any() and not after[0].isnan().any()
 
 
-def test_neuron_importance_has_one_score_per_neuron():
+def test_neuron_importance_has_one_score_per_neuron(small_encoder):
     model = Classifier(small_encoder(), n_classes=2, dropout=0.0)
     data = torch.utils.data.TensorDataset(*inputs(), torch.tensor([0, 1, 1]))
     scores = prune.neuron_importance(model, data)
@@ -434,7 +440,7 @@ def test_head_columns_lists_each_kept_heads_features():
     assert prune.head_columns(torch.tensor([0, 2]), 2).tolist() == [0, 1, 4, 5]
 
 
-def test_prune_least_important_removes_the_requested_fractions_of_the_lowest_scores():
+def test_prune_least_important_removes_the_requested_fractions_of_the_lowest_scores(small_encoder):
     model = Classifier(small_encoder(), n_classes=2, dropout=0.0)
     data = torch.utils.data.TensorDataset(*inputs(), torch.tensor([0, 1, 1]))
     expected_heads = prune.least_important(prune.head_importance(model, data), 0.5)

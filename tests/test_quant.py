@@ -12,7 +12,6 @@ from minilib.quant import (FakeQuantLinear, Int4Linear, MinMaxObserver, MSEObser
                            dequantize, fake_quantize, int8_matmul, pack_int4, prepare_qat, qrange, quantize,
                            quantize_model, quantize_rows, unpack_int4)
 from minilib.quant.model import ProjectionSlice, SharedInputProjections
-from minilib.transformer import Classifier, Encoder, TransformerConfig
 
 
 def _rows_of_different_scales(seed=0):
@@ -255,14 +254,8 @@ def test_int4_linear_group_error_bound_and_forward():
 
 
 # ---------------------------------------------------------------------------------------- quantize_model
-def _small_classifier():
-    torch.manual_seed(0)
-    config = TransformerConfig(vocab_size=100, d_model=32, n_heads=4, n_layers=2, d_ff=64, dropout=0.0)
-    return Classifier(Encoder(config), n_classes=2).eval()
-
-
-def test_quantize_model_on_minilib_classifier():
-    model = _small_classifier()
+def test_quantize_model_on_minilib_classifier(tiny_classifier):
+    model = tiny_classifier()
     ids = torch.randint(1, 100, (4, 10))
     q8 = quantize_model(model, bits=8, skip=("head",)).eval()
     assert type(q8.head) is nn.Linear and type(model.encoder.layers[0].ffn.up) is nn.Linear  # a copy by default
@@ -274,8 +267,8 @@ def test_quantize_model_on_minilib_classifier():
         assert torch.allclose(quantize_model(model, bits=4, group_size=32)(ids), reference, atol=0.15)
 
 
-def test_fused_qkv_equals_separate_projections():
-    model = _small_classifier()
+def test_fused_qkv_equals_separate_projections(tiny_classifier):
+    model = tiny_classifier()
     ids = torch.randint(1, 100, (3, 12))
     with torch.no_grad():
         fused = quantize_model(model, 8, fuse_qkv=True)(ids)
@@ -294,15 +287,15 @@ def test_shared_projections_with_different_inputs_like_cross_attention():
     assert shared._input is None  # nothing kept alive after all three were handed out
 
 
-def test_quantize_model_errors():
+def test_quantize_model_errors(tiny_classifier):
     with pytest.raises(ValueError, match="has no nn.Linear layers to quantize"):
         quantize_model(nn.Sequential(nn.ReLU()))
     with pytest.raises(ValueError, match="bits=8 .* or bits=4 .* got 6"):
-        quantize_model(_small_classifier(), bits=6)
+        quantize_model(tiny_classifier(), bits=6)
     with pytest.raises(TypeError, match="expected an nn.Module"):
         quantize_model("bert")
     with pytest.raises(ValueError, match="no nn.Linear"):
-        quantize_model(_small_classifier(), skip=("*",))
+        quantize_model(tiny_classifier(), skip=("*",))
 
 
 def test_real_minilm_int8_keeps_sentence_embeddings():
@@ -355,19 +348,17 @@ def test_qat_recovers_what_2_bit_post_training_quantization_loses():
     assert train(qat, 3e-3, 200) < post_training / 4
 
 
-def test_prepare_qat_errors():
+def test_prepare_qat_errors(tiny_classifier):
     with pytest.raises(ValueError, match="bits must be"):
-        prepare_qat(_small_classifier(), weight_bits=1)
+        prepare_qat(tiny_classifier(), weight_bits=1)
     with pytest.raises(ValueError, match="no nn.Linear"):
         prepare_qat(nn.Sequential(nn.Tanh()))
 
 
 # ------------------------------------------------------------------------------------ the experiment
-def test_experiment_helpers_on_a_small_model():
+def test_experiment_helpers_on_a_small_model(tiny_classifier):
     from minilib.experiments import quant_runs as experiment
-    torch.manual_seed(0)
-    config = TransformerConfig(vocab_size=100, d_model=128, n_heads=4, n_layers=1, d_ff=256, dropout=0.0)
-    model = Classifier(Encoder(config), n_classes=2).eval()
+    model = tiny_classifier(d_model=128, n_layers=1, d_ff=256)
     variants = experiment.quantized_variants(model)
     assert list(variants) == [experiment.FP32, experiment.TORCH_AO, experiment.INT8, experiment.INT4]
     fp32_bytes = experiment.linear_weight_bytes(model)

@@ -86,10 +86,10 @@ def test_block_quant_linear_runs_the_dequantized_weight(fmt):
     assert relative < (0.01 if fmt == "q8_0" else 0.15)
 
 
-def test_quantize_model_blocks_swaps_every_linear_but_the_tied_head():
-    from minilib.transformer import LanguageModel, TransformerConfig
+def test_quantize_model_blocks_swaps_every_linear_but_the_tied_head(tiny_config):
+    from minilib.transformer import LanguageModel
 
-    model = LanguageModel(TransformerConfig(vocab_size=50, d_model=64, n_heads=1, n_layers=2, d_ff=128))
+    model = LanguageModel(tiny_config(vocab_size=50, d_model=64, n_heads=1, d_ff=128))
     quantized = quantize_model_blocks(model, "q4_0")
     swapped = [name for name, m in quantized.named_modules() if isinstance(m, BlockQuantLinear)]
     assert len(swapped) == 2 * 6 and type(quantized.lm_head) is nn.Linear

@@ -25,19 +25,13 @@ class BagOfWords(nn.Module):
         return self.head((self.embed(input_ids) * weights).sum(1) / weights.sum(1))
 
 
-def contains_five(n, seed):
-    """Label 1 when token 5 occurs among a row's real (unpadded) tokens; rows padded on the right with 0."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, 20, (n, 8), generator=g)
-    lengths = torch.randint(3, 9, (n,), generator=g)
-    mask = (torch.arange(8) < lengths[:, None]).long()
-    ids = ids * mask
-    labels = ((ids == 5) & mask.bool()).any(1).long()
-    return TensorDataset(ids, mask, labels)
-
-
 @pytest.fixture(scope="module")
-def task():
+def task(padded_tokens):
+    """(train, val): label 1 when token 5 occurs among a row's real tokens; rows padded on the right with 0."""
+    def contains_five(n, seed):
+        ids, mask = padded_tokens(n, seq_len=8, vocab_size=20, min_len=3, seed=seed)
+        return TensorDataset(ids, mask, ((ids == 5) & mask.bool()).any(1).long())
+
     return contains_five(512, seed=0), contains_five(256, seed=1)
 
 

@@ -7,7 +7,7 @@ from torch.utils.data import TensorDataset
 from minilib import cache
 from minilib.experiments import teacher as teacher_module
 from minilib.experiments import zoo
-from minilib.transformer import Classifier, Encoder, TransformerConfig
+from minilib.transformer import Classifier
 
 
 @pytest.fixture(autouse=True)
@@ -73,27 +73,32 @@ def test_a_cache_that_does_not_fit_the_model_is_rebuilt():
 
 # ---------------------------------------------------------------------------------------------- top-layer fine-tuning
 
-def tiny_classifier(seed=0):
-    torch.manual_seed(seed)
-    config = TransformerConfig(vocab_size=30, d_model=32, n_heads=4, n_layers=3, d_ff=64, max_len=16, dropout=0.0)
-    return Classifier(Encoder(config), n_classes=2, dropout=0.0)
+@pytest.fixture
+def tiny_task(padded_tokens):
+    """Makes a task: label 1 when token 7 comes before token 8 (order matters: attention is needed)."""
+    def make(n=256, seed=0):
+        ids, mask = padded_tokens(n, seq_len=10, vocab_size=30, min_len=5, seed=seed)
+        first_seven = torch.where(ids == 7, torch.arange(10), 99).min(1).values
+        first_eight = torch.where(ids == 8, torch.arange(10), 99).min(1).values
+        return TensorDataset(ids, mask, (first_seven < first_eight).long())
+
+    return make
 
 
-def tiny_task(n=256, seed=0):
-    """Label 1 when token 7 comes before token 8 (order matters: attention is needed)."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, 30, (n, 10), generator=g)
-    lengths = torch.randint(5, 11, (n,), generator=g)
-    mask = (torch.arange(10) < lengths[:, None]).long()
-    ids = ids * mask
-    first_seven = torch.where(ids == 7, torch.arange(10), 99).min(1).values
-    first_eight = torch.where(ids == 8, torch.arange(10), 99).min(1).values
-    return TensorDataset(ids, mask, (first_seven < first_eight).long())
+@pytest.fixture
+def zoo_classifier(tiny_classifier):
+    """A three-layer tiny classifier without dropout, for the top-layer tests."""
+    return tiny_classifier(vocab_size=30, n_layers=3, max_len=16, head_dropout=0.0)
 
 
-def test_lower_layer_features_equal_the_encoders_hidden_states():
-    model = tiny_classifier().eval()
-    data = tiny_task(40)
+@pytest.fixture
+def model_and_task(zoo_classifier, tiny_task):
+    """The zoo classifier and a 40-sentence task: (model, (ids, mask, labels))."""
+    return zoo_classifier, tiny_task(40)
+
+
+def test_lower_layer_features_equal_the_encoders_hidden_states(model_and_task):
+    model, data = model_and_task
     ids, mask, labels = data.tensors
     features = zoo.lower_layer_features(model.encoder, 2, data, batch_size=16)
     expected = model.encoder(ids, mask, output_hidden_states=True).hidden_states[2]
@@ -102,17 +107,16 @@ def test_lower_layer_features_equal_the_encoders_hidden_states():
     assert torch.equal(features.tensors[1], mask) and torch.equal(features.tensors[2], labels)
 
 
-def test_top_layers_on_features_equal_the_whole_classifier():
-    model = tiny_classifier().eval()
-    data = tiny_task(40)
+def test_top_layers_on_features_equal_the_whole_classifier(model_and_task):
+    model, data = model_and_task
     ids, mask, _ = data.tensors
     features = zoo.lower_layer_features(model.encoder, 1, data)
     top = zoo.TopLayers(model, 1)
     assert torch.allclose(top(features.tensors[0], mask), model(ids, mask), atol=1e-5)
 
 
-def test_fine_tune_top_trains_only_the_top():
-    model = tiny_classifier()
+def test_fine_tune_top_trains_only_the_top(zoo_classifier, tiny_task):
+    model = zoo_classifier
     before = {name: p.clone() for name, p in model.named_parameters()}
     history = zoo.fine_tune_top(model, tiny_task(128), tiny_task(64, seed=1), n_trainable=1, epochs=2, lr=1e-2,
                                 progress=False)
