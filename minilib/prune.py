@@ -274,15 +274,16 @@ def storage_bytes(tensor: torch.Tensor) -> int:
 
 def _keep_rows(linear: nn.Linear, index: torch.Tensor) -> nn.Linear:
     """A smaller Linear computing only outputs ``index``: W[index, :], b[index]."""
-    return _new_linear(linear.weight[index], None if linear.bias is None else linear.bias[index])
+    return linear_from(linear.weight[index], None if linear.bias is None else linear.bias[index])
 
 
 def _keep_columns(linear: nn.Linear, index: torch.Tensor) -> nn.Linear:
     """A smaller Linear reading only inputs ``index``: W[:, index], same bias."""
-    return _new_linear(linear.weight[:, index], linear.bias)
+    return linear_from(linear.weight[:, index], linear.bias)
 
 
-def _new_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+def linear_from(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """An nn.Linear holding copies of ``weight`` (out, in) and ``bias`` (out,) or None, on their device and dtype."""
     out_features, in_features = weight.shape
     linear = nn.Linear(in_features, out_features, bias=bias is not None, device=weight.device, dtype=weight.dtype)
     with torch.no_grad():

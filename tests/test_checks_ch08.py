@@ -62,20 +62,11 @@ def remove_heads_answer(attention, heads, head_index_as_column=False, out_bias=T
         index = torch.tensor(kept)
     else:
         index = torch.cat([torch.arange(h * d_h, (h + 1) * d_h) for h in kept])
-
-    def new_linear(weight, bias):
-        linear = torch.nn.Linear(weight.shape[1], weight.shape[0])
-        with torch.no_grad():
-            linear.weight.copy_(weight)
-            if bias is not None:
-                linear.bias.copy_(bias)
-        return linear
-
     for name in ("q_proj", "k_proj", "v_proj"):
         old = getattr(attention, name)
-        setattr(attention, name, new_linear(old.weight[index], old.bias[index]))
+        setattr(attention, name, prune.linear_from(old.weight[index], old.bias[index]))
     out = attention.out_proj
-    attention.out_proj = new_linear(out.weight[:, index], out.bias if out_bias else None)
+    attention.out_proj = prune.linear_from(out.weight[:, index], out.bias if out_bias else None)
     attention.n_heads = len(kept)
     return attention
 
