@@ -2,8 +2,8 @@
 import torch
 import torch.nn.functional as F
 
-from minilib.course.checks.core import CheckFailed, exercise, expect_close
-from minilib.course.checks.guards import TorchOps, forbidden_calls
+from minilib.course.checks.core import exercise, expect_close
+from minilib.course.checks.guards import TorchOps, expect_tensors_under, forbidden_calls
 
 
 @exercise(points=4)
@@ -27,12 +27,10 @@ def check_blocked_window_attention(fn):
     expected = sparse.sliding_window_attention(q, k, v, window)
     with forbidden_calls(fn, targets, hint), TorchOps() as ops:
         got = fn(q, k, v, window)
-    elements, op, shape = ops.largest()
     limit = 2 * n * n // 4  # a quarter of the (heads, n, n) scores
-    if elements >= limit:
-        raise CheckFailed(f"n = {n}, window {window}: your code built a tensor of {elements:,} numbers "
-                          f"(shape {shape}, made by {op})", f"every tensor under {limit:,} numbers (O(n·w))",
-                          f"{elements:,}", hint="an (n, n) score matrix or mask is what blocks avoid: at n = 100,000 it "
-                                                "would take 40 GB per head; keep only (n/w) tiles of w × 3w scores")
+    expect_tensors_under(ops, limit, f"n = {n}, window {window}: your code",
+                         f"every tensor under {limit:,} numbers (O(n·w))",
+                         hint="an (n, n) score matrix or mask is what blocks avoid: at n = 100,000 it would take "
+                              "40 GB per head; keep only (n/w) tiles of w × 3w scores")
     expect_close(f"q, k, v (1, 2, {n}, 64), window {window}, against minilib.sparse.sliding_window_attention",
                  got, expected, atol=1e-5)

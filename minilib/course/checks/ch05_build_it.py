@@ -1,8 +1,8 @@
 """Chapter 05's "build it" check: causal linear attention by chunked prefix sums, without an n×n buffer."""
 import torch
 
-from minilib.course.checks.core import CheckFailed, exercise, expect_close
-from minilib.course.checks.guards import TorchOps, forbidden_calls
+from minilib.course.checks.core import exercise, expect_close
+from minilib.course.checks.guards import TorchOps, expect_tensors_under, forbidden_calls
 
 
 @exercise(points=4)
@@ -27,13 +27,10 @@ def check_chunked_causal_linear_attention(fn):
     expected = linear.linear_attention(q, k, v, "elu", is_causal=True)
     with forbidden_calls(fn, targets, hint), TorchOps() as ops:
         got = fn(q, k, v, chunk_size=64)
-    elements, op, shape = ops.largest()
     limit = 2 * n * n // 4  # a quarter of the (heads, n, n) weights
-    if elements >= limit:
-        raise CheckFailed(f"n = {n}, head size 64: your code built a tensor of {elements:,} numbers "
-                          f"(shape {shape}, made by {op})", f"every tensor under {limit:,} numbers", f"{elements:,}",
-                          hint="an (n, n) matrix is what linear attention avoids; and a prefix sum (cumsum) of the "
-                               "outer products φ(k_j) v_jᵀ holds n·d·d_v numbers, more than n² until n > 4,096 at head "
-                               "size 64: keep one (d, d_v) state and carry it across chunks")
+    expect_tensors_under(ops, limit, f"n = {n}, head size 64: your code", f"every tensor under {limit:,} numbers",
+                         hint="an (n, n) matrix is what linear attention avoids; and a prefix sum (cumsum) of the "
+                              "outer products φ(k_j) v_jᵀ holds n·d·d_v numbers, more than n² until n > 4,096 at head "
+                              "size 64: keep one (d, d_v) state and carry it across chunks")
     expect_close(f"q, k, v (1, 2, {n}, 64), chunks of 64, against minilib.linear_attention(is_causal=True)",
                  got, expected, atol=1e-5)

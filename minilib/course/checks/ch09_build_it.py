@@ -1,8 +1,8 @@
 """Chapter 09's "build it" check: a grouped FFN with a channel shuffle, without a dense block-diagonal weight."""
 import torch
 
-from minilib.course.checks.core import CheckFailed, exercise, expect_close, expect_equal
-from minilib.course.checks.guards import TorchOps, forbidden_calls
+from minilib.course.checks.core import exercise, expect_close, expect_equal
+from minilib.course.checks.guards import TorchOps, expect_tensors_under, forbidden_calls
 
 
 @exercise(points=4)
@@ -30,13 +30,11 @@ def check_grouped_ffn(cls):
     with forbidden_calls(cls, targets, "write the grouped products and the shuffle yourself (your shuffle of "
                                        "exercise 9.2 is your own code: reuse it)"), TorchOps() as ops, torch.no_grad():
         got = ffn(x)
-    elements, op, shape = ops.largest()
-    if elements >= d_model * d_ff:
-        raise CheckFailed(f"your forward built a tensor of {elements:,} numbers (shape {shape}, made by {op})",
-                          f"no tensor as large as a dense {d_model}×{d_ff} weight ({d_model * d_ff:,} numbers)",
-                          f"{elements:,}", hint="a block-diagonal dense matrix multiplies its zeros too: the point of "
-                                                "groups is 1/groups of the FLOPs; multiply each group's block by its "
-                                                "slice of the input (one einsum or a batched matmul)")
+    expect_tensors_under(ops, d_model * d_ff, "your forward",
+                         f"no tensor as large as a dense {d_model}×{d_ff} weight ({d_model * d_ff:,} numbers)",
+                         hint="a block-diagonal dense matrix multiplies its zeros too: the point of "
+                              "groups is 1/groups of the FLOPs; multiply each group's block by its "
+                              "slice of the input (one einsum or a batched matmul)")
     expect_close(f"x (2, 5, {d_model}), {groups} groups, against minilib.arch.GroupedFeedForward", got, expected,
                  atol=1e-5, hint="group g of the input (features g·d_in/groups …) goes through block g; gelu, then "
                                  "shuffle the d_ff channels across the groups, then the grouped down projection")

@@ -125,6 +125,18 @@ class TorchOps(TorchFunctionMode):
                    default=(0, "", ()))
 
 
+def expect_tensors_under(ops: TorchOps, limit: int, who: str, expected: str, hint: str) -> None:
+    """Fail the check when a call recorded by ``ops`` returned a tensor of ``limit`` numbers or more.
+
+    who: whose code, with its inputs, to start the message (``"n = 4096, window 16: your code"``);
+    expected: the bound in words (``"every tensor under 8,388,608 numbers"``).
+    """
+    elements, op, shape = ops.largest()
+    if elements >= limit:
+        raise CheckFailed(f"{who} built a tensor of {elements:,} numbers (shape {shape}, made by {op})", expected,
+                          f"{elements:,}", hint=hint)
+
+
 def _numel(shape) -> int:
     n = 1
     for size in shape:
