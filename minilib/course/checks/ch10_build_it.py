@@ -3,7 +3,7 @@ import copy
 
 import torch
 
-from minilib.course.checks.core import CheckFailed, exercise, expect_close, expect_equal
+from minilib.course.checks.core import CheckFailed, exercise, expect_close, expect_equal, padded_batch, with_gradients
 from minilib.course.checks.guards import forbidden_calls
 
 
@@ -18,21 +18,15 @@ def _tiny_bert_classifier():
     generator = torch.Generator().manual_seed(10)
     batches = []
     for _ in range(4):
-        input_ids = torch.randint(1, 120, (8, 12), generator=generator)
-        attention_mask = torch.ones(8, 12, dtype=torch.long)
-        attention_mask[4:, 9:] = 0
-        batches.append((input_ids * attention_mask, attention_mask, torch.randint(0, 2, (8,), generator=generator)))
+        input_ids, attention_mask = padded_batch(generator, 120, batch=8, seq=12, n_full=4, length=9)
+        batches.append((input_ids, attention_mask, torch.randint(0, 2, (8,), generator=generator)))
     return model, batches
 
 
 @exercise(points=4)
+@with_gradients
 def check_fine_tune_head_and_export(fn):
     """Only the head trains, exactly as AdamW on the model's loss would; the ONNX file gives the model's logits."""
-    with torch.enable_grad():  # a chapter may have turned gradients off globally
-        _check_fine_tune_head_and_export(fn)
-
-
-def _check_fine_tune_head_and_export(fn):
     import tempfile
     from pathlib import Path
 

@@ -79,6 +79,27 @@ def expect_equal(what: str, got, expected, hint: str = ""):
         raise CheckFailed(what, repr(expected), repr(got), hint)
 
 
+def with_gradients(check):
+    """Run ``check`` with autograd on, whatever the chapter set: it may have turned gradients off globally."""
+    @functools.wraps(check)
+    def run(*args, **kwargs):
+        with torch.enable_grad():
+            return check(*args, **kwargs)
+
+    return run
+
+
+def padded_batch(generator: torch.Generator, vocab_size: int, batch: int, seq: int, n_full: int, length: int):
+    """Random token ids in [1, vocab_size) and their attention mask, both (batch, seq).
+
+    The first ``n_full`` rows are all real tokens; the others hold ``length`` real tokens, then padding (id 0, mask 0).
+    """
+    input_ids = torch.randint(1, vocab_size, (batch, seq), generator=generator)
+    attention_mask = torch.ones(batch, seq, dtype=torch.long)
+    attention_mask[n_full:, length:] = 0
+    return input_ids * attention_mask, attention_mask
+
+
 def _preview(t: torch.Tensor, n: int = 6) -> str:
     flat = t.detach().float().flatten()[:n].tolist()
     more = ", …" if t.numel() > n else ""
