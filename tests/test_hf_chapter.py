@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from minilib.course.checks.ch10_hf import TEXTS, _tokenizer, tiny_bert
+from minilib.course.checks.ch10_hf import TEXTS, _tokenizer, padded_texts, tiny_bert
 from minilib.export import LogitsOnly, OnnxClassifier, export_onnx
 
 SEED_EXAMPLE = textwrap.dedent("""
@@ -45,8 +45,7 @@ def test_logits_only_returns_the_hf_logits():
 
 def test_onnx_round_trip_with_other_batch_and_length(tmp_path):
     model = LogitsOnly(tiny_bert()).train()
-    batch = _tokenizer()(TEXTS, return_tensors="pt", padding=True)
-    ids, mask = batch["input_ids"], batch["attention_mask"]
+    ids, mask = padded_texts()
     path = export_onnx(model, ids[:2, :4], mask[:2, :4], tmp_path / "sub" / "tiny.onnx")  # traced at (2, 4)
     assert not model.training  # exported, and left, in eval mode: no dropout in the graph
     onnx_model = OnnxClassifier(path, threads=1)

@@ -65,14 +65,13 @@ def test_optional_row_reports_missing_tools_and_lets_bugs_through():
 
 
 def test_onnx_runtime_int8_of_a_tiny_bert(tmp_path, tiny_bert):
-    from minilib.course.checks.ch10_hf import TEXTS, _tokenizer
+    from minilib.course.checks.ch10_hf import _tokenizer, padded_texts
     from minilib.export import LogitsOnly, OnnxClassifier, export_onnx
     from transformers import BertForSequenceClassification
 
     model = LogitsOnly(tiny_bert(BertForSequenceClassification, vocab_size=_tokenizer().vocab_size, hidden_size=128,
                                  num_attention_heads=2, intermediate_size=256, num_labels=2)).eval()
-    batch = _tokenizer()(TEXTS, return_tensors="pt", padding=True)
-    ids, mask = batch["input_ids"], batch["attention_mask"]
+    ids, mask = padded_texts()
     path = export_onnx(model, ids[:2, :4], mask[:2, :4], tmp_path / "tiny.onnx")
     int8_path = onnx_dynamic_int8(path)
     assert int8_path == tmp_path / "tiny.int8.onnx"

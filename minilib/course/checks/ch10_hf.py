@@ -21,6 +21,12 @@ def _tokenizer():
     return load_tokenizer()
 
 
+def padded_texts() -> tuple[torch.Tensor, torch.Tensor]:
+    """TEXTS through MiniLM's tokenizer, padded to the longest: (input_ids, attention_mask), both (6, longest)."""
+    batch = _tokenizer()(TEXTS, return_tensors="pt", padding=True)
+    return batch["input_ids"], batch["attention_mask"]
+
+
 def tiny_bert(n_layers: int = 2, seed: int = 0):
     """A randomly initialised ``BertForSequenceClassification`` with MiniLM's vocabulary and three named labels."""
     from transformers import BertConfig, BertForSequenceClassification
@@ -78,8 +84,7 @@ def check_onnx_logits(fn):
     from minilib.export import LogitsOnly, export_onnx
 
     model = LogitsOnly(tiny_bert()).eval()
-    batch = _tokenizer()(TEXTS, return_tensors="pt", padding=True)
-    ids, mask = batch["input_ids"], batch["attention_mask"]
+    ids, mask = padded_texts()
     with tempfile.TemporaryDirectory() as folder:
         path = export_onnx(model, ids[:2, :5], mask[:2, :5], Path(folder) / "tiny.onnx")
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
