@@ -24,6 +24,14 @@ from minilib.course.assignments.grade import grade_notebook, write_csv, write_js
 REPO = Path(__file__).resolve().parents[1]
 COURSE_NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
+
+@pytest.fixture(params=COURSE_NOTEBOOKS, ids=lambda p: p.name)
+def course_editions(request):
+    """Each of the course's notebooks in turn (skipped while there are none): (path, teacher's edition, student's)."""
+    teacher = read_notebook(request.param)
+    return request.param, teacher, student_edition(teacher, request.param.name)
+
+
 ATTENTION_SOLUTION = """\
 def softmax_attention(q, k, v):
     \"\"\"softmax(QKᵀ/√d)V. q (seq_q, d), k (seq_k, d), v (seq_k, d_v) -> (seq_q, d_v).\"\"\"
@@ -64,16 +72,18 @@ def save(nb, path: Path) -> Path:
     return path
 
 
-def solution_lines(nb) -> set[str]:
-    """Every non-blank line inside a solution region of ``nb``."""
+def region_lines(nb, begin: str, end: str, with_markers: bool = False) -> set[str]:
+    """Every non-blank line (stripped) inside a ``begin`` … ``end`` region of ``nb``, the markers too if with_markers."""
     lines = set()
     for cell in nb.cells:
         inside = False
-        for line in cell.source.splitlines():
-            if line.strip() in (BEGIN, END):
-                inside = line.strip() == BEGIN
-            elif inside and line.strip():
-                lines.add(line.strip())
+        for line in map(str.strip, cell.source.splitlines()):
+            if line in (begin, end):
+                inside = line == begin
+                if with_markers:
+                    lines.add(line)
+            elif inside and line:
+                lines.add(line)
     return lines
 
 
@@ -81,7 +91,7 @@ def assert_no_solution_leaks(teacher, student):
     """No line of a solution appears in the student edition, unless the teacher's notebook also has it outside one."""
     outside = {line.strip() for cell in cells_without_solutions(teacher) for line in cell.splitlines()}
     student_text = {line.strip() for cell in student.cells for line in cell.source.splitlines()}
-    leaked = (solution_lines(teacher) - outside) & student_text
+    leaked = (region_lines(teacher, BEGIN, END) - outside) & student_text
     assert not leaked, f"solution text in the student edition: {sorted(leaked)}"
 
 
@@ -111,20 +121,6 @@ def test_student_edition_stubs_solutions_keeps_checks_and_strips_outputs():
     assert teacher.cells[4].source == ATTENTION_SOLUTION                         # the teacher's copy is untouched
     assert_no_solution_leaks(teacher, student)
     compile(student.cells[4].source, "stub", "exec")
-
-
-def rubric_lines(nb) -> set[str]:
-    """Every non-blank line inside a rubric region of ``nb``, markers included."""
-    lines = set()
-    for cell in nb.cells:
-        inside = False
-        for line in cell.source.splitlines():
-            if line.strip() in RUBRIC:
-                inside = line.strip() == RUBRIC[0]
-                lines.add(line.strip())
-            elif inside and line.strip():
-                lines.add(line.strip())
-    return lines
 
 
 def test_student_edition_drops_rubrics_and_cells_that_held_only_a_rubric():
@@ -340,23 +336,18 @@ def run_exercise_cells(nb, exercise, log: Path, monkeypatch) -> dict[str, bool]:
     return {record["check"]: record["passed"] for record in records}
 
 
-@pytest.mark.skipif(not COURSE_NOTEBOOKS, reason="no notebooks yet")
-@pytest.mark.parametrize("path", COURSE_NOTEBOOKS, ids=lambda p: p.name)
-def test_course_notebook_builds_without_leaking_solutions(path):
-    teacher = read_notebook(path)
+def test_course_notebook_builds_without_leaking_solutions(course_editions):
+    path, teacher, student = course_editions
     exercises = find_exercises(teacher, path.name)
     assert len(exercises) >= 3, f"{path.name} has {len(exercises)} exercises; every chapter needs at least three"
-    student = student_edition(teacher, path.name)
     assert_no_solution_leaks(teacher, student)
     student_text = {line.strip() for cell in student.cells for line in cell.source.splitlines()}
-    assert not rubric_lines(teacher) & student_text, f"{path.name}: rubric text in the student edition"
+    rubric = region_lines(teacher, *RUBRIC, with_markers=True)
+    assert not rubric & student_text, f"{path.name}: rubric text in the student edition"
 
 
-@pytest.mark.skipif(not COURSE_NOTEBOOKS, reason="no notebooks yet")
-@pytest.mark.parametrize("path", COURSE_NOTEBOOKS, ids=lambda p: p.name)
-def test_teachers_edition_has_a_model_answer_and_a_rubric_for_every_written_exercise(path):
-    teacher = read_notebook(path)
-    student = student_edition(teacher, path.name)
+def test_teachers_edition_has_a_model_answer_and_a_rubric_for_every_written_exercise(course_editions):
+    path, teacher, student = course_editions
     written = [e for e in find_exercises(teacher, path.name) if e.written]
     for exercise in written:
         cells = [teacher.cells[i].source for i in exercise.cells]
@@ -385,11 +376,8 @@ def test_build_copies_the_folders_the_notebooks_read(tmp_path):
     assert (tmp_path / "student" / "diagrams" / "x.svg").read_text(encoding="utf-8") == "<svg/>"
 
 
-@pytest.mark.skipif(not COURSE_NOTEBOOKS, reason="no notebooks yet")
-@pytest.mark.parametrize("path", COURSE_NOTEBOOKS, ids=lambda p: p.name)
-def test_course_exercises_pass_their_checks_and_their_stubs_fail_them(path, tmp_path, monkeypatch):
-    teacher = read_notebook(path)
-    student = student_edition(teacher, path.name)
+def test_course_exercises_pass_their_checks_and_their_stubs_fail_them(course_editions, tmp_path, monkeypatch):
+    path, teacher, student = course_editions
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(path.parent)
     for exercise in (e for e in find_exercises(teacher, path.name) if not e.written):
