@@ -1,4 +1,5 @@
 """minilib.quant against PyTorch's own quantization (torch.quantize_per_*, torch.ao) and exact integer math."""
+import copy
 import warnings
 
 import pytest
@@ -194,6 +195,47 @@ def test_quant_linear_is_the_exact_integer_computation_and_close_to_f_linear():
         exact = linear(x)
     assert (out - exact).norm() / exact.norm() < 0.01  # stated tolerance: 1% relative error at 8 bits
     assert layer.weight_q.dtype == torch.int8 and out.shape == (3, 7, 40)
+
+
+needs_u8s8 = pytest.mark.skipif(not quant.int8.u8s8_kernel_available(),
+                                reason="oneDNN's u8·s8 int8 kernel is not available on this machine (x86 CPUs only)")
+
+
+def test_unsigned_codes_are_the_signed_codes_plus_128():
+    x = _rows_of_different_scales()
+    x_q, scale = quantize_rows(x)
+    x_u8, scale_u8 = quantize_rows(x, unsigned=True)
+    assert x_u8.dtype == torch.uint8 and torch.equal(x_u8.long() - 128, x_q.long()) and torch.equal(scale, scale_u8)
+
+
+@needs_u8s8
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_u8s8_kernel_gives_the_same_outputs_as_torch_int_mm(monkeypatch, bias):
+    """MiniLM-sized layer, unit-variance tokens with an all-zero one: the two kernels sum the same integers."""
+    torch.manual_seed(0)
+    linear = nn.Linear(384, 1536, bias=bias)
+    x = torch.randn(2, 64, 384)
+    x[1, 5] = 0.0
+    layer = QuantLinear.from_linear(linear)
+    fast = layer(x)
+    monkeypatch.setattr(quant.int8, "u8s8_kernel_available", lambda: False)
+    reference = layer(x)
+    torch.testing.assert_close(fast, reference, rtol=1e-6, atol=1e-6)
+    assert torch.equal(fast[1, 5], linear.bias.detach() if bias else torch.zeros(1536))
+
+
+@needs_u8s8
+def test_the_packed_weights_follow_new_weights_and_copies():
+    torch.manual_seed(0)
+    layer = QuantLinear.from_linear(nn.Linear(64, 32))
+    x = torch.randn(5, 64)
+    before = layer(x)
+    other = QuantLinear.from_linear(nn.Linear(64, 32))
+    layer.load_state_dict(other.state_dict())           # new weights in the same tensors: packed again
+    torch.testing.assert_close(layer(x), other(x))
+    assert not torch.allclose(layer(x), before)
+    copied = copy.deepcopy(layer)                        # the packed copy is not part of the module
+    torch.testing.assert_close(copied(x), layer(x))
 
 
 def test_quant_linear_without_bias_and_bad_input():

@@ -15,11 +15,20 @@ convert) and the int32 result rescaled. Each of those steps is a pass over memor
 enough that these passes become a large part of the time, so the layer does as few of them as
 possible: two reductions for the scales, one divide, one in-place round, one conversion; then one
 conversion and two in-place passes for the rescale and bias.
+
+Which kernel runs the integer sum matters as much. x86's int8 instructions (VNNI's ``vpdpbusd``, AMX)
+multiply **unsigned** bytes by signed bytes. ``torch._int_mm`` takes two signed matrices, and its CPU kernel
+pays for that mismatch: here it is barely faster than a float32 matmul. Shifting the activation codes by 128
+(``x_q + 128`` fits in a uint8) and telling the kernel about that zero point lets oneDNN's u8·s8 kernel run
+at full speed: it subtracts ``128 · Σ_k W_q[n, k]`` itself, so the sums are exactly the same. On an x86 CPU
+with PyTorch's oneDNN, :class:`QuantLinear` uses that kernel (:func:`u8s8_kernel_available`); elsewhere
+``torch._int_mm``.
 """
 from __future__ import annotations
 
 import functools
 import warnings
+import weakref
 
 import torch
 import torch.nn as nn
@@ -27,20 +36,24 @@ import torch.nn as nn
 from minilib.quant.affine import quantize
 
 INT8_MAX = 127
+U8_ZERO_POINT = 128  # int8 codes + 128 are uint8 codes: what x86's u8·s8 instructions multiply
 
 
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_rows(x: torch.Tensor, unsigned: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 quantization with one scale per row (per token).
 
     x: ``(tokens, features)`` float. Returns ``x_q`` ``(tokens, features)`` int8 and ``scale`` ``(tokens, 1)``
     with ``scale = max_k |x[m, k]| / 127`` and ``x_q = round(x / scale)``: the same numbers as
     ``quantize(x, 8, symmetric=True, axis=0)``, computed in fewer passes over memory.
+    ``unsigned=True`` returns the same codes plus 128 as uint8 (1 … 255), for the u8·s8 kernel.
     """
     tiny = torch.finfo(torch.float32).tiny
     max_abs = torch.maximum(x.amax(dim=-1, keepdim=True), -x.amin(dim=-1, keepdim=True))  # no (M, K) copy of |x|
     scale = (max_abs / INT8_MAX).clamp_min(tiny)
-    x_q = torch.div(x, scale).round_().to(torch.int8)  # |x / scale| ≤ 127 by construction: no clamp needed
-    return x_q, scale
+    x_q = torch.div(x, scale).round_()  # |x / scale| ≤ 127 by construction: no clamp needed
+    if unsigned:
+        return x_q.add_(U8_ZERO_POINT).to(torch.uint8), scale
+    return x_q.to(torch.int8), scale
 
 
 def rescale(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -49,7 +62,11 @@ def rescale(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, bia
     acc ``(M, N)`` int32, x_scale ``(M, 1)``, w_scale ``(N,)``, bias ``(N,)`` or None → ``(M, N)`` float32.
     One conversion, then in-place updates: no further temporary ``(M, N)`` tensors.
     """
-    out = acc.float().mul_(w_scale)
+    return _scale_rows_add_bias(acc.float().mul_(w_scale), x_scale, bias)
+
+
+def _scale_rows_add_bias(out: torch.Tensor, x_scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``out[m, n] · s_x[m] + b[n]``, written over ``out``."""
     if bias is None:
         return out.mul_(x_scale)
     return torch.addcmul(bias, out, x_scale, out=out)  # b + out · s_x, one pass, written over out
@@ -91,6 +108,35 @@ def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
                       "falling back to a float matmul (correct, but no int8 speed-up)")
         _warned_fallback = True
     return torch.round(a.float() @ b.float()).to(torch.int32)
+
+
+def u8s8_linear(x_u8: torch.Tensor, packed_weight, w_scale: torch.Tensor) -> torch.Tensor:
+    """``Σ_k (x_u8[m, k] − 128) · W_q[n, k] · s_w[n]`` on oneDNN's u8·s8 kernel: ``(M, K)`` uint8 → ``(M, N)`` float32.
+
+    ``packed_weight``: ``torch.ops.onednn.qlinear_prepack(W_q, None)`` of the ``(N, K)`` int8 weight (oneDNN's
+    own layout, made once per layer). Activation scale 1 and zero point 128: the kernel removes the shift.
+    """
+    no_zero_points = torch.zeros(w_scale.shape[0], dtype=torch.long)
+    return torch.ops.onednn.qlinear_pointwise(x_u8, 1.0, U8_ZERO_POINT, packed_weight, w_scale, no_zero_points, None,
+                                              1.0, 0, torch.float32, "none", [], "")
+
+
+@functools.cache
+def u8s8_kernel_available() -> bool:
+    """Whether oneDNN's u8·s8 int8 kernel runs here (x86 CPUs with PyTorch's oneDNN), tried once on a small
+    example against the exact integer product."""
+    generator = torch.Generator().manual_seed(0)
+    w_q = torch.randint(-127, 128, (8, 40), dtype=torch.int8, generator=generator)
+    x_q = torch.randint(-127, 128, (5, 40), dtype=torch.int8, generator=generator)
+    try:
+        packed = torch.ops.onednn.qlinear_prepack(w_q, None)
+        got = u8s8_linear((x_q.short() + U8_ZERO_POINT).to(torch.uint8), packed, torch.ones(8))
+    except (AttributeError, RuntimeError, NotImplementedError):  # no oneDNN, not x86, or an unsupported CPU
+        return False
+    return torch.equal(got, (x_q.long() @ w_q.long().t()).float())
+
+
+_PACKED_WEIGHTS = weakref.WeakKeyDictionary()  # QuantLinear → (weight version, oneDNN's packed weight)
 
 
 @functools.cache
@@ -146,11 +192,28 @@ class QuantLinear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"QuantLinear expects input (..., {self.in_features}), got {tuple(x.shape)}")
         rows = x.reshape(-1, self.in_features).float()
+        if rows.device.type == "cpu" and not self.compiled and u8s8_kernel_available():
+            return self._forward_u8s8(rows).reshape(*x.shape[:-1], self.out_features)
         quantize_fn, rescale_fn = compiled_kernels() if self.compiled else (quantize_rows, rescale)
         x_q, x_scale = quantize_fn(rows)  # (M, K) int8, (M, 1)
         acc = int8_matmul(x_q, self.weight_q.t())  # Σ_k x_q[m,k] · W_q[n,k], exact int32 (M, N)
         out = rescale_fn(acc, x_scale, self.weight_scale, self.bias)  # · s_x[m] · s_w[n] + b[n]
         return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _forward_u8s8(self, rows: torch.Tensor) -> torch.Tensor:
+        """The same integer sums on x86's u8·s8 kernel (see the module's docstring): rows (M, K) → (M, N)."""
+        x_u8, x_scale = quantize_rows(rows, unsigned=True)  # (M, K) uint8 = x_q + 128, (M, 1)
+        out = u8s8_linear(x_u8, self._packed_weight(), self.weight_scale)  # Σ_k x_q · W_q · s_w[n], (M, N)
+        return _scale_rows_add_bias(out, x_scale, self.bias)  # · s_x[m] + b[n]
+
+    def _packed_weight(self):
+        """oneDNN's copy of ``weight_q`` in its own layout, packed on first use and again if the weights change."""
+        version = (self.weight_q.data_ptr(), self.weight_q._version)
+        cached = _PACKED_WEIGHTS.get(self)
+        if cached is None or cached[0] != version:
+            cached = version, torch.ops.onednn.qlinear_prepack(self.weight_q, None)
+            _PACKED_WEIGHTS[self] = cached
+        return cached[1]
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8{', compiled' if self.compiled else ''}"
