@@ -48,7 +48,8 @@ def quantize_rows(x: torch.Tensor, unsigned: bool = False) -> tuple[torch.Tensor
     ``unsigned=True`` returns the same codes plus 128 as uint8 (1 … 255), for the u8·s8 kernel.
     """
     tiny = torch.finfo(torch.float32).tiny
-    max_abs = torch.maximum(x.amax(dim=-1, keepdim=True), -x.amin(dim=-1, keepdim=True))  # no (M, K) copy of |x|
+    low, high = torch.aminmax(x, dim=-1, keepdim=True)  # one read of x, and no (M, K) copy of |x|
+    max_abs = torch.maximum(high, -low)
     scale = (max_abs / INT8_MAX).clamp_min(tiny)
     x_q = torch.div(x, scale).round_()  # |x / scale| ≤ 127 by construction: no clamp needed
     if unsigned:
@@ -152,6 +153,7 @@ def compiled_kernels():
     try:  # compile now, on a small example, so that a failure shows here and not in the middle of a model
         x_q, x_scale = quantize_fn(torch.randn(17, 24))
         rescale_fn(int8_matmul(x_q, x_q[:8].t()), x_scale, torch.ones(8), torch.zeros(8))
+        quantize_fn(torch.randn(17, 24), unsigned=True)  # the u8·s8 kernel's codes: a second compiled loop
     except Exception as error:  # any failure of the compiler stack means: use the plain path
         warnings.warn(f"torch.compile failed here ({type(error).__name__}: {error}); using the eager int8 kernels")
         return quantize_rows, rescale
@@ -192,17 +194,17 @@ class QuantLinear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"QuantLinear expects input (..., {self.in_features}), got {tuple(x.shape)}")
         rows = x.reshape(-1, self.in_features).float()
-        if rows.device.type == "cpu" and not self.compiled and u8s8_kernel_available():
-            return self._forward_u8s8(rows).reshape(*x.shape[:-1], self.out_features)
         quantize_fn, rescale_fn = compiled_kernels() if self.compiled else (quantize_rows, rescale)
+        if rows.device.type == "cpu" and u8s8_kernel_available():
+            return self._forward_u8s8(rows, quantize_fn).reshape(*x.shape[:-1], self.out_features)
         x_q, x_scale = quantize_fn(rows)  # (M, K) int8, (M, 1)
         acc = int8_matmul(x_q, self.weight_q.t())  # Σ_k x_q[m,k] · W_q[n,k], exact int32 (M, N)
         out = rescale_fn(acc, x_scale, self.weight_scale, self.bias)  # · s_x[m] · s_w[n] + b[n]
         return out.reshape(*x.shape[:-1], self.out_features)
 
-    def _forward_u8s8(self, rows: torch.Tensor) -> torch.Tensor:
+    def _forward_u8s8(self, rows: torch.Tensor, quantize_fn=quantize_rows) -> torch.Tensor:
         """The same integer sums on x86's u8·s8 kernel (see the module's docstring): rows (M, K) → (M, N)."""
-        x_u8, x_scale = quantize_rows(rows, unsigned=True)  # (M, K) uint8 = x_q + 128, (M, 1)
+        x_u8, x_scale = quantize_fn(rows, unsigned=True)  # (M, K) uint8 = x_q + 128, (M, 1)
         out = u8s8_linear(x_u8, self._packed_weight(), self.weight_scale)  # Σ_k x_q · W_q · s_w[n], (M, N)
         return _scale_rows_add_bias(out, x_scale, self.bias)  # · s_x[m] + b[n]
 
