@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from minilib.experiments import arch_runs, capstone, distill_runs, generation_runs, longrange
+from minilib.experiments import arch_runs, capstone, distill_runs, eval_runs, generation_runs, longrange
 from minilib.experiments.artefacts import Artefact, ArtefactError, check, data_dir, read_manifest, rebuild
 from minilib.experiments.teacher import TEACHER, TopLayers, fine_tune_top, lower_layer_features, sentiment_teacher
 
@@ -28,6 +28,7 @@ ARTEFACTS: list[Artefact] = [
     distill_runs.STUDENTS,                    # chapter 06's sweeps (upstream: the teacher)
     *arch_runs.ARTEFACTS.values(),            # chapter 09's six designs
     *longrange.ARTEFACTS.values(),            # chapters 04 and 05: the long-range task's four models
+    *eval_runs.ARTEFACTS.values(),            # chapter 11's character LM and date translator
     *capstone.ARTEFACTS,                      # chapter 12's distilled and pruned students
     *generation_runs.ARTEFACTS.values(),      # chapter 13's decoder, its draft and its grouped-query version
 ]
