@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from minilib.train import return_freed_memory
+
 INPUT_NAMES = ("input_ids", "attention_mask")
 
 
@@ -58,6 +60,7 @@ def export_onnx(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
             dynamic_axes={name: {axis: label for label, axis in dynamic.items()} for name in INPUT_NAMES},
             dynamo=False,
         )
+    return_freed_memory()   # the tracer's copies of the graph and weights
     return path
 
 
@@ -71,6 +74,7 @@ class OnnxClassifier:
         if not self.path.is_file():
             raise FileNotFoundError(f"no ONNX file at {self.path}; create it with export_onnx(...)")
         options = ort.SessionOptions()
+        options.enable_cpu_mem_arena = False   # no arena kept per session: a notebook holds several sessions
         if threads is not None:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])

@@ -17,12 +17,14 @@ import torch.nn as nn
 
 from minilib.bench import Comparison, compare, model_size_bytes
 from minilib.data import lm_text
-from minilib.experiments.library_rows import TORCH_AO_DEPRECATED, torch_ao_dynamic, torchao_variants
+from minilib.experiments.library_rows import (TORCH_AO_DEPRECATED, copy_sharing_embeddings, torch_ao_dynamic,
+                                              torchao_variants)
 from minilib.hf import sentence_embeddings
 from minilib.optional import Unavailable, runnable
 from minilib.quant.int4 import Int4Linear
 from minilib.quant.int8 import QuantLinear
 from minilib.quant.model import quantize_model
+from minilib.train import return_freed_memory
 
 FP32, INT8, INT8_COMPILED, INT4 = "fp32", "minilib int8", "minilib int8 + compile", "minilib int4 weights"
 TORCH_AO = TORCH_AO_DEPRECATED
@@ -43,13 +45,16 @@ def quantized_variants(model: nn.Module, compiled: bool = False, skip=(), torcha
                        ) -> dict[str, nn.Module | Unavailable]:
     """The float model and its quantized versions, all in eval mode. ``compiled`` adds the torch.compile int8
     path, ``torchao`` the three torchao rows (each an Unavailable where torchao cannot build it)."""
-    variants = {FP32: model.eval(), TORCH_AO: torch_ao_dynamic(model).eval(),
-                INT8: quantize_model(model, bits=8, skip=skip).eval()}
+    def ours(**options):   # quantize_model on a copy that shares the float embeddings with ``model``
+        return quantize_model(copy_sharing_embeddings(model), skip=skip, inplace=True, **options).eval()
+
+    variants = {FP32: model.eval(), TORCH_AO: torch_ao_dynamic(model).eval(), INT8: ours(bits=8)}
     if compiled:
-        variants[INT8_COMPILED] = quantize_model(model, bits=8, skip=skip, compiled=True).eval()
-    variants[INT4] = quantize_model(model, bits=4, skip=skip).eval()
+        variants[INT8_COMPILED] = ours(bits=8, compiled=True)
+    variants[INT4] = ours(bits=4)
     if torchao:
         variants.update(torchao_variants(model))
+    return_freed_memory()   # the float copies each quantizer started from
     return variants
 
 
