@@ -75,13 +75,19 @@ def date_translator(retrain: bool | None = None) -> EncoderDecoder:
 
 
 @torch.no_grad()
-def exact_match(model: EncoderDecoder, data: TranslationData, split: str = "test") -> float:
-    """Fraction of the split's dates translated exactly, decoding greedily."""
+def translations(model: EncoderDecoder, data: TranslationData, split: str = "test") -> tuple[list, list, list]:
+    """Greedy translations of a split: (sources, hypotheses, references) as strings, one per date."""
     src_ids, tgt_ids = getattr(data, split).tensors
     generated = model.eval().generate(src_ids, max_new_tokens=tgt_ids.shape[1], bos_id=data.target_vocab.bos_id,
                                       eos_id=data.target_vocab.eos_id, src_mask=(src_ids != data.source_vocab.pad_id).long())
+    sources = [data.source_vocab.decode(row) for row in src_ids]
     hypotheses = [data.target_vocab.decode(row) for row in generated]
     references = [data.target_vocab.decode(row[1:]) for row in tgt_ids]        # drop <bos>
+    return sources, hypotheses, references
+
+
+def exact_match(hypotheses: list[str], references: list[str]) -> float:
+    """Fraction of hypotheses equal to their reference."""
     return sum(h == r for h, r in zip(hypotheses, references)) / len(references)
 
 
@@ -93,7 +99,7 @@ ARTEFACTS = {
         params={"seed": 0, "epochs": 6, "lr": 5e-3, "batch_size": 32, "data": "char_lm_dataset(block_size=64)"}),
     "ch11_date_translator": Artefact(
         "ch11_date_translator", "chapter 11's date translator (2 + 2 layers, width 64)", "model",
-        run=date_translator, metrics=lambda model: {"test_exact_match": exact_match(model, dates())},
+        run=date_translator, metrics=lambda model: {"test_exact_match": exact_match(*translations(model, dates())[1:])},
         depends=(train_translator, _new_translator, translator_config, dates),
         params={"seed": 0, "epochs": 4, "lr": 2e-3, "batch_size": 32, "data": "translation_dataset()"}),
 }
