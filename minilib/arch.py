@@ -21,7 +21,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from .transformer import ACTIVATIONS, Encoder, EncoderLayer, TransformerConfig
+from minilib.transformer import ACTIVATIONS, Encoder, EncoderLayer, TransformerConfig
 
 
 def fewer_layers(config: TransformerConfig, n_layers: int) -> Encoder:

@@ -9,7 +9,7 @@ The pieces, in the order the chapter uses them:
 2. Students. :func:`student_from_teacher` keeps every other teacher layer (DistilBERT, Sanh et al., 2019);
    :func:`student_from_scratch` builds a narrower, shallower encoder with random weights.
 3. Training. :func:`teacher_targets` runs the teacher *once* over a dataset and stores its outputs next to
-   the inputs, so that :func:`distill` (which reuses :func:`minilib.train.fit`) never runs the teacher again.
+   the inputs, so that :func:`distill` (which reuses :func:`minilib.support.train.fit`) never runs the teacher again.
 
 Unlabelled examples carry the label :data:`UNLABELLED` (-100, PyTorch's ``ignore_index``): they learn from
 the teacher only.
@@ -26,8 +26,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from minilib.arch import FactorisedEmbedding
-from minilib.device import model_device
-from minilib.train import fit, trim_padding
+from minilib.support.device import model_device
+from minilib.support.train import fit, trim_padding
 from minilib.transformer import Classifier, Encoder
 
 UNLABELLED = -100
@@ -258,7 +258,7 @@ def forward_with_internals(model: Classifier, input_ids: torch.Tensor, attention
 class Distiller(nn.Module):
     """The student plus what is trained alongside it (TinyBERT's projections), and the distillation loss.
 
-    ``forward`` is the student's, so :func:`minilib.train.fit` and :func:`minilib.train.accuracy` use it
+    ``forward`` is the student's, so :func:`minilib.support.train.fit` and :func:`minilib.support.train.accuracy` use it
     unchanged; :meth:`loss` reads a batch made by :func:`teacher_targets`.
     Total loss = distillation_loss + hidden_weight · Σ hidden_state_loss + attention_weight · Σ attention_loss.
     """
@@ -306,12 +306,12 @@ def _distiller_loss(model: Distiller, batch) -> torch.Tensor:
 def distill(student: Classifier, targets: TensorDataset, teacher_width: int, temperature: float = 2.0,
             alpha: float = 0.5, hidden_weight: float = 0.0, attention_weight: float = 0.0, hidden_kind: str = "mse",
             **fit_kwargs):
-    """Train ``student`` on ``targets`` (from :func:`teacher_targets`) with :func:`minilib.train.fit`.
+    """Train ``student`` on ``targets`` (from :func:`teacher_targets`) with :func:`minilib.support.train.fit`.
 
     targets must hold the teacher's hidden states for every student hidden state (see :func:`layer_map`)
     when hidden_weight > 0, and its attention maps for every student layer when attention_weight > 0.
     Returns fit's History; the student is trained in place. A ``val_data`` for fit must come from
-    :func:`teacher_targets` too: it is scored with the distillation loss (accuracy: :func:`minilib.train.accuracy`).
+    :func:`teacher_targets` too: it is scored with the distillation loss (accuracy: :func:`minilib.support.train.accuracy`).
     """
     n_extras = len(targets.tensors) - 4
     wanted = (hidden_weight > 0) + (attention_weight > 0)

@@ -25,7 +25,7 @@ import warnings
 import torch
 from torch.nn.attention import flex_attention as _flex
 
-from minilib.optional import NotAvailable
+from minilib.support.optional import NotAvailable
 
 COMPILER_HINT = "install a C++ compiler (Debian/Ubuntu: apt install g++; macOS: xcode-select --install)"
 

@@ -28,8 +28,7 @@ import torch
 from torch import nn
 
 from minilib.attention import MultiHeadAttention
-from minilib.device import model_device
-
+from minilib.support.device import model_device
 
 # ------------------------------------------------------------------------------------------------
 # The KV cache

@@ -31,6 +31,7 @@ from torch import nn
 
 from minilib.attention import scaled_dot_product_attention
 
+
 def elu_features(x):
     """φ(x) = elu(x) + 1: positive, smooth, ≈ x + 1 for x > 0 and ≈ e^x for x < 0."""
     return F.elu(x) + 1

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from minilib.device import model_device
+from minilib.support.device import model_device
 
 # ----------------------------------------------------------------------------------------------
 # Perplexity

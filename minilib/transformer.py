@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import MultiHeadAttention
-from .device import model_device, to_device
+from minilib.attention import MultiHeadAttention
+from minilib.support.device import model_device, to_device
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}
 POSITIONS = ("learned", "sinusoidal")

@@ -3,9 +3,16 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from minilib.arch import (GroupedLinear, build, channel_shuffle, drop_layers, shared_layers, task_token_ids,
-                          trim_vocabulary)
-from minilib.bench import count_flops, param_count
+from minilib.arch import (
+    GroupedLinear,
+    build,
+    channel_shuffle,
+    drop_layers,
+    shared_layers,
+    task_token_ids,
+    trim_vocabulary,
+)
+from minilib.support.bench import count_flops, param_count
 from minilib.transformer import Classifier, Encoder, TransformerConfig
 
 V, D, H, L, F, N, SEQ = 100, 64, 4, 2, 256, 32, 10

@@ -17,8 +17,15 @@ from IPython.core.inputtransformer2 import TransformerManager
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from minilib.course.assignments.build import StudentWorkError, build, student_edition
-from minilib.course.assignments.exercises import (BEGIN, END, RUBRIC, AssignmentError, find_exercises, read_notebook,
-                                                  replace_solutions)
+from minilib.course.assignments.exercises import (
+    BEGIN,
+    END,
+    RUBRIC,
+    AssignmentError,
+    find_exercises,
+    read_notebook,
+    replace_solutions,
+)
 from minilib.course.assignments.grade import grade_notebook, write_csv, write_json
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,11 +6,10 @@ torch is found without it), and `-r ../requirements.txt` is pointed at the repos
 """
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
-
-import os
 
 import pytest
 

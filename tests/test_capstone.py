@@ -1,4 +1,4 @@
-"""minilib.experiments.capstone: budgets checked on known cases, the closest result reported, fairness per template."""
+"""minilib.experiments.ch12_capstone: budgets checked on known cases, the closest result reported, fairness per template."""
 import math
 
 import pytest
@@ -6,10 +6,17 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from minilib.bench import model_size_bytes
-from minilib.experiments.capstone import (TARGETS, BudgetReport, changes_by_template, budget_report, measure,
-                              plot_waterfall, threads)
+from minilib.experiments.ch12_capstone import (
+    TARGETS,
+    BudgetReport,
+    budget_report,
+    changes_by_template,
+    measure,
+    plot_waterfall,
+    threads,
+)
 from minilib.experiments.picker import Budget, Measurement
+from minilib.support.bench import model_size_bytes
 
 
 class FirstToken(nn.Module):

@@ -1,6 +1,6 @@
 """Chapter 01's exercise checks pass the reference answers and fail stubs and plausible mistakes."""
 from minilib.course.checks import check_attention_matmul_flops, check_crossover_length, check_encoder_layer_params
-from minilib.bench import attention_flops, param_count
+from minilib.support.bench import attention_flops, param_count
 from minilib.transformer import EncoderLayer, TransformerConfig
 
 

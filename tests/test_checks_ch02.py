@@ -4,8 +4,13 @@ import math
 import torch
 
 from minilib.attention import scaled_dot_product_attention
-from minilib.course.checks import (check_causal_padding_mask, check_multihead_attention, check_online_softmax_step,
-                                   check_softmax_attention, check_split_heads)
+from minilib.course.checks import (
+    check_causal_padding_mask,
+    check_multihead_attention,
+    check_online_softmax_step,
+    check_softmax_attention,
+    check_split_heads,
+)
 
 
 def test_softmax_attention(stub):

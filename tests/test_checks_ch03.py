@@ -5,9 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minilib.course.checks import (check_clip_by_global_norm, check_encoder_layer, check_pre_norm_residual,
-                                   check_sinusoidal_positions, check_warmup_linear)
-from minilib.train import lr_multiplier
+from minilib.course.checks import (
+    check_clip_by_global_norm,
+    check_encoder_layer,
+    check_pre_norm_residual,
+    check_sinusoidal_positions,
+    check_warmup_linear,
+)
+from minilib.support.train import lr_multiplier
 from minilib.transformer import SinusoidalPositions
 
 
@@ -121,7 +126,7 @@ class LibraryResidual(BertEncoderLayer):
 
 @pytest.fixture(scope="module")
 def minilm():
-    from minilib.hf import load_minilm
+    from minilib.deploy.hf import load_minilm
     return load_minilm()[0]
 
 

@@ -4,8 +4,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from minilib.course.checks import (check_add_global_tokens, check_blocked_window_attention, check_window_mask,
-                                   check_window_tile_count)
+from minilib.course.checks import (
+    check_add_global_tokens,
+    check_blocked_window_attention,
+    check_window_mask,
+    check_window_tile_count,
+)
 from minilib.sparse import block_layout, global_mask, sliding_window_mask
 
 

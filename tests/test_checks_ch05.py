@@ -2,8 +2,12 @@
 import torch
 import torch.nn.functional as F
 
-from minilib.course.checks import (check_chunked_causal_linear_attention, check_elu_feature_map, check_kernel_attention,
-                                   check_rnn_step)
+from minilib.course.checks import (
+    check_chunked_causal_linear_attention,
+    check_elu_feature_map,
+    check_kernel_attention,
+    check_rnn_step,
+)
 from minilib.linear_attention import elu_features, linear_attention, step
 
 

@@ -4,8 +4,12 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from minilib.course.checks import (check_distillation_step, check_kd_loss, check_masked_cosine_loss,
-                                   check_temperature_softmax)
+from minilib.course.checks import (
+    check_distillation_step,
+    check_kd_loss,
+    check_masked_cosine_loss,
+    check_temperature_softmax,
+)
 from minilib.distill import distillation_loss, hidden_state_loss, soft_targets
 
 

@@ -1,9 +1,14 @@
 """Chapter 07's exercise checks pass the reference answers and fail stubs and plausible mistakes."""
 import torch
 
-from minilib.course.checks import (check_affine_params, check_int8_linear, check_int8_linear_layer, check_pack_nibbles,
-                                   check_symmetric_quantize)
-from minilib.quant.int8 import int8_matmul   # the chapter's int8 GEMM: the model answer builds on it
+from minilib.course.checks import (
+    check_affine_params,
+    check_int8_linear,
+    check_int8_linear_layer,
+    check_pack_nibbles,
+    check_symmetric_quantize,
+)
+from minilib.quant.int8 import int8_matmul  # the chapter's int8 GEMM: the model answer builds on it
 
 
 def symmetric(x, bits, clamp=True, levels=None):

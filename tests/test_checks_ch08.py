@@ -2,8 +2,13 @@
 import torch
 
 from minilib import prune
-from minilib.course.checks import (check_cubic_sparsity, check_head_columns, check_magnitude_mask, check_remove_heads,
-                                   check_two_four_mask)
+from minilib.course.checks import (
+    check_cubic_sparsity,
+    check_head_columns,
+    check_magnitude_mask,
+    check_remove_heads,
+    check_two_four_mask,
+)
 
 
 def test_magnitude_mask(stub):

@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from minilib.arch import GroupedFeedForward, channel_shuffle
-from minilib.bench import param_count
 from minilib.course.checks import check_albert_savings, check_grouped_ffn, check_grouped_ffn_params, check_shuffle
+from minilib.support.bench import param_count
 
 
 def test_grouped_ffn_params(stub):

@@ -3,8 +3,12 @@ import warnings
 
 import torch
 
-from minilib.course.checks import (check_fine_tune_head_and_export, check_freeze_all_but_top, check_onnx_logits,
-                                   check_predict_label)
+from minilib.course.checks import (
+    check_fine_tune_head_and_export,
+    check_freeze_all_but_top,
+    check_onnx_logits,
+    check_predict_label,
+)
 
 
 def predict_label(model, tokenizer, text):
@@ -78,7 +82,7 @@ def head_export_answer(freeze=True, dynamic=True, library=False):
             loss.backward()
             optimizer.step()
         if library:
-            from minilib.export import LogitsOnly, export_onnx
+            from minilib.deploy.export import LogitsOnly, export_onnx
             return export_onnx(LogitsOnly(model), batches[0][0], batches[0][1], path)
 
         class Logits(torch.nn.Module):

@@ -5,8 +5,14 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
-from minilib.course.checks import (check_brevity_penalty, check_clipped_matches, check_corpus_bleu, check_lcs_length,
-                                   check_pareto_points, check_perplexity_from_logits)
+from minilib.course.checks import (
+    check_brevity_penalty,
+    check_clipped_matches,
+    check_corpus_bleu,
+    check_lcs_length,
+    check_pareto_points,
+    check_perplexity_from_logits,
+)
 from minilib.experiments.picker import Measurement, pareto_front
 from minilib.metrics import lcs_length, ngram_counts
 

@@ -3,8 +3,12 @@ import copy
 
 import torch
 
-from minilib.course.checks import (check_changed_fraction, check_plan_for_budget, check_shortfall,
-                                   check_throughput_per_core)
+from minilib.course.checks import (
+    check_changed_fraction,
+    check_plan_for_budget,
+    check_shortfall,
+    check_throughput_per_core,
+)
 
 
 def test_throughput_per_core(stub):
@@ -49,7 +53,7 @@ def plan_answer(model, max_size_mb, n_task_tokens, int8_row_bytes=8, build=False
         for int8 in (False, True):
             if build:
                 from minilib.arch import drop_layers
-                from minilib.bench import model_size_bytes
+                from minilib.support.bench import model_size_bytes
                 built = copy.deepcopy(model)
                 built.encoder = drop_layers(built.encoder, list(range(n_layers)))
                 size = model_size_bytes(built)

@@ -3,8 +3,7 @@ import math
 
 import torch
 
-from minilib.course.checks import (check_accepted_count, check_cached_attention_step, check_kv_cache_bytes,
-                                   check_q8_0)
+from minilib.course.checks import check_accepted_count, check_cached_attention_step, check_kv_cache_bytes, check_q8_0
 from minilib.quant import quantize_blocks
 
 

@@ -6,9 +6,20 @@ import re
 import pytest
 import torch
 
-from minilib import data
-from minilib.data import (NEGATIVE, POSITIVE, CharVocab, Example, char_lm_dataset, date_formats, encode_examples,
-                          lm_text, sentiment_dataset, sentiment_examples, translation_dataset, translation_pairs)
+from minilib.support import data
+from minilib.support.data import (
+    POSITIVE,
+    CharVocab,
+    Example,
+    char_lm_dataset,
+    date_formats,
+    encode_examples,
+    lm_text,
+    sentiment_dataset,
+    sentiment_examples,
+    translation_dataset,
+    translation_pairs,
+)
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +29,7 @@ def sentiment():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from minilib.hf import load_minilm
+    from minilib.deploy.hf import load_minilm
     return load_minilm()[1]
 
 
@@ -202,7 +213,7 @@ def test_char_lm_bad_arguments():
 
 def test_character_vocabulary_does_not_change_with_pythons_documentation(monkeypatch):
     """Python 3.12's help topics add '$': a model trained on 3.11's text must still read the new text."""
-    import minilib.data as data
+    import minilib.support.data as data
     topics = {name: text + " costs $5" for name, text in data.lm_topics().items()}
     monkeypatch.setattr(data, "lm_topics", lambda: topics)
     newer = data.char_lm_dataset(block_size=64)

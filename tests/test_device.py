@@ -11,10 +11,12 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from minilib import device as devices
-from minilib import distill, hf, metrics, prune, train
-from minilib.experiments import capstone, distill_runs, picker
+from minilib import distill, metrics, prune
+from minilib.deploy import hf
+from minilib.experiments import ch06_distillation, ch12_capstone, picker
 from minilib.generation import generate
+from minilib.support import device as devices
+from minilib.support import train
 from minilib.transformer import Classifier, Encoder, EncoderDecoder, LanguageModel, TransformerConfig
 
 MISMATCH = re.compile(r"same device|expected device|Expected all tensors|device type", re.IGNORECASE)
@@ -68,10 +70,10 @@ HELPERS = {
                                                                        head_fraction=0.5),
     "picker.measure_classifiers": lambda: picker.measure_classifiers(
         {"meta": on_meta(classifier())}, {"meta": 1}, sentences(), warmup=0, repeats=1),
-    "capstone.latency_seconds": lambda: capstone.latency_seconds(on_meta(classifier()), "phone", sentences(), 1),
-    "capstone.changes_by_template": lambda: capstone.changes_by_template(
+    "ch12_capstone.latency_seconds": lambda: ch12_capstone.latency_seconds(on_meta(classifier()), "phone", sentences(), 1),
+    "ch12_capstone.changes_by_template": lambda: ch12_capstone.changes_by_template(
         on_meta(classifier()), on_meta(classifier()), sentences(), [0] * 8),
-    "distill_runs.latency_comparison": lambda: distill_runs.latency_comparison(
+    "ch06_distillation.latency_comparison": lambda: ch06_distillation.latency_comparison(
         {"meta": on_meta(classifier())}, sentences(), repeats=1),
 }
 

@@ -1,4 +1,4 @@
-"""minilib.distill against hand computations and PyTorch's own losses; chapter 06's runs (minilib.experiments.distill_runs)."""
+"""minilib.distill against hand computations and PyTorch's own losses; chapter 06's runs (minilib.experiments.ch06_distillation)."""
 import math
 
 import pytest
@@ -8,13 +8,33 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from minilib.arch import FactorisedEmbedding
-from minilib.data import Splits
-from minilib.distill import (UNLABELLED, Distiller, TransferColumns, attention_loss, distill, distillation_loss,
-                             factorised_embedding, hidden_state_loss, layer_map, soft_targets, student_from_scratch,
-                             student_from_teacher, teacher_targets)
-from minilib.experiments.distill_runs import (METHODS, StudentRun, accuracy_by, chapter_student, hide_labels,
-                                              latency_comparison, run_students, train_student)
-from minilib.train import predict_logits
+from minilib.distill import (
+    UNLABELLED,
+    Distiller,
+    TransferColumns,
+    attention_loss,
+    distill,
+    distillation_loss,
+    factorised_embedding,
+    hidden_state_loss,
+    layer_map,
+    soft_targets,
+    student_from_scratch,
+    student_from_teacher,
+    teacher_targets,
+)
+from minilib.experiments.ch06_distillation import (
+    METHODS,
+    StudentRun,
+    accuracy_by,
+    chapter_student,
+    hide_labels,
+    latency_comparison,
+    run_students,
+    train_student,
+)
+from minilib.support.data import Splits
+from minilib.support.train import predict_logits
 from minilib.transformer import Classifier, Encoder, TransformerConfig
 
 
@@ -332,7 +352,7 @@ def test_run_students_caches_results_per_teacher(tmp_path, monkeypatch):
     run = StudentRun("logits", n_sentences=48, n_labelled=16, n_layers=1, embedding_rank=8, epochs=1)
     first = run_students(teacher, splits, [run], progress=False)
     assert first[0]["method"] == "logits" and 0 <= first[0]["accuracy"] <= 1
-    monkeypatch.setattr("minilib.experiments.distill_runs.train_student", lambda *args, **kwargs: pytest.fail("retrained"))
+    monkeypatch.setattr("minilib.experiments.ch06_distillation.train_student", lambda *args, **kwargs: pytest.fail("retrained"))
     assert run_students(teacher, splits, [run], progress=False) == first
     with pytest.raises(pytest.fail.Exception, match="retrained"):  # another teacher: its own results
         run_students(tiny_teacher(seed=1), splits, [run], progress=False)

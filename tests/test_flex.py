@@ -3,11 +3,22 @@ import pytest
 import torch
 
 from minilib import flex
-from minilib.flex import (block_mask, block_mask_picture, flex_attention, layout_mask_mod, window_mask_mod,
-                          with_key_padding)
-from minilib.optional import NotAvailable, Unavailable, optional_row
-from minilib.sparse import (bigbird_layout, block_layout, block_sparse_attention, sliding_window_attention,
-                            sliding_window_mask)
+from minilib.flex import (
+    block_mask,
+    block_mask_picture,
+    flex_attention,
+    layout_mask_mod,
+    window_mask_mod,
+    with_key_padding,
+)
+from minilib.sparse import (
+    bigbird_layout,
+    block_layout,
+    block_sparse_attention,
+    sliding_window_attention,
+    sliding_window_mask,
+)
+from minilib.support.optional import NotAvailable, Unavailable, optional_row
 
 
 def _qkv(n, batch=2, heads=4, dim=64, seed=0):

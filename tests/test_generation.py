@@ -8,8 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from minilib.attention import MultiHeadAttention, scaled_dot_product_attention
-from minilib.generation import (KVCache, QuantizedKVCache, generate, group_kv_heads, grouped_query_model,
-                                speculative_generate)
+from minilib.generation import (
+    KVCache,
+    QuantizedKVCache,
+    generate,
+    group_kv_heads,
+    grouped_query_model,
+    speculative_generate,
+)
 from minilib.transformer import LanguageModel, TransformerConfig
 
 VOCAB = 61

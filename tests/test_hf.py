@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from minilib.hf import encoder_from_hf, load_minilm, minilm_path, sentence_embeddings
+from minilib.deploy.hf import encoder_from_hf, load_minilm, minilm_path, sentence_embeddings
 
 SENTENCES = ["The film was not bad at all.", "Good acting, but far too long.", "I hated every minute."]
 

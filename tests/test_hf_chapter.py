@@ -1,4 +1,4 @@
-"""Chapter 10's pieces: the Hugging Face quick-start example offline, and the ONNX export round trip (minilib.export)."""
+"""Chapter 10's pieces: the Hugging Face quick-start example offline, and the ONNX export round trip (minilib.deploy.export)."""
 import os
 import subprocess
 import sys
@@ -7,12 +7,12 @@ import textwrap
 import pytest
 import torch
 
-from minilib.course.checks.ch10_hf import TEXTS, _tokenizer, padded_texts, tiny_bert
-from minilib.export import LogitsOnly, OnnxClassifier, export_onnx
+from minilib.course.checks.ch10_huggingface import TEXTS, _tokenizer, padded_texts, tiny_bert
+from minilib.deploy.export import LogitsOnly, OnnxClassifier, export_onnx
 
 SEED_EXAMPLE = textwrap.dedent("""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from minilib.hf import minilm_path
+    from minilib.deploy.hf import minilm_path
 
     model_name = minilm_path()
     model = AutoModelForSequenceClassification.from_pretrained(model_name)

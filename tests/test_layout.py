@@ -41,7 +41,7 @@ TECHNIQUES = sorted(name for name in MODULES if not name.startswith(WINGS) and n
 
 
 def test_the_graph_is_read_from_real_files():
-    assert {"minilib.attention", "minilib.bench", "minilib.quant.int8", "minilib.experiments.zoo",
+    assert {"minilib.attention", "minilib.support.bench", "minilib.quant.int8", "minilib.experiments.zoo",
             "minilib.course.checks.core"} <= set(MODULES)
     assert "minilib.attention" in GRAPH["minilib.transformer"]
 
@@ -55,8 +55,8 @@ def test_techniques_never_import_experiments_or_course_tooling(module):
 def test_the_measurement_kit_sits_at_the_bottom():
     """bench is imported by every wing; it needs only where to compute (device), which imports nothing
     that measures (FLOPs are counted by PyTorch's FlopCounterMode, not from a model's parts)."""
-    assert GRAPH["minilib.bench"] <= {"minilib.device"}
-    assert not any("minilib.bench" in reachable(dependency) for dependency in GRAPH["minilib.bench"])
+    assert GRAPH["minilib.support.bench"] <= {"minilib.support.device"}
+    assert not any("minilib.support.bench" in reachable(dependency) for dependency in GRAPH["minilib.support.bench"])
 
 
 @functools.cache

@@ -5,12 +5,18 @@ import pytest
 import torch
 from torch import nn
 
-from minilib.bench import model_size_bytes
 from minilib.experiments import library_rows
-from minilib.experiments.library_rows import (TORCH_AO_DEPRECATED, TORCHAO_INT4_WEIGHTS, TORCHAO_INT8_DYNAMIC,
-                                              TORCHAO_INT8_WEIGHTS, onnx_dynamic_int8, torch_ao_dynamic,
-                                              torchao_variants)
-from minilib.optional import NotAvailable, Unavailable, optional_row, require, runnable
+from minilib.experiments.library_rows import (
+    TORCH_AO_DEPRECATED,
+    TORCHAO_INT4_WEIGHTS,
+    TORCHAO_INT8_DYNAMIC,
+    TORCHAO_INT8_WEIGHTS,
+    onnx_dynamic_int8,
+    torch_ao_dynamic,
+    torchao_variants,
+)
+from minilib.support.bench import model_size_bytes
+from minilib.support.optional import NotAvailable, Unavailable, optional_row, require, runnable
 
 
 def _mlp():
@@ -65,9 +71,10 @@ def test_optional_row_reports_missing_tools_and_lets_bugs_through():
 
 
 def test_onnx_runtime_int8_of_a_tiny_bert(tmp_path, tiny_bert):
-    from minilib.course.checks.ch10_hf import _tokenizer, padded_texts
-    from minilib.export import LogitsOnly, OnnxClassifier, export_onnx
     from transformers import BertForSequenceClassification
+
+    from minilib.course.checks.ch10_huggingface import _tokenizer, padded_texts
+    from minilib.deploy.export import LogitsOnly, OnnxClassifier, export_onnx
 
     model = LogitsOnly(tiny_bert(BertForSequenceClassification, vocab_size=_tokenizer().vocab_size, hidden_size=128,
                                  num_attention_heads=2, intermediate_size=256, num_labels=2)).eval()
@@ -91,7 +98,7 @@ def test_missing_onnxruntime_gives_a_not_available_row(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("has_torchao", [True, False])
 def test_chapter_07_experiment_with_torchao_rows(monkeypatch, has_torchao, tiny_classifier):
-    from minilib.experiments import quant_runs
+    from minilib.experiments import ch07_quantization as quant_runs
 
     if not has_torchao:
         monkeypatch.setitem(sys.modules, "torchao", None)

@@ -7,8 +7,15 @@ import torch
 import torch.nn.functional as F
 
 from minilib.attention import MultiHeadAttention
-from minilib.linear_attention import (FavorFeatures, LinformerAttention, linear_attention, orthogonal_random_features,
-                                      performer_error, quadratic_linear_attention, step)
+from minilib.linear_attention import (
+    FavorFeatures,
+    LinformerAttention,
+    linear_attention,
+    orthogonal_random_features,
+    performer_error,
+    quadratic_linear_attention,
+    step,
+)
 
 
 def _qkv(n, batch=2, heads=3, dim=16, seed=0, scale=1.0):

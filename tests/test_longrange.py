@@ -2,8 +2,17 @@
 import pytest
 import torch
 
-from minilib.experiments.longrange import (CLS, FIRST_FILLER, attentions, long_range_dataset, long_range_examples,
-                               long_range_model, message_distance, results_table, LongRangeResult)
+from minilib.experiments.ch04_sparse_attention import (
+    CLS,
+    FIRST_FILLER,
+    LongRangeResult,
+    attentions,
+    long_range_dataset,
+    long_range_examples,
+    long_range_model,
+    message_distance,
+    results_table,
+)
 
 
 def test_generator_is_deterministic_by_seed():

@@ -9,9 +9,18 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from minilib.bench import model_size_bytes
-from minilib.experiments.picker import Budget, Measurement, candidates_table, dominates, measure_classifiers, pareto_front, pick, plot_candidates
-from minilib.train import accuracy
+from minilib.experiments.picker import (
+    Budget,
+    Measurement,
+    candidates_table,
+    dominates,
+    measure_classifiers,
+    pareto_front,
+    pick,
+    plot_candidates,
+)
+from minilib.support.bench import model_size_bytes
+from minilib.support.train import accuracy
 
 BIG = Measurement("big", latency_ms=40.0, size_mb=90.0, accuracy=0.95)
 INT8 = Measurement("int8", latency_ms=20.0, size_mb=25.0, accuracy=0.94)

@@ -9,8 +9,8 @@ from torch import nn
 from transformers import BertModel
 
 from minilib import prune
-from minilib.bench import param_count
-from minilib.experiments import prune_runs
+from minilib.experiments import ch08_pruning
+from minilib.support.bench import param_count
 from minilib.transformer import Classifier, Encoder
 
 N_LAYERS, N_HEADS, HEAD_DIM, D_FF = 3, 4, 8, 64
@@ -234,15 +234,15 @@ def test_csr_matches_dense_and_its_size_is_values_plus_indices():
 
 
 def test_sparse_vs_dense_measures_each_sparsity():
-    points = prune_runs.sparse_vs_dense(sparsities=(0.5, 0.99), out_features=32, in_features=16, tokens=8, repeats=2)
+    points = ch08_pruning.sparse_vs_dense(sparsities=(0.5, 0.99), out_features=32, in_features=16, tokens=8, repeats=2)
     assert [p.sparsity for p in points] == [0.5, 0.99]
     assert all(p.dense_s > 0 and p.sparse_s > 0 for p in points)
 
 
 def test_crossover_is_where_csr_starts_winning_for_good():
-    points = [prune_runs.MatmulPoint(s, 1.0, t) for s, t in [(0.5, 3.0), (0.9, 0.9), (0.95, 1.1), (0.99, 0.5), (0.999, 0.2)]]
-    assert prune_runs.crossover_sparsity(points) == 0.99
-    assert prune_runs.crossover_sparsity(points[:1]) is None
+    points = [ch08_pruning.MatmulPoint(s, 1.0, t) for s, t in [(0.5, 3.0), (0.9, 0.9), (0.95, 1.1), (0.99, 0.5), (0.999, 0.2)]]
+    assert ch08_pruning.crossover_sparsity(points) == 0.99
+    assert ch08_pruning.crossover_sparsity(points[:1]) is None
 
 
 # ------------------------------------------------------------------------------------ heads
@@ -323,7 +323,7 @@ def test_heads_are_renumbered_after_pruning(small_encoder):
 
 
 def test_real_minilm_pruned_in_hf_and_in_minilib_agree():
-    from minilib.hf import encoder_from_hf, load_minilm
+    from minilib.deploy.hf import encoder_from_hf, load_minilm
 
     bert, tokenizer = load_minilm()
     batch = tokenizer(["not bad at all", "the plot was good but far too long"], padding=True, return_tensors="pt")

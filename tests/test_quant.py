@@ -1,7 +1,6 @@
 """minilib.quant against PyTorch's own quantization (torch.quantize_per_*, torch.ao) and exact integer math."""
 import copy
 import math
-import warnings
 
 import pytest
 import torch
@@ -9,11 +8,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minilib import quant
-from minilib.bench import model_size_bytes
-from minilib.quant import (FakeQuantLinear, Int4Linear, MinMaxObserver, MSEObserver, PercentileObserver, QuantLinear,
-                           dequantize, fake_quantize, int8_matmul, pack_int4, prepare_qat, qrange, quantize,
-                           quantize_model, quantize_rows, unpack_int4)
+from minilib.quant import (
+    FakeQuantLinear,
+    Int4Linear,
+    MinMaxObserver,
+    MSEObserver,
+    PercentileObserver,
+    QuantLinear,
+    dequantize,
+    fake_quantize,
+    int8_matmul,
+    pack_int4,
+    prepare_qat,
+    qrange,
+    quantize,
+    quantize_model,
+    quantize_rows,
+    unpack_int4,
+)
 from minilib.quant.model import ProjectionSlice, SharedInputProjections
+from minilib.support.bench import model_size_bytes
 
 
 def _rows_of_different_scales(seed=0):
@@ -64,7 +78,7 @@ def test_zero_is_exact_and_constant_tensors_survive():
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_per_channel_never_worse_than_per_tensor(bits):
-    from minilib.hf import load_minilm
+    from minilib.deploy.hf import load_minilm
     bert, _ = load_minilm()
     for w in (_rows_of_different_scales(), bert.encoder.layer[0].intermediate.dense.weight.detach()):
         per_tensor = (w - dequantize(quantize(w, bits, axis=None))).pow(2).mean()
@@ -342,7 +356,7 @@ def test_quantize_model_errors(tiny_classifier):
 
 
 def test_real_minilm_int8_keeps_sentence_embeddings():
-    from minilib.hf import load_minilm, sentence_embeddings
+    from minilib.deploy.hf import load_minilm, sentence_embeddings
     bert, tokenizer = load_minilm()
     sentences = ["The film was not good at all.", "I loved the food, but the service was slow.",
                  "Quantized models store weights in eight bits.", "Stock prices fell after the announcement."]
@@ -412,7 +426,7 @@ def test_prepare_qat_errors(tiny_classifier):
 
 # ------------------------------------------------------------------------------------ the experiment
 def test_experiment_helpers_on_a_small_model(tiny_classifier):
-    from minilib.experiments import quant_runs as experiment
+    from minilib.experiments import ch07_quantization as experiment
     model = tiny_classifier(d_model=128, n_layers=1, d_ff=256)
     variants = experiment.quantized_variants(model)
     assert list(variants) == [experiment.FP32, experiment.TORCH_AO, experiment.INT8, experiment.INT4]
@@ -426,7 +440,7 @@ def test_experiment_helpers_on_a_small_model(tiny_classifier):
 
 
 def test_real_sentences_are_english_prose():
-    from minilib.experiments.quant_runs import real_sentences
+    from minilib.experiments.ch07_quantization import real_sentences
     sentences = real_sentences(10)
     assert len(sentences) == 10 and all(s[0].isupper() and 6 <= len(s.split()) <= 40 for s in sentences)
     with pytest.raises(ValueError, match="asked for 1000000"):

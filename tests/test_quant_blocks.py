@@ -6,7 +6,7 @@ from torch import nn
 
 gguf = pytest.importorskip("gguf")
 
-from minilib.hf import load_minilm
+from minilib.deploy.hf import load_minilm
 from minilib.quant import BlockQuantLinear, dequantize_blocks, quantize_blocks, quantize_model_blocks
 
 TYPES = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}

@@ -5,9 +5,9 @@ import onnx
 import pytest
 import torch
 
-from minilib.export import LogitsOnly, export_onnx
-from minilib.hf import minilm_path
-from minilib.serving import verify_triton_config, parse_pbtxt, triton_repository
+from minilib.deploy.export import LogitsOnly, export_onnx
+from minilib.deploy.hf import minilm_path
+from minilib.deploy.serving import parse_pbtxt, triton_repository, verify_triton_config
 
 CONFIG = Path(__file__).resolve().parents[1] / "notebooks" / "model_repository" / "minilm" / "config.pbtxt"
 # the ONNX element types as the onnx package names them, and Triton's names for them: written out independently

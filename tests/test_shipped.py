@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from minilib.course.notebook_budget import NotebookRun
-from minilib.experiments import artefacts, cli, longrange, zoo
+from minilib.experiments import artefacts, ch04_sparse_attention, cli, zoo
 
-REPRODUCED = longrange.ARTEFACTS["window 32 + 1 global"]
+REPRODUCED = ch04_sparse_attention.ARTEFACTS["window 32 + 1 global"]
 SEED_SPREAD = 0.25
 """Test accuracy of that model over seeds 0, 1, 2 on a 2-core CPU: 1.000, 0.753, 1.000 (one epoch is sometimes too
 short for the [CLS] token to learn to read the message: the recipe's seed 0 does)."""
@@ -48,7 +48,7 @@ def test_a_recipe_reproduces_its_recorded_accuracy(copied_data):
 
 
 def test_verify_lists_what_is_unusable_and_how_to_rebuild_it(copied_data, capsys, monkeypatch):
-    monkeypatch.setattr(zoo, "ARTEFACTS", list(longrange.ARTEFACTS.values()))
+    monkeypatch.setattr(zoo, "ARTEFACTS", list(ch04_sparse_attention.ARTEFACTS.values()))
     manifest = json.loads((copied_data / "manifest.json").read_text())
     manifest["artefacts"]["long_range_dense"]["code_hash"] = "0" * 16
     (copied_data / "manifest.json").write_text(json.dumps(manifest))
@@ -66,7 +66,7 @@ def test_verify_lists_what_is_unusable_and_how_to_rebuild_it(copied_data, capsys
 def test_a_notebook_gets_the_message_not_a_traceback_from_torch(copied_data, monkeypatch):
     (copied_data / "long_range_dense.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(artefacts.ArtefactError) as refusal:
-        longrange.long_range_experiment(progress=False)
+        ch04_sparse_attention.long_range_experiment(progress=False)
     message = str(refusal.value)
     assert "'long_range_dense'" in message and "corrupt" in message
     assert "python -m minilib.experiments.zoo rebuild long_range_dense" in message and "retrain=True" in message

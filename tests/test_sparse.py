@@ -6,9 +6,18 @@ import torch
 import torch.nn.functional as F
 
 from minilib.attention import MultiHeadAttention
-from minilib.bench import peak_memory
-from minilib.sparse import (bigbird_layout, block_layout, block_sparse_attention, causal_mask, global_mask,
-                            layout_to_mask, random_block_layout, sliding_window_attention, sliding_window_mask)
+from minilib.sparse import (
+    bigbird_layout,
+    block_layout,
+    block_sparse_attention,
+    causal_mask,
+    global_mask,
+    layout_to_mask,
+    random_block_layout,
+    sliding_window_attention,
+    sliding_window_mask,
+)
+from minilib.support.bench import peak_memory
 
 
 def _qkv(n, batch=2, heads=3, dim=8, seed=0):

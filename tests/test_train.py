@@ -4,12 +4,24 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.data import TensorDataset
 
-from minilib.train import (accuracy, classification_loss, evaluate, fit, init_weights, lm_loss, lr_multiplier,
-                           make_optimizer, predict_logits, seq2seq_loss, set_seed, trim_padding)
+from minilib.support.train import (
+    accuracy,
+    classification_loss,
+    evaluate,
+    fit,
+    init_weights,
+    lm_loss,
+    lr_multiplier,
+    make_optimizer,
+    predict_logits,
+    seq2seq_loss,
+    set_seed,
+    trim_padding,
+)
 
 
 class BagOfWords(nn.Module):
@@ -68,7 +80,7 @@ def test_progress_bar_redraws_a_bounded_number_of_times(task, monkeypatch):
             CountingBar.redraws += 1
             return super().display(*args, **kwargs)
 
-    monkeypatch.setattr("minilib.train.tqdm", CountingBar)
+    monkeypatch.setattr("minilib.support.train.tqdm", CountingBar)
     train, val = task
     history = fit(BagOfWords(), train, val, epochs=4, batch_size=1, lr=1e-3)   # 2048 steps
     assert len(history.losses) == 2048

@@ -3,8 +3,15 @@ import pytest
 import torch
 
 from minilib.attention import memory_efficient_attention
-from minilib.transformer import (Classifier, Encoder, EncoderDecoder, LanguageModel, SinusoidalPositions,
-                                 TransformerConfig, mean_pool)
+from minilib.transformer import (
+    Classifier,
+    Encoder,
+    EncoderDecoder,
+    LanguageModel,
+    SinusoidalPositions,
+    TransformerConfig,
+    mean_pool,
+)
 
 CONFIG = dict(vocab_size=50, d_model=32, n_heads=4, n_layers=2, d_ff=64, max_len=40, dropout=0.0)
 

@@ -8,8 +8,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from minilib import viz  # noqa: E402
 from minilib.attention import MultiHeadAttention  # noqa: E402
+from minilib.support import viz  # noqa: E402
 
 TOKENS = ["[CLS]", "not", "bad", "[SEP]"]
 
@@ -145,7 +145,7 @@ def test_interact_draws_into_widget_state_so_executors_never_answer_the_kernel(m
 
     sent = []
     monkeypatch.setattr(OutputWidget, "sync_state", lambda self: sent.append(self.comm_id))
-    setup = ("import ipywidgets as widgets\nimport matplotlib.pyplot as plt\nfrom minilib import viz\n"
+    setup = ("import ipywidgets as widgets\nimport matplotlib.pyplot as plt\nfrom minilib.support import viz\n"
              "def show(n, kind):\n    plt.plot(range(n)); plt.title(kind); plt.show()\n    print('n =', n)\n    return n * 2")
     ours = "viz.interact(show, n=widgets.IntSlider(3, 1, 9), kind=['line', 'bar'])"
     theirs = "widgets.interact(show, n=widgets.IntSlider(3, 1, 9), kind=['line', 'bar']);"

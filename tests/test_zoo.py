@@ -4,9 +4,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from minilib import cache
 from minilib.experiments import teacher as teacher_module
 from minilib.experiments import zoo
+from minilib.support import cache
 from minilib.transformer import Classifier
 
 

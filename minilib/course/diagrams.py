@@ -540,7 +540,7 @@ def deployment_pipeline():
     """Chapter 10: from a Hugging Face checkpoint to a served model."""
     fig, ax = _canvas(23, 7.6)
     steps = [(0.3, "Hugging Face\ncheckpoint\nall-MiniLM-L6-v2\n(AutoModel…)", GREY),
-             (4.7, "fine-tune\non the task\n(Trainer or\nminilib.train.fit)", BLUE),
+             (4.7, "fine-tune\non the task\n(Trainer or\nminilib.support.train.fit)", BLUE),
              (9.1, "compress\ndistil (06)\nprune (08)\nquantize (07)", GREEN),
              (13.5, "export\ntorch.onnx.export\n→ model.onnx\n(dynamic batch, seq)", ORANGE)]
     for x, text, fill in steps:

@@ -99,7 +99,7 @@ def build(paths, out: Path, timeout: float = 600, log=print) -> list[Page]:
 
 def index_html(pages: list[Page]) -> str:
     """The edition's front page: one row per chapter, linked, with its run time and whether it ran cleanly."""
-    from minilib.bench import machine_label
+    from minilib.support.bench import machine_label
 
     rows = "\n".join(
         f'<tr><td><a href="{html.escape(p.html)}">{html.escape(p.title)}</a></td><td>{p.seconds:.0f} s</td>'

@@ -123,7 +123,7 @@ def check_threads(threads: int | None = None, cpus: int | None = None) -> Check:
 def check_device() -> Check:
     import torch
 
-    from minilib.device import get_device
+    from minilib.support.device import get_device
 
     device = get_device()
     found = f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu (minilib uses CUDA when present)"
@@ -131,8 +131,8 @@ def check_device() -> Check:
 
 
 def check_cache_dir(path=None) -> Check:
-    """The course's cache folder (``minilib.cache.cache_dir()``, or ``path``): create it, write and delete a file."""
-    from minilib.cache import cache_dir
+    """The course's cache folder (``minilib.support.cache.cache_dir()``, or ``path``): create it, write and delete a file."""
+    from minilib.support.cache import cache_dir
 
     try:
         path = Path(cache_dir()) if path is None else Path(path)

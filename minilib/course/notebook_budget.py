@@ -17,8 +17,8 @@ from pathlib import Path
 import nbformat
 import psutil
 
-from minilib.bench import _text_table
 from minilib.course.notebook_runner import CellFailed, run_cells
+from minilib.support.bench import _text_table
 
 NOTEBOOK_SECONDS = 90.0
 NOTEBOOK_BYTES = 1.5e9

@@ -11,7 +11,7 @@ Binder launch). So the course ships them in ``<repo>/data/`` (or ``$MINILIB_DATA
   seed and parameters, the code hash below, the file's SHA-256 and the metrics recorded when it was built.
 
 Loading (:func:`load_model`, :func:`cached_result`) prefers the shipped file, then the learner's own copy
-in ``minilib.cache.cache_dir()``, then trains. It trains only when asked (``retrain=True``, or the
+in ``minilib.support.cache.cache_dir()``, then trains. It trains only when asked (``retrain=True``, or the
 environment variable ``MINILIB_RETRAIN`` set to ``1`` or to a comma-separated list of names): a shipped
 artefact that is missing, stale or corrupt otherwise stops with an :class:`ArtefactError` that names it
 and the command that rebuilds it. An artefact that the manifest does not list at all (a recipe added
@@ -23,7 +23,7 @@ every function or class in ``depends`` (its recipe: how the data is generated, h
 trained) under its qualified name, not its module path (moving code between modules changes nothing), and
 the code hashes of its ``upstream`` artefacts (the students depend on the teacher). Source text is
 dedented and stripped of trailing spaces first. The shared machinery (the layers of
-``minilib.transformer``, ``minilib.train.fit``) is deliberately not hashed: a change there that makes the
+``minilib.transformer``, ``minilib.support.train.fit``) is deliberately not hashed: a change there that makes the
 weights no longer fit is reported when loading, one that changes results shows in ``rebuild``'s
 comparison with the recorded metrics and in the reproduction test.
 """
@@ -46,7 +46,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from minilib.cache import cache_dir
+from minilib.support.cache import cache_dir
 
 REBUILD_COMMAND = "python -m minilib.experiments.zoo rebuild"
 HALF_TOLERANCE = 0.002
@@ -141,7 +141,7 @@ def shipped_problem(artefact: Artefact) -> str | None:
     entry = read_manifest().get(artefact.name)
     path = data_dir() / artefact.file
     if entry is None or not path.exists():
-        return f"missing: {path} is not there" if entry else f"missing: data/manifest.json has no entry for it"
+        return f"missing: {path} is not there" if entry else "missing: data/manifest.json has no entry for it"
     if entry["code_hash"] != code_hash(artefact):
         return (f"stale: it was built by code hashed {entry['code_hash']}, and its recipe or what it depends "
                 f"on has changed since (now {code_hash(artefact)})")
@@ -169,7 +169,7 @@ def _may_train(artefact: Artefact, retrain: bool | None) -> bool:
         return True
     if artefact.name not in read_manifest():
         warnings.warn(f"{artefact.name!r} is not shipped yet: training it here, once (then kept in your cache); "
-                      f"`{REBUILD_COMMAND} {artefact.name}` ships it")
+                      f"`{REBUILD_COMMAND} {artefact.name}` ships it", stacklevel=2)
         return True
     return False
 

@@ -8,7 +8,7 @@
 - **ONNX Runtime** dynamic int8 (``onnxruntime.quantization.quantize_dynamic``) of an exported model.
 
 Each builder returns a new model and leaves its input alone. A machine without the library gets an
-:class:`minilib.optional.Unavailable` row through :func:`minilib.optional.optional_row`, never an error.
+:class:`minilib.support.optional.Unavailable` row through :func:`minilib.support.optional.optional_row`, never an error.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from minilib.optional import Unavailable, optional_row, require
-from minilib.train import return_freed_memory
+from minilib.support.optional import Unavailable, optional_row, require
+from minilib.support.train import return_freed_memory
 
 TORCHAO_HINT = "pip install torchao (0.18 matches torch 2.13)"
 ORT_HINT = "pip install onnxruntime"

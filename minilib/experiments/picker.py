@@ -2,7 +2,7 @@
 
 "For resource-limited settings choose a smaller, faster model": this module makes that sentence a
 procedure. Every candidate is measured the same way (:func:`measure_classifiers`): latency of one batch
-(median, all candidates interleaved in one run, :func:`minilib.bench.compare`), the size of its weights,
+(median, all candidates interleaved in one run, :func:`minilib.support.bench.compare`), the size of its weights,
 and accuracy on held-out data. A :class:`Budget` states the limits; :func:`pick` returns the candidates
 inside them, best accuracy first; :func:`pareto_front` keeps the candidates no other candidate beats on
 every axis; :func:`plot_candidates` draws all of it with the budget lines.
@@ -19,9 +19,9 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from minilib.bench import compare
-from minilib.device import model_device, to_device
-from minilib.train import accuracy, trim_padding
+from minilib.support.bench import compare
+from minilib.support.device import model_device, to_device
+from minilib.support.train import accuracy, trim_padding
 
 Logits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids, attention_mask) -> (batch, classes)
 
@@ -150,7 +150,7 @@ def measure_classifiers(models: dict[str, Logits], sizes_bytes: dict[str, int], 
 
     ``models[name](input_ids, attention_mask) -> logits (batch, classes)``: wrap any model this way (a
     ``minilib`` classifier as it is, a Hugging Face one as ``lambda i, m: hf(input_ids=i, attention_mask=m).logits``,
-    an ONNX Runtime session likewise). ``sizes_bytes[name]``: its weights (``minilib.bench.model_size_bytes``,
+    an ONNX Runtime session likewise). ``sizes_bytes[name]``: its weights (``minilib.support.bench.model_size_bytes``,
     or the file size of an exported model). Latency: one batch of the first ``batch_size`` rows of ``data``,
     all models interleaved in one run (median). Accuracy: every row of ``data``.
     """

@@ -2,7 +2,7 @@
 
 ``sentiment_teacher()`` is the fine-tuned MiniLM that chapters 06 (distillation), 07 (quantization),
 08 (pruning), 11 (evaluation) and 12 (capstone) compress. Its tokenizer is MiniLM's
-(``minilib.hf.load_tokenizer()``), its data ``minilib.data.sentiment_dataset(tokenizer)``. Only its top layer and head
+(``minilib.deploy.hf.load_tokenizer()``), its data ``minilib.support.data.sentiment_dataset(tokenizer)``. Only its top layer and head
 are trained, so only those are shipped (``data/sentiment_teacher.safetensors``, see
 :mod:`minilib.experiments.artefacts`); ``python -m minilib.experiments.zoo rebuild sentiment_teacher``
 trains it again (about a minute on a laptop CPU).
@@ -13,13 +13,12 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from minilib.data import sentiment_dataset, sentiment_examples
-from minilib.device import model_device
+from minilib.deploy.hf import encoder_from_hf, load_minilm, load_tokenizer
 from minilib.experiments.artefacts import Artefact, load_model
-from minilib.hf import encoder_from_hf, load_minilm, load_tokenizer
-from minilib.train import accuracy, fit, set_seed
+from minilib.support.data import sentiment_dataset, sentiment_examples
+from minilib.support.device import model_device
+from minilib.support.train import accuracy, fit, set_seed
 from minilib.transformer import Classifier, Encoder, mean_pool, padding_mask
-
 
 # ------------------------------------------------------------------------------------------------
 # Fine-tuning only the top of a classifier

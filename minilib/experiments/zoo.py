@@ -6,7 +6,7 @@
 
 How they are stored, hashed and loaded: :mod:`minilib.experiments.artefacts`. Each recipe lives with the
 chapter code that loads it (the sentiment teacher in :mod:`minilib.experiments.teacher`, chapter 06's students
-in :mod:`minilib.experiments.distill_runs`, ...); shipping one more is one entry in :data:`ARTEFACTS`, then
+in :mod:`minilib.experiments.ch06_distillation`, ...); shipping one more is one entry in :data:`ARTEFACTS`, then
 ``rebuild NAME``. The sentiment teacher's names are re-exported here, where the chapters import them from.
 
 Exit code 0 when everything went well, 1 when an artefact is unusable (verify) or failed to rebuild,
@@ -17,7 +17,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from minilib.experiments import arch_runs, capstone, distill_runs, eval_runs, generation_runs, longrange
+from minilib.experiments import (
+    ch04_sparse_attention,
+    ch06_distillation,
+    ch09_architecture,
+    ch11_evaluation,
+    ch12_capstone,
+    ch13_fast_generation,
+)
 from minilib.experiments.artefacts import Artefact, ArtefactError, check, data_dir, read_manifest, rebuild
 from minilib.experiments.teacher import TEACHER, TopLayers, fine_tune_top, lower_layer_features, sentiment_teacher
 
@@ -25,12 +32,12 @@ __all__ = ["ARTEFACTS", "TopLayers", "fine_tune_top", "lower_layer_features", "m
 
 ARTEFACTS: list[Artefact] = [
     TEACHER,                                  # chapters 06, 07, 08, 11, 12
-    distill_runs.STUDENTS,                    # chapter 06's sweeps (upstream: the teacher)
-    *arch_runs.ARTEFACTS.values(),            # chapter 09's six designs
-    *longrange.ARTEFACTS.values(),            # chapters 04 and 05: the long-range task's four models
-    *eval_runs.ARTEFACTS.values(),            # chapter 11's character LM and date translator
-    *capstone.ARTEFACTS,                      # chapter 12's distilled and pruned students
-    *generation_runs.ARTEFACTS.values(),      # chapter 13's decoder, its draft and its grouped-query version
+    ch06_distillation.STUDENTS,                    # chapter 06's sweeps (upstream: the teacher)
+    *ch09_architecture.ARTEFACTS.values(),            # chapter 09's six designs
+    *ch04_sparse_attention.ARTEFACTS.values(),            # chapters 04 and 05: the long-range task's four models
+    *ch11_evaluation.ARTEFACTS.values(),            # chapter 11's character LM and date translator
+    *ch12_capstone.ARTEFACTS,                      # chapter 12's distilled and pruned students
+    *ch13_fast_generation.ARTEFACTS.values(),      # chapter 13's decoder, its draft and its grouped-query version
 ]
 """Every shipped artefact, in the order ``rebuild`` makes them (upstream ones first)."""
 

@@ -9,8 +9,13 @@
 - :mod:`~minilib.quant.blocks` — llama.cpp's q8_0 / q4_0 block formats and ``BlockQuantLinear`` (chapter 13).
 """
 from minilib.quant.affine import QuantizedTensor, dequantize, qrange, quantize, scale_and_zero_point
-from minilib.quant.blocks import (BlockQuantized, BlockQuantLinear, dequantize_blocks, quantize_blocks,
-                                   quantize_model_blocks)
+from minilib.quant.blocks import (
+                                   BlockQuantized,
+                                   BlockQuantLinear,
+                                   dequantize_blocks,
+                                   quantize_blocks,
+                                   quantize_model_blocks,
+)
 from minilib.quant.fake import FakeQuantLinear, fake_quantize, prepare_qat
 from minilib.quant.int4 import Int4Linear, pack_int4, unpack_int4
 from minilib.quant.int8 import QuantLinear, int8_matmul, quantize_rows

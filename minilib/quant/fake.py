@@ -62,7 +62,7 @@ class FakeQuantLinear(nn.Linear):
 def prepare_qat(model: nn.Module, weight_bits: int = 8, act_bits: int | None = 8, skip=()) -> nn.Module:
     """A copy of ``model`` whose ``nn.Linear`` layers (except names matching ``skip``) are :class:`FakeQuantLinear`.
 
-    Train it as usual (e.g. ``minilib.train.fit``); evaluating it measures the quantized model's accuracy.
+    Train it as usual (e.g. ``minilib.support.train.fit``); evaluating it measures the quantized model's accuracy.
     """
     model = copy.deepcopy(model)
     return replace_linears(model, linear_layer_names(model, skip),

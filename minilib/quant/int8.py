@@ -106,7 +106,7 @@ def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     global _warned_fallback
     if not _warned_fallback:
         warnings.warn(f"torch._int_mm does not support {tuple(a.shape)} @ {tuple(b.shape)} on {a.device}; "
-                      "falling back to a float matmul (correct, but no int8 speed-up)")
+                      "falling back to a float matmul (correct, but no int8 speed-up)", stacklevel=2)
         _warned_fallback = True
     return torch.round(a.float() @ b.float()).to(torch.int32)
 
@@ -155,7 +155,7 @@ def compiled_kernels():
         rescale_fn(int8_matmul(x_q, x_q[:8].t()), x_scale, torch.ones(8), torch.zeros(8))
         quantize_fn(torch.randn(17, 24), unsigned=True)  # the u8·s8 kernel's codes: a second compiled loop
     except Exception as error:  # any failure of the compiler stack means: use the plain path
-        warnings.warn(f"torch.compile failed here ({type(error).__name__}: {error}); using the eager int8 kernels")
+        warnings.warn(f"torch.compile failed here ({type(error).__name__}: {error}); using the eager int8 kernels", stacklevel=2)
         return quantize_rows, rescale
     return quantize_fn, rescale_fn
 

@@ -17,9 +17,20 @@ from pathlib import Path
 
 import nbformat
 
-from minilib.course.assignments.exercises import (ANSWER_STUB, CODE_STUB, RUBRIC, AssignmentError, Exercise,
-                                                  check_calls, describe_cell, find_exercises, has_solution,
-                                                  read_notebook, replace_solutions, rubric_points)
+from minilib.course.assignments.exercises import (
+    ANSWER_STUB,
+    CODE_STUB,
+    RUBRIC,
+    AssignmentError,
+    Exercise,
+    check_calls,
+    describe_cell,
+    find_exercises,
+    has_solution,
+    read_notebook,
+    replace_solutions,
+    rubric_points,
+)
 from minilib.course.checks import REGISTRY  # every chapter's checks, by name
 
 MANIFEST = ".minilib-build.json"

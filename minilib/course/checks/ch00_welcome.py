@@ -1,7 +1,7 @@
 """Checks for chapter 00 (welcome): counting matmul FLOPs, turning a time into GFLOP/s, tensor bytes."""
 import torch
 
-from minilib.course.checks.core import expect_equal, exercise
+from minilib.course.checks.core import exercise, expect_equal
 
 
 @exercise(points=1)

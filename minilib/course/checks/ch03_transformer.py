@@ -1,15 +1,19 @@
 """Checks for chapter 03 (the Transformer): sinusoidal positions, a pre-norm residual block, the warm-up
-schedule and gradient clipping by global norm."""
+schedule and gradient clipping by global norm.
+
+The chapter's "build it" check: an encoder layer that, loaded with MiniLM's layer 0, reproduces Hugging Face.
+"""
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+import minilib.support.train as train
+import minilib.transformer as transformer
 from minilib.course.checks.core import CheckFailed, exercise, expect_close, expect_equal
 from minilib.course.checks.guards import forbidden_calls
-import minilib.train as train
-import minilib.transformer as transformer
-from minilib.train import lr_multiplier
+from minilib.support.train import lr_multiplier
 from minilib.transformer import SinusoidalPositions
 
 
@@ -50,7 +54,7 @@ def check_pre_norm_residual(fn):
 def check_warmup_linear(fn):
     """Linear warm-up to the peak over warmup_steps, then linear decay to 0 at total_steps (a multiplier of lr)."""
     with forbidden_calls(fn, [(train, "lr_multiplier")],
-                         "write the schedule yourself: minilib.train.lr_multiplier is the reference"):
+                         "write the schedule yourself: minilib.support.train.lr_multiplier is the reference"):
         total, warmup = 20, 4
         got = torch.tensor([float(fn(step, total, warmup)) for step in range(total + 1)])
         expected = torch.tensor([lr_multiplier(step, total, warmup, "linear") for step in range(total + 1)])
@@ -86,3 +90,55 @@ def check_clip_by_global_norm(fn):
     for (name, p), mine in zip(model.named_parameters(), got):
         expect_close(f"a small network's gradient {name} against torch.nn.utils.clip_grad_norm_", mine, p.grad,
                      atol=1e-6)
+
+
+# --- the "build it" exercise ------------------------------------------------------------
+
+def _load_bert_layer(layer, theirs):
+    """Copy a Hugging Face BertLayer's weights into a layer with the exercise's attribute names."""
+    attention = theirs.attention
+    pairs = [(layer.query, attention.self.query), (layer.key, attention.self.key), (layer.value, attention.self.value),
+             (layer.attn_out, attention.output.dense), (layer.attn_norm, attention.output.LayerNorm),
+             (layer.ffn_up, theirs.intermediate.dense), (layer.ffn_down, theirs.output.dense),
+             (layer.ffn_norm, theirs.output.LayerNorm)]
+    for ours, source in pairs:
+        ours.load_state_dict(source.state_dict())
+
+
+@exercise(points=4)
+def check_encoder_layer(cls, bert=None):
+    """Your layer, loaded with MiniLM's layer 0, gives Hugging Face's layer-0 output on a padded batch.
+
+    ``bert``: the Hugging Face MiniLM already loaded (``minilib.deploy.hf.load_minilm``), or None to load it here.
+    """
+    import minilib.attention as attention
+    import minilib.transformer as transformer
+    from minilib.deploy.hf import load_minilm, load_tokenizer
+
+    if bert is None:
+        bert, tokenizer = load_minilm()
+    else:
+        tokenizer = load_tokenizer()
+    batch = tokenizer(["The movie was not bad at all.",
+                       "I expected it to be bad, and it was not: a delightful surprise from start to finish."],
+                      padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = bert(**batch, output_hidden_states=True).hidden_states  # embeddings, then one per layer
+    config = bert.config
+    layer = cls(config.hidden_size, config.num_attention_heads, config.intermediate_size, config.layer_norm_eps)
+    _load_bert_layer(layer, bert.encoder.layer[0])
+    targets = [(transformer, "EncoderLayer"), (transformer, "FeedForward"), (transformer, "sublayer_connection"),
+               (attention, "MultiHeadAttention"), (torch.nn, "TransformerEncoderLayer"),
+               (F, "multi_head_attention_forward")]
+    with forbidden_calls(cls, targets, "the residual connections, the LayerNorms and the feed-forward network are "
+                                       "the exercise; an attention function of chapter 02 is fine"):
+        with torch.no_grad():
+            got = layer.eval()(hidden[0], batch["attention_mask"])
+    real = batch["attention_mask"].bool()
+    expect_equal("output shape", tuple(getattr(got, "shape", ())), tuple(hidden[1].shape),
+                 hint="return (batch, seq, d_model), like the input")
+    expect_close("MiniLM's layer 0 on two sentences (the first one padded), real tokens", got[real], hidden[1][real],
+                 atol=1e-4,
+                 hint="post-norm, as BERT: h = attn_norm(x + attn_out(attention(x))), then "
+                      "ffn_norm(h + ffn_down(gelu(ffn_up(h)))); divide the scores by √head_dim (32); hide padded "
+                      "*keys* (attention_mask 0) with -inf; gelu is the exact (erf) one, not the tanh approximation")

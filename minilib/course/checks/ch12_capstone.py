@@ -1,9 +1,14 @@
-"""Checks for chapter 12 (the capstone)."""
+"""Checks for chapter 12 (the capstone).
+
+The chapter's "build it" check: a compression plan that meets a size budget, predicted without building it.
+"""
+import copy
 import math
 
 import torch
 
-from minilib.course.checks.core import CheckFailed, exercise, expect_close
+from minilib.course.checks.core import CheckFailed, exercise, expect_close, expect_equal
+from minilib.course.checks.guards import forbidden_calls
 from minilib.experiments.picker import Budget, Measurement
 
 
@@ -47,3 +52,53 @@ def check_changed_fraction(fn):
                        fn(before, after, templates, template), expected,
                        hint="select the rows of this template (templates == template), then compare before and after "
                             "there; return a Python float (.item())")
+
+
+# --- the "build it" exercise ------------------------------------------------------------
+
+def _build_plan(model, n_layers, int8, kept_ids, unk_id):
+    """The plan built with the library: a trimmed, shallower, maybe int8 copy of ``model``."""
+    from minilib.arch import drop_layers, trim_vocabulary
+    from minilib.quant import quantize_model
+    built = copy.deepcopy(model)
+    trim_vocabulary(built.encoder, kept_ids, unk_id)
+    built.encoder = drop_layers(built.encoder, list(range(0, len(model.encoder.layers)))[:n_layers])
+    return quantize_model(built) if int8 else built
+
+
+@exercise(points=4)
+def check_plan_for_budget(fn):
+    """Your plan, built with the library, fits the budget; the next less compressed plan does not; sizes predicted to 0.1 %."""
+    import minilib.arch as arch
+    import minilib.quant as quant
+    import minilib.quant.model as quant_model
+    import minilib.support.bench as bench
+    from minilib.transformer import Classifier, Encoder, TransformerConfig
+    torch.manual_seed(12)
+    config = TransformerConfig(vocab_size=3000, d_model=64, n_heads=2, n_layers=4, d_ff=256, type_vocab_size=2)
+    model = Classifier(Encoder(config), n_classes=2)
+    kept_ids, unk_id = torch.arange(100, 300), 100  # 200 task tokens, [UNK] among them
+    order = [(n, int8) for n in range(4, 0, -1) for int8 in (False, True)]  # least compressed first
+    sizes = {plan: bench.model_size_bytes(_build_plan(model, *plan, kept_ids, unk_id)) / 1e6 for plan in order}
+    targets = [(bench, "model_size_bytes"), (quant, "quantize_model"), (quant_model, "quantize_model"),
+               (arch, "trim_vocabulary"), (arch, "drop_layers")]
+    for budget in (2.0, 0.5, 0.4, 0.3, 0.1):
+        with forbidden_calls(fn, targets, "predict the sizes from the parameter counts, without building the plans: "
+                                          "a planner that has to build every candidate to weigh it is slow on a real model"):
+            plan = fn(model, budget, len(kept_ids))
+        fitting = [p for p in order if sizes[p] <= budget]
+        if not fitting:
+            expect_equal(f"plan for {budget} MB (even 1 int8 layer needs {sizes[order[-1]]:.3f} MB)", plan, None,
+                         hint="return None when no plan fits")
+            continue
+        if not isinstance(plan, tuple) or len(plan) != 3:
+            raise CheckFailed(f"plan for {budget} MB", "(n_layers, int8, size in MB)", repr(plan))
+        expect_equal(f"plan for {budget} MB: (n_layers, int8)", tuple(plan[:2]), fitting[0],
+                     hint="built with the library, the plans weigh "
+                          + ", ".join(f"{n} layers{' int8' if q else ''}: {sizes[(n, q)]:.3f} MB" for n, q in order)
+                          + "; int8 stores 1 byte a weight plus a float32 scale and bias per output row; embeddings, "
+                            "LayerNorms and the trimmed table's int32 index stay as they are")
+        expect_close(f"predicted size of the plan for {budget} MB", torch.tensor(float(plan[2])),
+                     torch.tensor(sizes[fitting[0]]), atol=0.0, rtol=1e-3,
+                     hint="weights = parameters and buffers, 4 bytes each in float32; an int8 linear keeps 1 byte "
+                          "a weight, and 4 bytes of scale and 4 of bias per output row")

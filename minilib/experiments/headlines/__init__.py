@@ -12,7 +12,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Callable
 
-from minilib.bench import Headline, _text_table
+from minilib.support.bench import Headline, _text_table
 
 
 @dataclass

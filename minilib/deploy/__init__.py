@@ -1,0 +1,1 @@
+"""Deployment: the real MiniLM and the Hugging Face bridges, ONNX export, serving."""
