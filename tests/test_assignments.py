@@ -16,7 +16,7 @@ import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from minilib.course.assignments.build import StudentWorkError, build, student_edition
+from minilib.course.assignments.build import SELF_STUDY, StudentWorkError, build, student_edition
 from minilib.course.assignments.exercises import (
     BEGIN,
     END,
@@ -27,14 +27,15 @@ from minilib.course.assignments.exercises import (
     replace_solutions,
 )
 from minilib.course.assignments.grade import grade_notebook, write_csv, write_json
+from minilib.course.editions import TEACHER_EDITION, teacher_notebooks
 
 REPO = Path(__file__).resolve().parents[1]
-COURSE_NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+COURSE_NOTEBOOKS = teacher_notebooks()
 
 
 @pytest.fixture(params=COURSE_NOTEBOOKS, ids=lambda p: p.name)
 def course_editions(request):
-    """Each of the course's notebooks in turn (skipped while there are none): (path, teacher's edition, student's)."""
+    """Each chapter of the teacher's edition in turn: (path, teacher's edition, a class's student edition)."""
     teacher = read_notebook(request.param)
     return request.param, teacher, student_edition(teacher, request.param.name)
 
@@ -140,6 +141,32 @@ def test_student_edition_drops_rubrics_and_cells_that_held_only_a_rubric():
     assert student.cells[10].source == "YOUR ANSWER HERE"
     text = "\n".join(cell.source for cell in student.cells)
     assert "RUBRIC" not in text and "point**" not in text and "saturates" not in text
+
+
+def test_self_study_edition_keeps_the_rubric_as_self_assessment_and_points_at_the_solutions():
+    teacher = toy_chapter()
+    student = student_edition(teacher, "02_toy.ipynb", edition=SELF_STUDY)
+    sources = [cell.source for cell in student.cells]
+    note = sources.index(next(s for s in sources if s.startswith("*Self-study edition.*")))
+    assert sources[note + 1].startswith("### Exercise 2.1") and "[`solutions/02_toy.ipynb`](solutions/02_toy.ipynb)" in sources[note]
+    answer = sources.index("YOUR ANSWER HERE")
+    assert sources[answer + 1] == ("**Check your answer against these criteria.**\n"
+                                   "- **1 point**: the scores' variance grows with d; softmax saturates.")
+    assert not any(BEGIN in s or RUBRIC[0] in s or "Without 1/√d" in s for s in sources)
+    assert_no_solution_leaks(teacher, student)
+    assert student.metadata["minilib"] == {"edition": "self-study", "source": "solutions/02_toy.ipynb"}
+    assert len({cell.id for cell in student.cells}) == len(student.cells)          # every cell keeps a unique id
+    nbformat.validate(student)
+    assert [e.number for e in find_exercises(student)] == ["2.1", "2.2", "2.3"]    # a teacher can still grade it
+
+
+def test_a_stub_that_runs_when_its_cell_runs_is_tagged_so_run_all_goes_on():
+    teacher = toy_chapter()
+    teacher.cells[4].source = f"{BEGIN}\nanswer = 42\n{END}"                      # a top-level solution region
+    student = student_edition(teacher, "02_toy.ipynb")
+    assert student.cells[4].source == "# YOUR CODE HERE\nraise NotImplementedError()"
+    assert student.cells[4].metadata["tags"] == ["raises-exception"]
+    assert "tags" not in student.cells[7].metadata                                 # a stub inside a function: no tag
 
 
 def test_find_exercises_reads_headings_points_and_checks():
@@ -268,10 +295,10 @@ def test_grader_gives_the_solution_full_marks_the_student_edition_zero_and_half_
 @pytest.mark.parametrize("cell, status, reason", [
     ("raise RuntimeError('the GPU caught fire')", "crashed", "cell 7 (\"raise RuntimeError('the GPU caught fire')\") "
                                                              "raised RuntimeError: the GPU caught fire"),
-    ("while True:\n    pass", "timed out", "stopped at the 6 s limit while running"),
+    ("while True:\n    pass", "timed out", "stopped at the 20 s limit while running"),
 ])
 def test_a_crash_or_timeout_keeps_the_points_earned_before(tmp_path, cell, status, reason):
-    grade = grade_notebook(save(toy_chapter(cell), tmp_path / "02_toy.ipynb"), timeout=6)
+    grade = grade_notebook(save(toy_chapter(cell), tmp_path / "02_toy.ipynb"), timeout=20)
     assert grade.status == status and reason in grade.reason
     assert scores(grade) == {"2.1": (2, "passed"), "2.2": (0, "not run"), "2.3": (None, "graded by hand")}
     assert (grade.score, grade.max_score) == (2, 4)
@@ -316,6 +343,31 @@ def test_command_line_build_and_grade(tmp_path, editions):
     assert graded.returncode == 0, graded.stderr
     assert "2/4 points (+1 graded by hand), completed" in graded.stdout
     assert (tmp_path / "grades.csv").exists()
+
+
+# --- the test command's run of both editions ----------------------------------------------------------------
+
+def test_the_test_command_runs_the_student_edition_then_requires_each_model_answer_to_pass(tmp_path):
+    """minilib.course.pytest_editions on a course of two chapters: one whose model answers pass, one with a wrong
+    model answer, which fails at that exercise's check; the stubs of the student edition fail nothing."""
+    wrong = toy_chapter()
+    wrong.cells[4].source = ATTENTION_SOLUTION.replace(" / q.shape[-1] ** 0.5", "")     # forgot the 1/√d
+    teachers = [save(toy_chapter(), tmp_path / "notebooks" / "solutions" / "02_toy.ipynb"),
+                save(wrong, tmp_path / "notebooks" / "solutions" / "03_wrong.ipynb")]
+    build(teachers, tmp_path / "notebooks", edition=SELF_STUDY)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rf", "--rootdir", str(tmp_path), "-p", "no:cacheprovider",
+                          "-p", "minilib.course.pytest_editions", "--nbval-lax", "--nbval-current-env", "notebooks"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert "1 failed" in run.stdout and "passed" in run.stdout, run.stdout[-3000:]
+    failed = [line for line in run.stdout.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1 and failed[0].startswith("FAILED notebooks/03_wrong.ipynb::Solution 2.1 (teacher's cell 6)")
+    assert "✘ check_softmax_attention" in run.stdout
+    ran = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", "--rootdir", str(tmp_path), "-p",
+                          "no:cacheprovider", "-p", "minilib.course.pytest_editions", "--nbval-lax", "notebooks",
+                          "notebooks/solutions/02_toy.ipynb"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    collected = [line.split("::")[0] for line in ran.stdout.splitlines() if "::" in line]
+    assert sorted(set(collected)) == ["notebooks/02_toy.ipynb", "notebooks/03_wrong.ipynb",   # named: run on its own
+                                      "notebooks/solutions/02_toy.ipynb"], ran.stdout[-2000:]
 
 
 # --- the course's own notebooks ------------------------------------------------------------------------------
@@ -370,23 +422,18 @@ def test_teachers_edition_has_a_model_answer_and_a_rubric_for_every_written_exer
         assert "YOUR ANSWER HERE" in sources and not any(RUBRIC[0] in s or BEGIN in s for s in sources)
 
 
-def test_build_defaults_to_the_course_notebooks():
-    from minilib.course.assignments.build import TEACHER_NOTEBOOKS
-    assert TEACHER_NOTEBOOKS == REPO / "notebooks"
-
-
-def test_build_copies_the_folders_the_notebooks_read(tmp_path):
-    teacher = save(toy_chapter(), tmp_path / "teacher" / "02_toy.ipynb")
-    (tmp_path / "teacher" / "diagrams").mkdir()
-    (tmp_path / "teacher" / "diagrams" / "x.svg").write_text("<svg/>", encoding="utf-8")
-    build([teacher], tmp_path / "student")
-    assert (tmp_path / "student" / "diagrams" / "x.svg").read_text(encoding="utf-8") == "<svg/>"
+def test_build_defaults_to_every_chapter_of_the_teachers_edition(tmp_path):
+    assert TEACHER_EDITION == REPO / "notebooks" / "solutions" and len(COURSE_NOTEBOOKS) >= 14
+    results = build(out=tmp_path / "class")
+    assert [r.path.name for r in results] == [p.name for p in COURSE_NOTEBOOKS]
+    assert sorted(p.name for p in (tmp_path / "class").iterdir()) == sorted([".minilib-build.json",
+                                                                               *(p.name for p in COURSE_NOTEBOOKS)])
 
 
 def test_course_exercises_pass_their_checks_and_their_stubs_fail_them(course_editions, tmp_path, monkeypatch):
     path, teacher, student = course_editions
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.chdir(path.parent)
+    monkeypatch.chdir(tmp_path)            # as in a student's folder: the notebooks read no file beside them
     for exercise in (e for e in find_exercises(teacher, path.name) if not e.written):
         expected = set(exercise.checks)
         solved = run_exercise_cells(teacher, exercise, tmp_path / "log.jsonl", monkeypatch)

@@ -7,9 +7,9 @@ import torch
 
 from minilib.deploy.export import LogitsOnly, export_onnx
 from minilib.deploy.hf import minilm_path
+from minilib.deploy.serving import MINILM_CONFIG as CONFIG
 from minilib.deploy.serving import parse_pbtxt, triton_repository, verify_triton_config
 
-CONFIG = Path(__file__).resolve().parents[1] / "notebooks" / "model_repository" / "minilm" / "config.pbtxt"
 # the ONNX element types as the onnx package names them, and Triton's names for them: written out independently
 ONNX_TO_TRITON = {onnx.TensorProto.INT64: "TYPE_INT64", onnx.TensorProto.FLOAT: "TYPE_FP32"}
 

@@ -1,30 +1,42 @@
 """The course's diagrams, drawn by code so that they are exact and regenerable.
 
-    python -m minilib.course.diagrams [--out notebooks/diagrams] [--png DIR]
+    python -m minilib.course.diagrams [NAME ...] [--png DIR]
 
-writes one SVG per diagram (the file names are the keys of :data:`DIAGRAMS`), referenced from the
-chapters' markdown as ``![…](diagrams/03_encoder_decoder.svg)``. Where a diagram shows a mask, a
-grid or a number, it is computed by the library function the chapter teaches (``minilib.sparse``,
-``minilib.prune``, ``minilib.quant``, ``minilib.attention``), so the picture cannot drift from the code.
+draws each diagram (the names are the keys of :data:`DIAGRAMS`) as a PNG and embeds it in the teacher's edition
+(``notebooks/solutions/``) as an attachment of the markdown cell that shows it, ``![…](attachment:03_encoder_decoder.png)``;
+then ``python -m minilib.course.assignments build --self-study`` carries it into the student edition. A notebook
+thus holds its own pictures: it shows them wherever it is opened (a class handout in any folder, a student's
+download from Binder, Colab, a submission being graded), with no folder of images beside it. PNG, because
+JupyterLab renders PNG attachments but not SVG ones.
 
-The output is byte-identical on every run (fixed ``svg.hashsalt``, no date, text drawn as paths),
-so a test can regenerate the diagrams and compare bytes. Every figure has an opaque white background:
-readable on light and dark notebook themes.
+Where a diagram shows a mask, a grid or a number, it is computed by the library function the chapter teaches
+(``minilib.sparse``, ``minilib.prune``, ``minilib.quant``, ``minilib.attention``), so the picture cannot drift
+from the code. The output is byte-identical on every run (no date or software stamp, a fixed 256-colour palette),
+so a test can redraw the diagrams and compare bytes. Every figure has an opaque white background: readable on
+light and dark notebook themes.
 """
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import math
+import re
 import sys
 from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt
+import nbformat
 import torch
 from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Rectangle
+from PIL import Image
 
-OUT = Path(__file__).resolve().parents[2] / "notebooks" / "diagrams"
-STYLE = {"svg.hashsalt": "minilib-diagrams", "svg.fonttype": "path", "font.family": "DejaVu Sans", "font.size": 10,
+from minilib.course.editions import teacher_notebooks
+
+DPI = 110       # about as wide on screen as the notebook's text column
+COLOURS = 256   # a palette this size keeps the antialiased edges and makes a file a third of full colour
+STYLE = {"font.family": "DejaVu Sans", "font.size": 10,
          "figure.facecolor": "white", "axes.facecolor": "white", "savefig.facecolor": "white",
          "text.color": "#222222", "axes.edgecolor": "#444444", "axes.labelcolor": "#222222",
          "xtick.color": "#444444", "ytick.color": "#444444"}
@@ -561,38 +573,77 @@ def deployment_pipeline():
 
 
 DIAGRAMS = {
-    "02_tiling.svg": tiling,
-    "03_encoder_decoder.svg": encoder_decoder,
-    "04_sparse_masks.svg": sparse_masks,
-    "05_kernel_trick.svg": kernel_trick,
-    "06_distillation.svg": distillation,
-    "07_number_line.svg": number_line,
-    "07_int8_gemm.svg": int8_gemm,
-    "08_sparsity_patterns.svg": sparsity_patterns,
-    "09_grouped_bottleneck.svg": grouped_and_bottleneck,
-    "10_deployment_pipeline.svg": deployment_pipeline,
+    "02_tiling.png": tiling,
+    "03_encoder_decoder.png": encoder_decoder,
+    "04_sparse_masks.png": sparse_masks,
+    "05_kernel_trick.png": kernel_trick,
+    "06_distillation.png": distillation,
+    "07_number_line.png": number_line,
+    "07_int8_gemm.png": int8_gemm,
+    "08_sparsity_patterns.png": sparsity_patterns,
+    "09_grouped_bottleneck.png": grouped_and_bottleneck,
+    "10_deployment_pipeline.png": deployment_pipeline,
 }
+ATTACHED = re.compile(r"!\[[^\]]*\]\(attachment:([^)\s]+)\)")   # ![alt](attachment:name) in a markdown cell
 
 
-def write(out=OUT, png=None, names=None) -> list[Path]:
-    """Draw every diagram (or those in ``names``) as SVG into ``out``; with ``png``, a PNG twin there too (for review)."""
+def render(name: str) -> bytes:
+    """The diagram ``name`` (a key of :data:`DIAGRAMS`) as PNG bytes, the same bytes on every call."""
+    if name not in DIAGRAMS:
+        raise ValueError(f"unknown diagram {name!r}; the diagrams are {sorted(DIAGRAMS)}")
+    torch.manual_seed(0)                      # layers drawn from the library start from the same weights
+    with plt.rc_context(STYLE):
+        fig = DIAGRAMS[name]()
+        drawn = io.BytesIO()
+        fig.savefig(drawn, format="png", dpi=DPI, facecolor="white", metadata={"Software": None})
+        plt.close(fig)
+    image = Image.open(drawn).convert("RGB").quantize(COLOURS, dither=Image.Dither.NONE)
+    png = io.BytesIO()
+    image.save(png, format="png", optimize=True)
+    return png.getvalue()
+
+
+def attached_names(cell) -> list[str]:
+    """The attachments a markdown cell shows, in order: ``["02_tiling.png"]`` for ``![…](attachment:02_tiling.png)``."""
+    return ATTACHED.findall(cell.source) if cell.cell_type == "markdown" else []
+
+
+def embed(notebooks=None, names=None) -> list[Path]:
+    """Draw the diagrams that ``notebooks`` (default: the teacher's edition) show and attach them to their cells.
+
+    ``names``: only these diagrams. Returns the notebooks that changed (the others are not rewritten). A cell that
+    shows an attachment no diagram draws is an error naming the notebook and the cell.
+    """
     unknown = sorted(set(names or ()) - set(DIAGRAMS))
     if unknown:
         raise ValueError(f"unknown diagram(s) {unknown}; the diagrams are {sorted(DIAGRAMS)}")
+    drawn, changed = {}, []
+    for path in map(Path, notebooks or teacher_notebooks()):
+        nb = nbformat.read(path, as_version=4)
+        before = nbformat.writes(nb)
+        for index, cell in enumerate(nb.cells):
+            for name in attached_names(cell):
+                if name not in DIAGRAMS:
+                    raise ValueError(f"{path.name}, cell {index + 1} shows attachment:{name}, which no diagram draws "
+                                     f"(the diagrams are {sorted(DIAGRAMS)})")
+                if names and name not in names:
+                    continue
+                if name not in drawn:
+                    drawn[name] = base64.b64encode(render(name)).decode("ascii")
+                cell.setdefault("attachments", {})[name] = {"image/png": drawn[name]}
+        if nbformat.writes(nb) != before:
+            nbformat.write(nb, path)
+            changed.append(path)
+    return changed
+
+
+def write_png(out, names=None) -> list[Path]:
+    """Write the diagrams (or those in ``names``) as PNG files into ``out``, to look at them outside a notebook."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, draw in DIAGRAMS.items():
-        if names and name not in names:
-            continue
-        torch.manual_seed(0)                      # layers drawn from the library start from the same weights
-        with plt.rc_context(STYLE):
-            fig = draw()
-            fig.savefig(out / name, format="svg", metadata={"Date": None}, facecolor="white")
-            if png is not None:
-                Path(png).mkdir(parents=True, exist_ok=True)
-                fig.savefig(Path(png) / name.replace(".svg", ".png"), dpi=90, facecolor="white")
-            plt.close(fig)
+    for name in names or DIAGRAMS:
+        (out / name).write_bytes(render(name))
         written.append(out / name)
     return written
 
@@ -600,11 +651,18 @@ def write(out=OUT, png=None, names=None) -> list[Path]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minilib.course.diagrams", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"diagrams to draw (default: all): {', '.join(DIAGRAMS)}")
-    parser.add_argument("--out", default=OUT, help="folder for the SVGs (default: notebooks/diagrams)")
-    parser.add_argument("--png", metavar="DIR", help="also write PNG twins into DIR, to look at")
+    parser.add_argument("--png", metavar="DIR", help="only write the diagrams as PNG files into DIR, to look at them")
     args = parser.parse_args(argv)
-    for path in write(args.out, args.png, args.names):
+    try:
+        written = write_png(args.png, args.names) if args.png else embed(names=args.names)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for path in written:
         print(path)
+    if not args.png:
+        print("the teacher's edition has changed" if written else "every diagram was already up to date")
+        print("now rebuild the student edition: python -m minilib.course.assignments build --self-study")
     return 0
 
 

@@ -5,8 +5,8 @@ machine, outputs, tables and plots included, and need no Jupyter to read. The no
 nbclient, the executor behind ``jupyter nbconvert --execute``, papermill and Jupyter Book, so building
 the edition also checks that every chapter runs under the tools teachers and readers use.
 
-    python -m minilib.course.edition --out build/edition              # every chapter
-    python -m minilib.course.edition --out build/edition notebooks/02_self_attention.ipynb
+    python -m minilib.course.edition --out build/edition              # every chapter (the student edition)
+    python -m minilib.course.edition --out build/edition notebooks/02_self_attention.ipynb   # one chapter
 
 Then open ``build/edition/index.html``. A static page cannot run Python: widgets are drawn by a
 script the page fetches from a CDN (online only) and their sliders do not redraw; run the notebook for that.
@@ -23,9 +23,8 @@ from pathlib import Path
 
 import nbformat
 
+from minilib.course.editions import student_notebooks
 from minilib.course.notebook_runner import kernel_environment
-
-NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
 @dataclass
@@ -124,7 +123,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("build/edition"), help="folder to write (default: build/edition)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds one cell may take (default: 600)")
     args = parser.parse_args(argv)
-    paths = args.notebooks or sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    paths = args.notebooks or student_notebooks()   # the edition a learner takes: no model answers in the pages
     pages = build(paths, args.out, args.timeout)
     print(f"wrote {args.out / 'index.html'} ({len(pages)} chapters)")
     return 1 if any(page.errors for page in pages) else 0

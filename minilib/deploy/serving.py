@@ -13,8 +13,11 @@ here starts a server). The configuration must agree with the ONNX graph: the sam
 the same data types, and the same dimensions **without the batch dimension** when ``max_batch_size > 0``
 (Triton adds it, and its dynamic batcher stacks the requests it receives into one batch).
 
-    repo = triton_repository("model.onnx", "model_repository", "notebooks/model_repository/minilm/config.pbtxt")
+    repo = triton_repository("model.onnx", "model_repository", MINILM_CONFIG)
     verify_triton_config((repo / "minilm" / "config.pbtxt").read_text(), "model.onnx")   # raises on a mismatch
+
+:data:`MINILM_CONFIG` is the configuration chapter 10 serves its exported MiniLM student with; it ships inside the
+package (``minilib/deploy/model_repository/``), so a notebook finds it wherever it runs.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import re
 import shutil
 from pathlib import Path
 
+MINILM_CONFIG = Path(__file__).resolve().parent / "model_repository" / "minilm" / "config.pbtxt"
 # ONNX Runtime's type names → Triton's data_type enum
 TRITON_TYPES = {"tensor(int64)": "TYPE_INT64", "tensor(int32)": "TYPE_INT32", "tensor(float)": "TYPE_FP32",
                 "tensor(float16)": "TYPE_FP16", "tensor(double)": "TYPE_FP64", "tensor(bool)": "TYPE_BOOL",

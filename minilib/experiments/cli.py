@@ -4,7 +4,7 @@
     python -m minilib.bench attention quant      # only these headline modules
     python -m minilib.bench notebooks            # every notebook's time and memory vs its budget
     python -m minilib.bench notebooks --cold     # the same from an empty cache, as on a fresh clone
-    python -m minilib.bench notebooks notebooks/02_self_attention.ipynb --markdown
+    python -m minilib.bench notebooks notebooks/solutions/02_self_attention.ipynb --markdown
     python -m minilib.bench notebooks --figures notebooks/figures   # also save each chapter's key plot
 
 Exit code 0 when everything met its target, 1 otherwise, 2 for a bad command line.
@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from minilib.course import notebook_budget as notebooks
+from minilib.course.editions import TEACHER_EDITION
 from minilib.experiments import headlines
 from minilib.experiments.headlines import (
     ch02_self_attention,
@@ -31,7 +32,7 @@ from minilib.experiments.headlines import (
 )
 from minilib.support.bench import machine_label
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
+NOTEBOOK_DIR = TEACHER_EDITION   # the budget holds with every exercise solved (the teacher's edition runs the answers)
 CHAPTERS = {"attention": ch02_self_attention.headlines, "sparse": ch04_sparse_attention.headlines,
             "linear": ch05_linear_attention.headlines, "distill": ch06_distillation.headlines,
             "quant": ch07_quantization.headlines, "prune": ch08_pruning.headlines, "arch": ch09_architecture.headlines,

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from minilib.course.assignments.build import build
+from minilib.course.assignments.build import build, build_self_study
 from minilib.course.assignments.exercises import AssignmentError
 from minilib.course.assignments.grade import grade_notebook, report, write_csv, write_json
 
@@ -25,8 +25,13 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     make = commands.add_parser("build", help="write the student edition (solutions replaced by stubs)")
     make.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
-                      help="teacher's notebooks (default: every notebook in the course's notebooks/)")
-    make.add_argument("--out", default="student", metavar="DIR", help="folder of the student edition (default: student)")
+                      help="teacher's notebooks (default: every chapter of the teacher's edition, notebooks/solutions/)")
+    where = make.add_mutually_exclusive_group()
+    where.add_argument("--out", default="student", metavar="DIR",
+                       help="folder of a class's student edition, rubrics left out (default: student)")
+    where.add_argument("--self-study", action="store_true",
+                       help="regenerate the course's own student edition, notebooks/NN_*.ipynb (rubrics kept as "
+                            "self-assessment), from every chapter of the teacher's edition")
     make.add_argument("--force", action="store_true",
                       help="overwrite notebooks edited since the last build, after copying them to DIR/backups/")
     grade = commands.add_parser("grade", help="run submitted notebooks and score their exercises")
@@ -40,7 +45,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _build(args) -> int:
-    for result in build(args.notebooks, args.out, force=args.force):
+    if args.self_study and args.notebooks:
+        raise AssignmentError("--self-study rebuilds every chapter of the course's student edition; "
+                              "name no notebooks (or use --out DIR for a class's edition of some chapters)")
+    results = build_self_study(args.force) if args.self_study else build(args.notebooks, args.out, force=args.force)
+    for result in results:
         checked = sum(e.points for e in result.exercises if not e.written)
         by_hand = sum(e.points for e in result.exercises if e.written)
         line = (f"{result.action:<9} {result.path}  ({len(result.exercises)} exercises: "

@@ -1,5 +1,15 @@
 """The student edition: solutions replaced by stubs, checks kept, outputs stripped, and a student's work never lost.
 
+Two kinds of student edition come from the teacher's edition (:mod:`minilib.course.editions`):
+
+- the **self-study** edition, committed as ``notebooks/NN_*.ipynb``, what a learner opens first: each written
+  exercise keeps its rubric as criteria to check one's own answer against, and a note says where the model answers
+  are (``python -m minilib.course.assignments build --self-study`` regenerates it);
+- the **class** edition (``build --out DIR``), the handout of a graded class: the rubrics are the teacher's.
+
+In both, a stub that runs when its cell runs (a solution region at the top level of a cell) raises
+NotImplementedError, so its cell is tagged ``raises-exception``: JupyterLab's "Run All" and nbval go on past it.
+
 ``build`` records what it wrote in a manifest (``.minilib-build.json`` in the output folder: a SHA-256 per
 notebook). A notebook there whose bytes differ from the recorded ones has been edited since, most likely by a
 student: ``build`` refuses to overwrite it unless ``force=True``, and then copies it to ``backups/`` first.
@@ -10,6 +20,8 @@ import copy
 import difflib
 import hashlib
 import json
+import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -32,11 +44,17 @@ from minilib.course.assignments.exercises import (
     rubric_points,
 )
 from minilib.course.checks import REGISTRY  # every chapter's checks, by name
+from minilib.course.editions import STUDENT_EDITION, TEACHER_EDITION, teacher_notebooks
 
 MANIFEST = ".minilib-build.json"
-ASSETS = ("diagrams", "model_repository")  # folders next to the notebooks that their cells read: copied with them
 BACKUPS = "backups"
-TEACHER_NOTEBOOKS = Path(__file__).resolve().parents[3] / "notebooks"
+SELF_STUDY, CLASS = "self-study", "class"
+RAISES = "raises-exception"   # the cell tag with which JupyterLab's Run All and nbval go on past an error
+RUBRIC_TITLE = re.compile(r"^\*\*Rubric\b(?P<rest>.*?)\.?\*\*[ \t]*$", re.MULTILINE)
+SELF_ASSESSMENT = "**Check your answer against these criteria{rest}.**"
+SELF_STUDY_NOTE = ("*Self-study edition.* Write your code where it says `# YOUR CODE HERE` and run the check below "
+                   "it; each written exercise ends with the criteria to check your answer against. The model answers "
+                   "are in the teacher's edition, [`solutions/{name}`](solutions/{name}): try first, then compare.")
 
 
 class StudentWorkError(AssignmentError):
@@ -62,35 +80,73 @@ class BuildResult:
     backup: Path | None = None
 
 
-def student_edition(nb, notebook="notebook"):
+def student_edition(nb, notebook="notebook", edition=CLASS):
     """A student's copy of the teacher's notebook ``nb`` (left untouched); ``notebook`` names it in errors.
 
-    Raises :class:`AssignmentError` when ``nb`` does not follow the exercise form.
+    ``edition``: ``"class"`` (the rubrics dropped) or ``"self-study"`` (the rubrics kept as self-assessment, and a
+    note pointing at ``solutions/<notebook>``). Raises :class:`AssignmentError` when ``nb`` does not follow the
+    exercise form.
     """
-    validate_assignment(nb, notebook)
-    return _with_stubs(nb, notebook)
+    if edition not in (CLASS, SELF_STUDY):
+        raise ValueError(f"edition must be {CLASS!r} or {SELF_STUDY!r}, got {edition!r}")
+    exercises = validate_assignment(nb, notebook)
+    return _with_stubs(nb, notebook, exercises, edition)
 
 
-def _with_stubs(nb, notebook):
+def _with_stubs(nb, notebook, exercises, edition):
     student = copy.deepcopy(nb)
+    name = Path(str(notebook)).name
+    first_exercise = exercises[0].cells[0] if exercises else None
     kept = []
     for index, cell in enumerate(student.cells):
+        if index == first_exercise and edition == SELF_STUDY:
+            kept.append(_new_markdown(SELF_STUDY_NOTE.format(name=name), "self-study-note"))
         where = describe_cell(notebook, nb, index)
-        stub = CODE_STUB if cell.cell_type == "code" else ANSWER_STUB
-        without_rubric = cell.source
+        rubric = None
         if has_solution(cell.source, RUBRIC):
-            without_rubric = replace_solutions(cell.source, (), where, markers=RUBRIC).strip()
-            if not without_rubric:
-                continue                          # a cell that held only a rubric: students get no empty cell
-        cell.source = replace_solutions(without_rubric, stub, where)
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-        cell.metadata.pop("execution", None)
-        kept.append(cell)
+            rubric = _rubric_only(cell.source)
+            cell.source = replace_solutions(cell.source, (), where, markers=RUBRIC).strip()
+        if cell.source:                           # a cell that held only a rubric: students get no empty cell
+            kept.append(_stubbed(cell, where))
+        if rubric and edition == SELF_STUDY:
+            kept.append(_new_markdown(RUBRIC_TITLE.sub(lambda m: SELF_ASSESSMENT.format(rest=m["rest"]), rubric, 1),
+                                      f"{cell.get('id', index)}"[:57] + "-rubric"))
     student.cells = kept
     student.metadata.pop("widgets", None)
-    student.metadata["minilib"] = {"edition": "student", "source": Path(str(notebook)).name}
+    source = f"solutions/{name}" if edition == SELF_STUDY else name
+    student.metadata["minilib"] = {"edition": "self-study" if edition == SELF_STUDY else "student", "source": source}
     return student
+
+
+def _stubbed(cell, where):
+    """``cell`` with its solution regions replaced by stubs, its outputs cleared, and tagged if its stub raises."""
+    stub = CODE_STUB if cell.cell_type == "code" else ANSWER_STUB
+    cell.source = replace_solutions(cell.source, stub, where)
+    if cell.cell_type == "code":
+        cell.outputs, cell.execution_count = [], None
+        if stub[-1] in cell.source.splitlines():          # a stub at the top level raises when its cell runs
+            tags = cell.metadata.setdefault("tags", [])
+            if RAISES not in tags:
+                tags.append(RAISES)
+    cell.metadata.pop("execution", None)
+    return cell
+
+
+def _rubric_only(source: str) -> str:
+    """The text inside the rubric regions of a markdown cell, without the markers."""
+    inside, kept = False, []
+    for line in source.splitlines():
+        if line.strip() in RUBRIC:
+            inside = line.strip() == RUBRIC[0]
+        elif inside:
+            kept.append(line)
+    return "\n".join(kept).strip()
+
+
+def _new_markdown(source: str, cell_id: str):
+    cell = nbformat.v4.new_markdown_cell(source)
+    cell["id"] = cell_id
+    return cell
 
 
 def validate_assignment(nb, notebook="notebook") -> list[Exercise]:
@@ -156,9 +212,10 @@ def _validate_teachers_answer(exercise, where, cells):
                               f"({criteria}), the heading {exercise.points}")
 
 
-def build(notebooks=None, out="student", force=False) -> list[BuildResult]:
-    """Write the student edition of ``notebooks`` (default: every notebook in the course's ``notebooks/``) into ``out``.
+def build(notebooks=None, out="student", force=False, edition=CLASS) -> list[BuildResult]:
+    """Write the student edition of ``notebooks`` (default: the course's teacher's edition) into ``out``.
 
+    ``edition``: ``"class"`` (a handout: no rubrics) or ``"self-study"`` (see :func:`student_edition`).
     All notebooks are converted before anything is written, so an error leaves ``out`` as it was.
     Raises :class:`StudentWorkError` (nothing written) when a notebook in ``out`` changed since the last build,
     unless ``force``.
@@ -172,7 +229,8 @@ def build(notebooks=None, out="student", force=False) -> list[BuildResult]:
     for path in paths:
         nb = read_notebook(path)
         exercises[path.name] = validate_assignment(nb, path)
-        editions[path.name] = (nbformat.writes(_with_stubs(nb, path)) + "\n").encode("utf-8")
+        student = _with_stubs(nb, path, exercises[path.name], edition)
+        editions[path.name] = (nbformat.writes(student) + "\n").encode("utf-8")
     manifest = _read_manifest(out)
     actions = {name: _action(out / name, text, manifest.get(name)) for name, text in editions.items()}
     edited = [name for name, action in actions.items() if action == "edited"]
@@ -187,26 +245,22 @@ def build(notebooks=None, out="student", force=False) -> list[BuildResult]:
             backup = _back_up(target)
         if actions[name] != "unchanged":
             target.write_bytes(text)
-        manifest[name] = {"sha256": _sha256(text), "source": str(path)}
+        manifest[name] = {"sha256": _sha256(text), "source": Path(os.path.relpath(path, out)).as_posix()}
         action = {"edited": "replaced"}.get(actions[name], actions[name])
         results.append(BuildResult(target, action, exercises[name], backup))
     _write_manifest(out, manifest)
-    _copy_assets({path.parent for path in paths}, out)
     return results
 
 
-def _copy_assets(folders, out: Path) -> None:
-    """Copy the folders the notebooks read (diagrams, configuration files) next to the student edition."""
-    for folder in folders:
-        for name in ASSETS:
-            if (folder / name).is_dir() and (folder / name).resolve() != (out / name).resolve():
-                shutil.copytree(folder / name, out / name, dirs_exist_ok=True)
+def build_self_study(force=False) -> list[BuildResult]:
+    """Regenerate the committed self-study edition, ``notebooks/NN_*.ipynb``, from the teacher's edition."""
+    return build(None, STUDENT_EDITION, force=force, edition=SELF_STUDY)
 
 
 def _teacher_notebooks() -> list[Path]:
-    found = sorted(TEACHER_NOTEBOOKS.glob("*.ipynb"))
+    found = teacher_notebooks()
     if not found:
-        raise AssignmentError(f"no notebooks found in {TEACHER_NOTEBOOKS}; name the teacher's notebooks to build")
+        raise AssignmentError(f"no notebooks found in {TEACHER_EDITION}; name the teacher's notebooks to build")
     return found
 
 

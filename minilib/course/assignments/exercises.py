@@ -71,13 +71,17 @@ def describe_cell(notebook, nb, index: int) -> str:
     return f'{notebook}, cell {index + 1} ("{first_line[:60]}")'
 
 
-def find_exercises(nb, notebook="notebook") -> list[Exercise]:
-    """The exercises of ``nb`` in order. ``notebook`` (a name or path) only labels error messages."""
+def find_exercises(nb, notebook="notebook", strict=True) -> list[Exercise]:
+    """The exercises of ``nb`` in order. ``notebook`` (a name or path) only labels error messages.
+
+    ``strict``: a heading that starts like an exercise's but does not follow the form raises :class:`AssignmentError`
+    (in a teacher's notebook); with ``strict=False`` (a student's, who may have edited it) it ends the section before.
+    """
     exercises, current = [], None
     for index, cell in enumerate(nb.cells):
         if cell.cell_type == "markdown":
             for line in _headings(cell.source):
-                current = _exercise_from_heading(line, notebook, nb, index)  # None: another section begins
+                current = _exercise_from_heading(line, notebook, nb, index, strict)  # None: another section begins
                 if current is not None:
                     exercises.append(current)
         if current is not None and index not in current.cells:
@@ -97,11 +101,11 @@ def _headings(markdown: str):
             yield line
 
 
-def _exercise_from_heading(line, notebook, nb, index):
+def _exercise_from_heading(line, notebook, nb, index, strict=True):
     match = EXERCISE_HEADING.match(line.strip())
     if match:
         return Exercise(match["number"], match["title"], int(match["points"]), bool(match["written"]), cells=[index])
-    if re.match(r"^###\s+Exercise\b", line.strip()):
+    if strict and re.match(r"^###\s+Exercise\b", line.strip()):
         raise AssignmentError(
             f"{describe_cell(notebook, nb, index)}: exercise heading {line.strip()!r} does not follow the form "
             f"'### Exercise N.k: title (p points)' or '### Exercise N.k: title (written, p points)'")
@@ -112,6 +116,13 @@ def check_calls(source: str) -> list[str]:
     """Names of the ``check_*`` functions called in a code cell, in order (functions it defines itself excluded)."""
     defined = set(re.findall(r"\bdef\s+(check_\w+)", source))
     return [name for name in CHECK_CALL.findall(source) if name not in defined]
+
+
+def strict_checks(source: str) -> str:
+    """A check cell's code with each ``check_x(…)`` call made ``check_x.assert_passes(…)``: a check that fails then
+    raises (AssertionError) instead of only printing ✘, as autograders and the teacher's edition's tests need."""
+    called = set(check_calls(source))
+    return CHECK_CALL.sub(lambda m: f"{m[1]}.assert_passes(" if m[1] in called else m[0], source)
 
 
 def replace_solutions(source: str, stub: tuple[str, ...], where: str, markers: tuple[str, str] = (BEGIN, END)) -> str:

@@ -1,6 +1,9 @@
 """The machinery every chapter's checks share: :func:`exercise` registers a check, ``expect_*`` compare answers.
 
-A check never raises: a wrong answer becomes a printed ✘ with what was expected, what was got and a hint.
+Called plainly, a check never raises: a wrong answer becomes a printed ✘ with what was expected, what was got and a
+hint, and the call returns False. ``check_x.assert_passes(answer)`` prints the same, then raises
+:class:`CheckNotPassed` (an AssertionError) when the check fails: the form for autograders that count a cell that
+raises as failed (nbgrader's test cells) and for the tests of the teacher's edition.
 """
 from __future__ import annotations
 
@@ -22,6 +25,10 @@ class CheckFailed(AssertionError):
         super().__init__(f"{what}: expected {expected}, got {got}")
 
 
+class CheckNotPassed(AssertionError):
+    """Raised by :meth:`Exercise.assert_passes` when a check fails; the message is the check's ✘ report."""
+
+
 class Exercise:
     """A registered check: its name, points and the function that tests an answer."""
 
@@ -30,6 +37,18 @@ class Exercise:
         self.name = fn.__name__
 
     def __call__(self, *answers, **kwargs) -> bool:
+        return self._report(*answers, **kwargs)[0]
+
+    def assert_passes(self, *answers, **kwargs) -> None:
+        """Run the check as a plain call does (printing ✔ or ✘), then raise :class:`CheckNotPassed` if it failed.
+
+        Returns None, so that a cell ending with it shows no result (nbgrader would read a number as partial credit).
+        """
+        passed, message = self._report(*answers, **kwargs)
+        if not passed:
+            raise CheckNotPassed(message)
+
+    def _report(self, *answers, **kwargs) -> tuple[bool, str]:
         try:
             self.fn(*answers, **kwargs)
             passed, message = True, f"✔ {self.name}: passed ({self.points}/{self.points} points)"
@@ -45,7 +64,7 @@ class Exercise:
             )
         print(message)
         _log(self.name, passed, self.points if passed else 0, message)
-        return passed
+        return passed, message
 
 
 def exercise(points: int):
