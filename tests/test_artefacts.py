@@ -8,6 +8,7 @@ from torch import nn
 
 from minilib.experiments import artefacts
 from minilib.experiments.artefacts import Artefact, ArtefactError
+from minilib.support import cache
 
 
 @pytest.fixture(autouse=True)
@@ -166,7 +167,7 @@ def test_a_sweep_ships_its_results_and_computes_only_new_runs(private_folders):
     (private_folders / "data" / "toy_sweep.json").write_text("{}")
     with pytest.raises(ArtefactError, match="(?s)toy_sweep.*corrupt.*rebuild toy_sweep"):
         sweep_run(1, lambda: 10)
-    stale = json.dumps({"results": {artefacts._key_id(1): 10}})
+    stale = json.dumps({"results": {cache.key_id(1): 10}})
     (private_folders / "data" / "toy_sweep.json").write_text(stale)
     path = private_folders / "data" / "manifest.json"
     manifest = json.loads(path.read_text())

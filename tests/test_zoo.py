@@ -1,74 +1,16 @@
-"""The cache of expensive artefacts, and the fast top-layer fine-tuning behind the sentiment teacher."""
+"""The fast top-layer fine-tuning behind the sentiment teacher, and its first use without a shipped copy."""
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import TensorDataset
 
 from minilib.experiments import teacher as teacher_module
 from minilib.experiments import zoo
-from minilib.support import cache
 from minilib.transformer import Classifier
 
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MINILIB_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-def test_cache_dir_follows_the_environment(private_cache):
-    assert cache.cache_dir() == private_cache and private_cache.is_dir()
-
-
-class Builds:
-    """A stand-in recipe: a tiny linear model whose 'training' sets known weights, counting the builds."""
-
-    def __init__(self, value=1.0):
-        self.value, self.count = value, 0
-
-    def skeleton(self):
-        return nn.Linear(3, 2)
-
-    def build(self, model):
-        self.count += 1
-        nn.init.constant_(model.weight, self.value)
-
-
-def test_cached_model_builds_once_then_loads():
-    recipe = Builds(0.5)
-    first = cache.cached_model("toy", "v1", recipe.skeleton, recipe.build)
-    second = cache.cached_model("toy", "v1", recipe.skeleton, recipe.build)
-    assert recipe.count == 1
-    assert torch.equal(first.weight, second.weight) and torch.equal(first.bias, second.bias)
-    assert (second.weight == 0.5).all() and not second.training
-
-
-def test_a_new_version_replaces_the_stale_file(private_cache):
-    cache.cached_model("toy", "v1", Builds().skeleton, Builds().build)
-    recipe = Builds(2.0)
-    model = cache.cached_model("toy", "v2", recipe.skeleton, recipe.build)
-    assert recipe.count == 1 and (model.weight == 2.0).all()
-    assert sorted(p.name for p in private_cache.iterdir()) == ["toy-v2.pt"]
-
-
-@pytest.mark.parametrize("damage", [b"not a checkpoint", b""])
-def test_a_corrupt_cache_is_rebuilt(private_cache, damage):
-    recipe = Builds(0.25)
-    cache.cached_model("toy", "v1", recipe.skeleton, recipe.build)
-    (private_cache / "toy-v1.pt").write_bytes(damage)
-    with pytest.warns(UserWarning, match="unreadable"):
-        model = cache.cached_model("toy", "v1", recipe.skeleton, recipe.build)
-    assert recipe.count == 2 and (model.weight == 0.25).all()
-    cache.cached_model("toy", "v1", recipe.skeleton, recipe.build)
-    assert recipe.count == 2  # the rebuilt file loads
-
-
-def test_a_cache_that_does_not_fit_the_model_is_rebuilt():
-    cache.cached_model("toy", "v1", lambda: nn.Linear(5, 2), Builds().build)
-    recipe = Builds(3.0)
-    with pytest.warns(UserWarning, match="unreadable"):
-        model = cache.cached_model("toy", "v1", recipe.skeleton, recipe.build)
-    assert recipe.count == 1 and model.weight.shape == (2, 3)
 
 
 # ---------------------------------------------------------------------------------------------- top-layer fine-tuning

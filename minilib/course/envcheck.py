@@ -142,8 +142,8 @@ def check_cache_dir(path=None) -> Check:
     except OSError as error:
         where = error.filename or path
         return Check("cache folder", "fail", f"{where} is not writable ({type(error).__name__}: {error.strerror or error})",
-                     "point the course at a folder you can write, e.g. `export MINILIB_CACHE=$HOME/.cache/minilib` "
-                     "(or in a notebook: os.environ['MINILIB_CACHE'] = ... before importing minilib)")
+                     "point the course at a folder of your own that you can write: `export MINILIB_CACHE=<folder>` "
+                     "(in a notebook: os.environ['MINILIB_CACHE'] = '<folder>')")
     return Check("cache folder", "ok", f"{path} (writable)")
 
 

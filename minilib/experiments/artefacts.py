@@ -10,11 +10,11 @@ Binder launch). So the course ships them in ``<repo>/data/`` (or ``$MINILIB_DATA
 * ``data/manifest.json``: per artefact what it is, its file, the recipe that made it (a function path), its
   seed and parameters, the code hash below, the file's SHA-256 and the metrics recorded when it was built.
 
-Loading (:func:`load_model`, :func:`cached_result`) prefers the shipped file, then the learner's own copy
-in ``minilib.support.cache.cache_dir()``, then trains. It trains only when asked (``retrain=True``, or the
-environment variable ``MINILIB_RETRAIN`` set to ``1`` or to a comma-separated list of names): a shipped
-artefact that is missing, stale or corrupt otherwise stops with an :class:`ArtefactError` that names it
-and the command that rebuilds it. An artefact that the manifest does not list at all (a recipe added
+Loading (:func:`load_model`, :func:`cached_result`) prefers the shipped file, then the learner's own copy in
+their cache (:mod:`minilib.support.cache`, keyed by the code hash), then trains. It trains only when asked
+(``retrain=True``, or the environment variable ``MINILIB_RETRAIN`` set to ``1`` or to a comma-separated list of
+names): a shipped artefact that is missing, stale or corrupt otherwise stops with an :class:`ArtefactError`
+that names it and the command that rebuilds it. An artefact that the manifest does not list at all (a recipe added
 since the last rebuild) is trained on first use, with a warning that says how to ship it.
 
 **The code hash** (:func:`code_hash`): the first 16 hex digits of the SHA-256 of a canonical JSON
@@ -29,7 +29,6 @@ comparison with the recorded metrics and in the reproduction test.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import inspect
 import json
@@ -41,12 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import safetensors.torch
 import torch
-from safetensors import SafetensorError
 from torch import nn
 
-from minilib.support.cache import cache_dir
+from minilib.support import cache
 
 REBUILD_COMMAND = "python -m minilib.experiments.zoo rebuild"
 HALF_TOLERANCE = 0.002
@@ -119,17 +116,11 @@ def read_manifest() -> dict:
     return json.loads(path.read_text())["artefacts"] if path.exists() else {}
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
-
-
 def _write_manifest_entry(name: str, entry: dict) -> None:
     data_dir().mkdir(parents=True, exist_ok=True)
     artefacts = read_manifest() | {name: entry}
     text = json.dumps({"format": 1, "artefacts": dict(sorted(artefacts.items()))}, indent=1, ensure_ascii=False)
-    _write_atomically(data_dir() / "manifest.json", (text + "\n").encode())
+    cache.write_atomically(data_dir() / "manifest.json", (text + "\n").encode())
 
 
 def _sha256(path: Path) -> str:
@@ -179,43 +170,18 @@ _rebuilding: dict[str, dict] = {}  # name -> what rebuild() captures while the c
 _checking: set[str] = set()        # names that check() is loading: only the shipped file counts, nothing trains
 
 
-def _changed(model: nn.Module, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The tensors of ``model``'s state dict that differ from ``base`` (the untrained skeleton's), as copies."""
-    changed, seen = {}, set()
-    for key, tensor in model.state_dict().items():
-        if tensor.numel() and tensor.data_ptr() in seen:
-            continue  # a weight shared by several layers (ALBERT) is stored once: loading it fills them all
-        seen.add(tensor.data_ptr())
-        if key not in base or base[key].shape != tensor.shape or not torch.equal(base[key], tensor.cpu()):
-            changed[key] = tensor.detach().cpu().clone().contiguous()  # clones: tied weights are saved apart
-    return changed
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return cache.read_tensors(path)
+    except ValueError as error:
+        raise ArtefactError(f"corrupt: {error}") from None
 
 
 def _apply(skeleton: nn.Module, tensors: dict[str, torch.Tensor], label: str) -> nn.Module:
-    """Load ``tensors`` (a subset of the state dict) into ``skeleton``; ArtefactError when they do not fit."""
-    expected = skeleton.state_dict()
-    wrong = [key for key, t in tensors.items() if key not in expected or expected[key].shape != t.shape]
-    if wrong:
-        raise ArtefactError(f"{label} does not fit its model: {len(wrong)} tensors unknown or of another shape, "
-                            f"e.g. {wrong[0]!r}")
-    skeleton.load_state_dict(tensors, strict=False)
-    return skeleton.eval()
-
-
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
-        return safetensors.torch.load_file(path)
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ArtefactError(f"corrupt: {path.name} cannot be read as safetensors ({error})") from None
-
-
-def _train(skeleton: Callable[[], nn.Module], build: Callable[[nn.Module], None]):
-    """(the trained model in eval mode on CPU, the untrained skeleton's state dict, seconds spent training)."""
-    model = skeleton()
-    base = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    start = time.perf_counter()
-    build(model)
-    return model.cpu().eval(), base, time.perf_counter() - start
+        return cache.apply_tensors(skeleton, tensors, label)
+    except ValueError as error:
+        raise ArtefactError(str(error)) from None
 
 
 def load_model(artefact: Artefact, skeleton: Callable[[], nn.Module], build: Callable[[nn.Module], None],
@@ -226,8 +192,10 @@ def load_model(artefact: Artefact, skeleton: Callable[[], nn.Module], build: Cal
     or for an artefact never shipped. Returns the model in eval mode on CPU.
     """
     if artefact.name in _rebuilding:
-        model, base, seconds = _train(skeleton, build)
-        _rebuilding[artefact.name].update(model=model, base=base, skeleton=skeleton, seconds=seconds)
+        start = time.perf_counter()
+        model, base = cache.train_fresh(skeleton, build)
+        _rebuilding[artefact.name].update(model=model, base=base, skeleton=skeleton,
+                                          seconds=time.perf_counter() - start)
         return model
     problem = shipped_problem(artefact)
     if problem is None:
@@ -237,24 +205,17 @@ def load_model(artefact: Artefact, skeleton: Callable[[], nn.Module], build: Cal
             problem = str(error)
     if artefact.name in _checking:
         raise ArtefactError(problem, artefact.name)
-    own = cache_dir() / f"{artefact.name}-{code_hash(artefact)}.safetensors"
-    if own.exists():
-        with contextlib.suppress(ArtefactError):
-            return _apply(skeleton(), _read_tensors(own), str(own))
+    own = cache.load_model(artefact.name, code_hash(artefact), skeleton)
+    if own is not None:
+        return own
     if not _may_train(artefact, retrain):
         raise ArtefactError(_problem_message(artefact, problem), artefact.name)
-    model, base, _ = _train(skeleton, build)
-    partial = own.with_name(f".{own.name}.{os.getpid()}.partial")  # write, then rename: never half a file
-    safetensors.torch.save_file(_changed(model, base), partial)
-    os.replace(partial, own)
+    model, base = cache.train_fresh(skeleton, build)
+    cache.save_model(artefact.name, code_hash(artefact), model, base)
     return model
 
 
 # ------------------------------------------------------------------------------------------------ results
-def _key_id(key) -> str:
-    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-
-
 _results_read: dict[tuple, dict] = {}
 
 
@@ -276,7 +237,7 @@ def cached_result(artefact: Artefact, key, compute: Callable[[], Any], retrain: 
     run of a shipped sweep that is missing, stale or corrupt raises :class:`ArtefactError` unless retraining
     is asked.
     """
-    key_id = _key_id(key)
+    key_id = cache.key_id(key)
     if artefact.name in _rebuilding:
         result = compute()
         _rebuilding[artefact.name].setdefault("results", {})[key_id] = result
@@ -292,15 +253,14 @@ def cached_result(artefact: Artefact, key, compute: Callable[[], Any], retrain: 
         return shipped[key_id]
     if artefact.name in _checking:
         raise ArtefactError(problem or f"missing: the shipped results have no run {key}", artefact.name)
-    own = cache_dir() / artefact.name / f"{key_id}.json"
-    if own.exists():
-        return json.loads(own.read_text())
+    own = cache.load_json(artefact.name, key)
+    if own is not None:
+        return own
     ours = key_id in shipped or not shipped  # a run of the chapter's sweep (or, with no readable file, maybe one)
     if problem is not None and ours and not _may_train(artefact, retrain):
         raise ArtefactError(_problem_message(artefact, problem), artefact.name)
     result = compute()
-    own.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(own, json.dumps(result).encode())
+    cache.save_json(artefact.name, key, result)
     return result
 
 
@@ -336,16 +296,16 @@ def _ship(artefact: Artefact, captured: dict, run_seconds: float) -> dict:
     if artefact.kind == "model":
         if "model" not in captured:
             raise RuntimeError(f"{artefact.name}: its run() never loaded it (it must call load_model)")
-        changed = _changed(captured["model"], captured["base"])
+        changed = cache.changed_tensors(captured["model"], captured["base"])
         metrics = artefact.metrics(captured["model"])
         half = _half(changed)
         half_metrics = artefact.metrics(_apply(captured["skeleton"](), half, artefact.name))
         keep_half = all(abs(half_metrics[k] - metrics[k]) <= HALF_TOLERANCE for k in metrics)
-        safetensors.torch.save_file(half if keep_half else changed, path)
+        cache.save_tensors(path, half if keep_half else changed)
         metrics, dtype = (half_metrics, "float16") if keep_half else (metrics, "float32")
     else:
         results = captured.get("results", {})
-        _write_atomically(path, (json.dumps({"results": results}, indent=1, sort_keys=True) + "\n").encode())
+        cache.write_atomically(path, (json.dumps({"results": results}, indent=1, sort_keys=True) + "\n").encode())
         metrics, dtype = artefact.metrics(results), None
     entry = {"about": artefact.about, "file": artefact.file, "kind": artefact.kind, "recipe": recipe_path(artefact),
              "seed": artefact.params.get("seed"), "params": artefact.params, "code_hash": code_hash(artefact),

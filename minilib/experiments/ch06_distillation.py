@@ -2,8 +2,9 @@
 
 The techniques (losses, students, :func:`minilib.distill.distill`) are in :mod:`minilib.distill`; this
 module trains the chapter's students by each of :data:`METHODS`, sweeps labels, depth and temperature
-(:func:`chapter_runs`), and caches each run's test accuracy as JSON in ``cache_dir()/distill`` so that the
-chapter and ``python -m minilib.bench distill`` share them.
+(:func:`chapter_runs`), and keeps each run's test accuracy: the chapter's runs are shipped in ``data/`` (the
+``distill_students`` artefact), a learner's own runs go to their cache, so the chapter and
+``python -m minilib.bench distill`` share them.
 """
 from __future__ import annotations
 
