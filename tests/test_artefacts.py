@@ -1,5 +1,8 @@
 """Shipped artefacts: rebuilt from their recipe, loaded without training, and clear messages when unusable."""
+import importlib.util
 import json
+import textwrap
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -137,6 +140,48 @@ def test_the_code_hash_follows_the_recipe_and_its_parameters():
                     depends=(Toy.build,), params={"seed": 0})
     hashes = {artefacts.code_hash(a) for a in (TOY, other_seed, other_recipe)}
     assert len(hashes) == 3 and artefacts.code_hash(same) == artefacts.code_hash(TOY)
+
+
+def _hash_of_recipe(source: str, folder: Path) -> str:
+    """The code hash of an artefact whose recipe is the function ``train`` defined by ``source`` (in a file of its
+    own, so that the hash reads exactly that text)."""
+    path = folder / f"recipe_{len(list(folder.iterdir()))}.py"
+    path.write_text(textwrap.dedent(source), encoding="utf-8")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return artefacts.code_hash(Artefact("toy", "", "model", run=TOY.run, depends=(module.train,)))
+
+
+RECIPE_SOURCE = """
+    def train(model, lr=1e-3):
+        \"\"\"Train ``model`` ×2 — the docstring.\"\"\"
+        steps = 10  # a comment
+        return model, steps * lr
+"""
+
+
+@pytest.mark.parametrize("prose_change", [
+    lambda s: s.replace("the docstring", "the docstring, reworded: λ²"),
+    lambda s: s.replace("# a comment", "# another comment, longer: ½"),
+    lambda s: s.replace("  # a comment", ""),
+    lambda s: "\n".join(line for line in s.splitlines() if "the docstring" not in line),
+    lambda s: s.replace("steps = 10", "\n        steps = 10   "),
+])
+def test_prose_does_not_change_the_code_hash(prose_change, tmp_path):
+    changed = prose_change(RECIPE_SOURCE)
+    assert changed != RECIPE_SOURCE
+    assert _hash_of_recipe(changed, tmp_path) == _hash_of_recipe(RECIPE_SOURCE, tmp_path)
+
+
+@pytest.mark.parametrize("code_change", [
+    lambda s: s.replace("steps = 10", "steps = 11"),
+    lambda s: s.replace("lr=1e-3", "lr=1e-4"),
+    lambda s: s.replace("steps * lr", "steps * lr * 1"),
+    lambda s: s.replace("# a comment", "# a comment\n        steps += 1"),
+])
+def test_any_change_to_the_code_changes_the_code_hash(code_change, tmp_path):
+    assert _hash_of_recipe(code_change(RECIPE_SOURCE), tmp_path) != _hash_of_recipe(RECIPE_SOURCE, tmp_path)
 
 
 def test_corrupt_artefact_gets_the_message_not_a_safetensors_traceback(shipped_toy, private_folders):

@@ -18,23 +18,27 @@ that names it and the command that rebuilds it. An artefact that the manifest do
 since the last rebuild) is trained on first use, with a warning that says how to ship it.
 
 **The code hash** (:func:`code_hash`): the first 16 hex digits of the SHA-256 of a canonical JSON
-document made of the artefact's name, its ``params`` (seeds, dataset sizes, epochs...), the source text of
+document made of the artefact's name, its ``params`` (seeds, dataset sizes, epochs...), the code of
 every function or class in ``depends`` (its recipe: how the data is generated, how the model is built and
 trained) under its qualified name, not its module path (moving code between modules changes nothing), and
-the code hashes of its ``upstream`` artefacts (the students depend on the teacher). Source text is
-dedented and stripped of trailing spaces first. The shared machinery (the layers of
+the code hashes of its ``upstream`` artefacts (the students depend on the teacher). The code is the source
+text without its docstrings and comments, dedented, without trailing spaces and blank lines: a fix to the
+prose never makes a shipped model stale, a change to a single token of the code does. The shared machinery (the layers of
 ``minilib.transformer``, ``minilib.support.train.fit``) is deliberately not hashed: a change there that makes the
 weights no longer fit is reported when loading, one that changes results shows in ``rebuild``'s
 comparison with the recorded metrics and in the reproduction test.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import inspect
+import io
 import json
 import os
 import textwrap
 import time
+import tokenize
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,9 +92,28 @@ def data_dir() -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ the code hash
-def _source(obj) -> str:
+def _prose(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Where the docstrings and comments of ``source`` are: ((line, column), (line, column)) spans, columns in
+    characters, lines from 1."""
+    lines = source.splitlines()
+    spans = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and ast.get_docstring(node):
+            doc = node.body[0]
+            # the parser counts columns in UTF-8 bytes; the source is cut by characters
+            end_column = len(lines[doc.end_lineno - 1].encode()[:doc.end_col_offset].decode())
+            spans.append(((doc.lineno, doc.col_offset), (doc.end_lineno, end_column)))
+    comments = tokenize.generate_tokens(io.StringIO(source).readline)
+    spans += [(token.start, token.end) for token in comments if token.type == tokenize.COMMENT]
+    return spans
+
+
+def _code(obj) -> str:
+    """The source of a function or class without its docstrings, comments, trailing spaces and blank lines."""
     lines = textwrap.dedent(inspect.getsource(obj)).splitlines()
-    return "\n".join(line.rstrip() for line in lines)
+    for (first, start), (last, end) in sorted(_prose("\n".join(lines)), reverse=True):
+        lines[first - 1:last] = [lines[first - 1][:start] + lines[last - 1][end:]]
+    return "\n".join(line.rstrip() for line in lines if line.strip())
 
 
 def code_hash(artefact: Artefact) -> str:
@@ -98,7 +121,7 @@ def code_hash(artefact: Artefact) -> str:
     document = {
         "name": artefact.name,
         "params": artefact.params,
-        "sources": {obj.__qualname__: _source(obj) for obj in artefact.depends},
+        "sources": {obj.__qualname__: _code(obj) for obj in artefact.depends},
         "upstream": {up.name: code_hash(up) for up in artefact.upstream},
     }
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]

@@ -119,8 +119,8 @@ def long_range_experiment(seq_len=512, window=32, train_size=1000, epochs=1, bat
     results: a list of :class:`LongRangeResult`; models: {attention name: trained Classifier}.
     With ``cache`` the trained weights are loaded instead of trained: with the chapter's settings
     (:data:`CHAPTER_SETTINGS`) from ``data/``, where they are shipped (``retrain=True`` trains them here
-    when the shipped copy is unusable); with other settings from ``minilib.cache.cache_dir()``, where the
-    first call keeps them.
+    when the shipped copy is unusable); with other settings from the learner's cache
+    (:func:`minilib.support.cache.cached_model`), where the first call keeps them.
     """
     data = long_range_dataset(seed=seed, seq_len=seq_len, sizes=(train_size, 300, 300))
     near = message_distance(data.test.tensors[0]) < window
