@@ -94,7 +94,7 @@ def expect_refusal(problem_word):
         RECIPE.run()
     message = str(refusal.value)
     assert problem_word in message and "'toy'" in message
-    assert "python -m minilib.experiments.zoo rebuild toy" in message and "MINILIB_RETRAIN" in message
+    assert "python -m minilib zoo rebuild toy" in message and "MINILIB_RETRAIN" in message
     assert RECIPE.trainings == 0
     return message
 

@@ -330,7 +330,7 @@ def test_class_list_as_json_and_csv(tmp_path, editions):
 
 def run_cli(*args, cwd):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "minilib.course.assignments", *map(str, args)], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "minilib", "assignments", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 

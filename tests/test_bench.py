@@ -9,9 +9,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from minilib.chapters import find
+from minilib.cli import main
 from minilib.course import notebook_budget as notebook_budgets
 from minilib.experiments import headlines as headline_runner
-from minilib.experiments.cli import CHAPTERS, main
 from minilib.prune import prune_heads, prune_neurons
 from minilib.support import bench
 from minilib.support.bench import (
@@ -254,8 +255,7 @@ def test_peak_memory_rejects_a_non_function():
 
 
 # ----------------------------------------------------------------------------------- headlines CLI
-@pytest.fixture
-def fake_chapters():
+def test_headline_runner_reports_failures_without_crashing():
     def good():
         return [Headline.at_least("fast thing", 2.0, 1.5, "×", "n=2048"), Headline.at_least("small thing", 3.0, 4.0, "×")]
 
@@ -265,24 +265,13 @@ def fake_chapters():
     def not_headlines():
         return [("fast thing", 2.0)]
 
-    return {"good": good, "broken": broken, "wrong": not_headlines}
-
-
-def test_headline_runner_reports_failures_without_crashing(fake_chapters):
-    results = {r.name: r for r in headline_runner.run(fake_chapters)}
-    assert list(results) == ["broken", "good", "wrong"]
-    assert not results["good"].passed and len(results["good"].headlines) == 2
-    assert "RuntimeError: kernel exploded" in results["broken"].error
-    assert "must return Headline objects" in results["wrong"].error
-    text = headline_runner.table(list(results.values()))
+    results = [headline_runner.run_chapter(find(number), fn) for number, fn in (("02", good), ("04", broken),
+                                                                                ("05", not_headlines))]
+    assert not results[0].passed and len(results[0].headlines) == 2
+    assert "RuntimeError: kernel exploded" in results[1].error
+    assert "must return Headline objects" in results[2].error
+    text = headline_runner.table(results)
     assert "PASS" in text and "MISS" in text and "ERROR" in text and "kernel exploded" in text
-
-
-def test_headline_runner_runs_one_file_and_rejects_unknown_names(fake_chapters):
-    (result,) = headline_runner.run(fake_chapters, ["good"])
-    assert [h.name for h in result.headlines] == ["fast thing", "small thing"]
-    with pytest.raises(ValueError, match="no headline module named 'nope'.*available"):
-        headline_runner.run(fake_chapters, ["nope"])
 
 
 def test_headline_passes_by_the_comparison_its_target_names():
@@ -294,15 +283,18 @@ def test_headline_passes_by_the_comparison_its_target_names():
     assert Headline.at_most("x", 1.0, 2.0, "×").goal == "≤"
 
 
-def test_every_headline_module_is_listed():
+def test_every_headline_module_belongs_to_a_chapter():
     folder = Path(headline_runner.__file__).parent
-    listed = sorted(headlines.__module__.rsplit(".", 1)[-1] for headlines in CHAPTERS.values())
-    assert listed == sorted(p.stem for p in folder.glob("[!_]*.py"))
+    declared = sorted(chapter.module for chapter in headline_runner.with_headlines())
+    assert declared == sorted(p.stem for p in folder.glob("[!_]*.py"))
 
 
-def test_cli_rejects_an_unknown_headline_file(capsys):
-    assert main(["no_such_chapter"]) == 2
-    assert "no headline module named 'no_such_chapter'" in capsys.readouterr().err
+def test_bench_names_what_it_expected_in_one_line(capsys):
+    assert main(["bench", "no_such_chapter"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no chapter 'no_such_chapter'" in err and "07_quantization" in err
+    assert main(["bench", "03"]) == 2
+    assert "no headline rows for 03_transformer" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------- notebook budget
@@ -321,9 +313,9 @@ def test_notebook_budget_measures_time_and_kernel_memory(tmp_path, capsys):
                             "time.sleep(0.3)")
     failing = _write_notebook(tmp_path / "failing.ipynb", "raise ValueError('broken cell')")
 
-    assert main(["notebooks", str(heavy), str(failing), "--markdown"]) == 1  # the failing one misses
+    assert main(["notebooks", str(heavy), str(failing)]) == 1  # the failing one misses
     table = capsys.readouterr().out
-    assert "| heavy.ipynb |" in table and "| failing.ipynb |" in table and "broken cell" in table
+    assert "heavy.ipynb " in table and "failing.ipynb " in table and "broken cell" in table
 
     run = notebook_budgets.run_notebook(heavy)
     assert run.error is None and run.seconds > 0.5
@@ -351,8 +343,35 @@ def test_notebook_budget_rejects_a_path_that_is_not_a_notebook(tmp_path):
         notebook_budgets.run_notebook(tmp_path / "missing.ipynb")
 
 
-def test_module_runs_as_a_command():
+def test_the_course_has_one_entrance_that_lists_its_commands():
     import subprocess
 
-    done = subprocess.run([sys.executable, "-m", "minilib.bench", "--help"], capture_output=True, text=True)
-    assert done.returncode == 0 and "python -m minilib.bench notebooks" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "minilib", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0
+    assert all(f"  {command}" in done.stdout for command in ("bench", "notebooks", "zoo", "assignments", "envcheck",
+                                                             "edition", "chapters", "readme", "diagrams"))
+    wrong = subprocess.run([sys.executable, "-m", "minilib", "edition", "--out", "build/x", "00_welcom"],
+                           capture_output=True, text=True)
+    assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1 and "Traceback" not in wrong.stderr
+    assert "no chapter '00_welcom'" in wrong.stderr
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["nonsense"], "no command 'nonsense'; expected one of chapters, envcheck, bench"),
+    (["zoo"], "required: list|verify|rebuild"),
+    (["zoo", "rebuild", "no_such_model"], "no artefact named no_such_model"),
+    (["notebooks", "missing.ipynb"], "the path of an existing .ipynb file, got 'missing.ipynb'"),
+    (["edition", "--timeout", "-3"], "expected a positive number of seconds, got '-3'"),
+    (["diagrams", "nope.svg"], "no diagram 'nope.svg'"),
+    (["bench", "--bad"], "unrecognized arguments: --bad"),
+    (["assignments"], "required: build|grade"),
+])
+def test_a_wrong_command_line_gets_one_line_that_says_what_was_expected(argv, expected, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and "\n" not in err, err
+
+
+def test_help_of_a_command_exits_cleanly(capsys):
+    assert main(["zoo", "--help"]) == 0
+    assert "list|verify|rebuild" in capsys.readouterr().out

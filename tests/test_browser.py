@@ -192,8 +192,8 @@ def test_chapter02_offline(lab, tmp_path):
 
 
 def test_executed_edition_opens_in_the_browser(tmp_path):
-    """`python -m minilib.course.edition` on one small chapter: the index links to a page that shows its plot."""
-    from minilib.course import edition
+    """`python -m minilib edition` on one small chapter: the index links to a page that shows its plot."""
+    from minilib import cli
 
     nbformat = pytest.importorskip("nbformat")
     chapter = tmp_path / "99_small.ipynb"
@@ -201,7 +201,7 @@ def test_executed_edition_opens_in_the_browser(tmp_path):
         nbformat.v4.new_markdown_cell("# 99 · A small chapter\n\nProse, then a plot."),
         nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.title('measured')\nplt.show()")]),
         chapter)
-    assert edition.main([str(chapter), "--out", str(tmp_path / "edition")]) == 0
+    assert cli.main(["edition", str(chapter), "--out", str(tmp_path / "edition")]) == 0
     errors = []
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)

@@ -15,7 +15,7 @@ from minilib.experiments.ch12_capstone import (
     plot_waterfall,
     threads,
 )
-from minilib.experiments.picker import Budget, Measurement
+from minilib.picker import Budget, Measurement
 from minilib.support.bench import model_size_bytes
 
 

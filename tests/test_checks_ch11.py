@@ -13,8 +13,8 @@ from minilib.course.checks import (
     check_pareto_points,
     check_perplexity_from_logits,
 )
-from minilib.experiments.picker import Measurement, pareto_front
 from minilib.metrics import lcs_length, ngram_counts
+from minilib.picker import Measurement, pareto_front
 
 
 def test_perplexity_from_logits(stub):

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from minilib import distill, metrics, prune
+from minilib import distill, metrics, picker, prune
 from minilib.deploy import hf
-from minilib.experiments import ch06_distillation, ch12_capstone, picker
+from minilib.experiments import ch06_distillation, ch12_capstone
 from minilib.generation import generate
 from minilib.support import device as devices
 from minilib.support import train

@@ -37,7 +37,7 @@ def test_every_diagram_shown_is_attached_to_its_cell_as_the_script_draws_it(edit
             for name in diagrams.attached_names(cell):
                 assert attached.get(name) == {"image/png": drawn[name]}, (
                     f"{path.name}, cell {index + 1}: {name} is not the script's drawing; run "
-                    f"`python -m minilib.course.diagrams`, then `python -m minilib.course.assignments build --self-study`")
+                    f"`python -m minilib diagrams`, then `python -m minilib assignments build --self-study`")
             assert set(attached) <= set(diagrams.attached_names(cell)), f"{path.name}, cell {index + 1}: unused attachment"
 
 

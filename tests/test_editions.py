@@ -12,7 +12,7 @@ from minilib.course.assignments.build import MANIFEST, SELF_STUDY, student_editi
 from minilib.course.assignments.exercises import find_exercises
 from minilib.course.editions import COURSE, STUDENT_EDITION, TEACHER_EDITION, student_notebooks, teacher_notebooks
 
-REBUILD = "python -m minilib.course.assignments build --self-study"
+REBUILD = "python -m minilib assignments build --self-study"
 CHAPTERS = [path.name for path in teacher_notebooks()]
 MARKDOWN_TARGET = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)")      # the target of a markdown link or image
 

@@ -1,4 +1,4 @@
-"""minilib.experiments.picker: budgets, the Pareto front and measuring classifiers (chapters 09 to 12)."""
+"""minilib.picker: budgets, the Pareto front and measuring classifiers (chapters 09 to 12)."""
 import math
 
 import matplotlib
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from minilib.experiments.picker import (
+from minilib.picker import (
     Budget,
     Measurement,
     candidates_table,

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from minilib import cli
+from minilib.course import notebook_budget
 from minilib.course.notebook_budget import NotebookRun
-from minilib.experiments import artefacts, ch04_sparse_attention, cli, zoo
+from minilib.experiments import artefacts, ch04_sparse_attention, zoo
 
 REPRODUCED = ch04_sparse_attention.ARTEFACTS["window 32 + 1 global"]
 SEED_SPREAD = 0.25
@@ -26,12 +28,12 @@ def copied_data(tmp_path, monkeypatch):
 
 def test_every_shipped_artefact_matches_its_code_and_loads(capsys, monkeypatch):
     monkeypatch.delenv("MINILIB_DATA", raising=False)
-    assert zoo.main(["verify"]) == 0, capsys.readouterr().out
+    assert cli.main(["zoo", "verify"]) == 0, capsys.readouterr().out
 
 
 def test_the_manifest_describes_every_artefact_and_data_stays_small():
     manifest = artefacts.read_manifest()
-    for artefact in zoo.ARTEFACTS:
+    for artefact in zoo.shipped_artefacts():
         entry = manifest[artefact.name]
         assert entry["about"] and entry["recipe"].startswith("minilib.") and entry["metrics"], artefact.name
         assert entry["code_hash"] == artefacts.code_hash(artefact) and entry["seed"] == 0, artefact.name
@@ -48,13 +50,13 @@ def test_a_recipe_reproduces_its_recorded_accuracy(copied_data):
 
 
 def test_verify_lists_what_is_unusable_and_how_to_rebuild_it(copied_data, capsys, monkeypatch):
-    monkeypatch.setattr(zoo, "ARTEFACTS", list(ch04_sparse_attention.ARTEFACTS.values()))
+    monkeypatch.setattr(zoo, "shipped_artefacts", lambda: list(ch04_sparse_attention.ARTEFACTS.values()))
     manifest = json.loads((copied_data / "manifest.json").read_text())
     manifest["artefacts"]["long_range_dense"]["code_hash"] = "0" * 16
     (copied_data / "manifest.json").write_text(json.dumps(manifest))
     (copied_data / "long_range_window_32.safetensors").write_bytes(b"not a safetensors file")
     (copied_data / "long_range_linear_elu_1.safetensors").unlink()
-    assert zoo.main(["verify"]) == 1
+    assert cli.main(["zoo", "verify"]) == 1
     out = capsys.readouterr().out
     assert "long_range_dense: stale" in out and "long_range_window_32: corrupt" in out
     assert "long_range_linear_elu_1: missing" in out
@@ -69,11 +71,11 @@ def test_a_notebook_gets_the_message_not_a_traceback_from_torch(copied_data, mon
         ch04_sparse_attention.long_range_experiment(progress=False)
     message = str(refusal.value)
     assert "'long_range_dense'" in message and "corrupt" in message
-    assert "python -m minilib.experiments.zoo rebuild long_range_dense" in message and "retrain=True" in message
+    assert "python -m minilib zoo rebuild long_range_dense" in message and "retrain=True" in message
 
 
 def test_rebuild_rejects_unknown_names(capsys):
-    assert zoo.main(["rebuild", "no_such_model"]) == 2
+    assert cli.main(["zoo", "rebuild", "no_such_model"]) == 2
     assert "no_such_model" in capsys.readouterr().err
 
 
@@ -85,7 +87,9 @@ def test_cold_notebook_budget_gives_every_kernel_the_same_empty_cache(monkeypatc
         assert not any(Path(env["MINILIB_CACHE"]).iterdir())      # empty: nothing trained before counts
         return NotebookRun(Path(path), 1.0, 1)
 
-    monkeypatch.setattr(cli.notebooks, "run_notebook", fake_run)
+    monkeypatch.setattr(notebook_budget, "run_notebook", fake_run)
     paths = [tmp_path / "01_a.ipynb", tmp_path / "02_b.ipynb"]
+    for path in paths:
+        path.write_text("{}")
     assert cli.main(["notebooks", "--cold", *map(str, paths)]) == 0
     assert len(seen) == 2 and seen[0] == seen[1] and not Path(seen[0]).exists()   # one run's cache, removed after

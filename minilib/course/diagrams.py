@@ -1,10 +1,10 @@
 """The course's diagrams, drawn by code so that they are exact and regenerable.
 
-    python -m minilib.course.diagrams [NAME ...] [--png DIR]
+    python -m minilib diagrams [NAME ...] [--png DIR]
 
 draws each diagram (the names are the keys of :data:`DIAGRAMS`) as a PNG and embeds it in the teacher's edition
 (``notebooks/solutions/``) as an attachment of the markdown cell that shows it, ``![…](attachment:03_encoder_decoder.png)``;
-then ``python -m minilib.course.assignments build --self-study`` carries it into the student edition. A notebook
+then ``python -m minilib assignments build --self-study`` carries it into the student edition. A notebook
 thus holds its own pictures: it shows them wherever it is opened (a class handout in any folder, a student's
 download from Binder, Colab, a submission being graded), with no folder of images beside it. PNG, because
 JupyterLab renders PNG attachments but not SVG ones.
@@ -17,12 +17,10 @@ light and dark notebook themes.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import math
 import re
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -646,25 +644,3 @@ def write_png(out, names=None) -> list[Path]:
         (out / name).write_bytes(render(name))
         written.append(out / name)
     return written
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minilib.course.diagrams", description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", metavar="NAME", help=f"diagrams to draw (default: all): {', '.join(DIAGRAMS)}")
-    parser.add_argument("--png", metavar="DIR", help="only write the diagrams as PNG files into DIR, to look at them")
-    args = parser.parse_args(argv)
-    try:
-        written = write_png(args.png, args.names) if args.png else embed(names=args.names)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    for path in written:
-        print(path)
-    if not args.png:
-        print("the teacher's edition has changed" if written else "every diagram was already up to date")
-        print("now rebuild the student edition: python -m minilib.course.assignments build --self-study")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,25 +5,22 @@ machine, outputs, tables and plots included, and need no Jupyter to read. The no
 nbclient, the executor behind ``jupyter nbconvert --execute``, papermill and Jupyter Book, so building
 the edition also checks that every chapter runs under the tools teachers and readers use.
 
-    python -m minilib.course.edition --out build/edition              # every chapter (the student edition)
-    python -m minilib.course.edition --out build/edition notebooks/02_self_attention.ipynb   # one chapter
+    python -m minilib edition --out build/edition                     # every chapter (the student edition)
+    python -m minilib edition --out build/edition 02                  # one chapter (or a notebook's path)
 
 Then open ``build/edition/index.html``. A static page cannot run Python: widgets are drawn by a
 script the page fetches from a CDN (online only) and their sliders do not redraw; run the notebook for that.
 """
 from __future__ import annotations
 
-import argparse
 import html
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 
-from minilib.course.editions import student_notebooks
 from minilib.course.notebook_runner import kernel_environment
 
 
@@ -115,19 +112,3 @@ To run the chapters yourself, see the course's README.</p>
 {rows}
 </table></body></html>
 """
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minilib.course.edition", description=__doc__.split("\n\n")[0])
-    parser.add_argument("notebooks", nargs="*", help="notebooks to include (default: every chapter)")
-    parser.add_argument("--out", type=Path, default=Path("build/edition"), help="folder to write (default: build/edition)")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds one cell may take (default: 600)")
-    args = parser.parse_args(argv)
-    paths = args.notebooks or student_notebooks()   # the edition a learner takes: no model answers in the pages
-    pages = build(paths, args.out, args.timeout)
-    print(f"wrote {args.out / 'index.html'} ({len(pages)} chapters)")
-    return 1 if any(page.errors for page in pages) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,7 +7,7 @@
   hub). It is generated from the teacher's edition and committed: the answers are stubs, the rubrics stay as
   self-assessment. Regenerate it after every change to the teacher's edition::
 
-      python -m minilib.course.assignments build --self-study
+      python -m minilib assignments build --self-study
 
   (``tests/test_editions.py`` fails while it is stale.)
 """
@@ -15,17 +15,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from minilib.chapters import CHAPTERS
+
 COURSE = Path(__file__).resolve().parents[2]
 STUDENT_EDITION = COURSE / "notebooks"
 TEACHER_EDITION = STUDENT_EDITION / "solutions"
-CHAPTER_PATTERN = "[0-9][0-9]_*.ipynb"
 
 
 def teacher_notebooks() -> list[Path]:
-    """The teacher's edition, one notebook per chapter, in chapter order."""
-    return sorted(TEACHER_EDITION.glob(CHAPTER_PATTERN))
+    """The teacher's edition, one notebook per chapter (:mod:`minilib.chapters`), in chapter order."""
+    return [TEACHER_EDITION / chapter.notebook for chapter in CHAPTERS]
 
 
 def student_notebooks() -> list[Path]:
-    """The committed student edition, one notebook per chapter, in chapter order."""
-    return sorted(STUDENT_EDITION.glob(CHAPTER_PATTERN))
+    """The committed student edition, one notebook per chapter (:mod:`minilib.chapters`), in chapter order."""
+    return [STUDENT_EDITION / chapter.notebook for chapter in CHAPTERS]

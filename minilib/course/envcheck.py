@@ -3,7 +3,7 @@
     from minilib.course.envcheck import report
     report()            # prints a table, then one line per problem with the command that fixes it
 
-or from a terminal: ``python -m minilib.course.envcheck`` (exit code 1 when something must be fixed).
+or from a terminal: ``python -m minilib envcheck`` (exit code 1 when something must be fixed).
 
 Each check is a plain function returning a :class:`Check`, so tests can simulate a broken set-up
 (a missing package, an old Python, a CUDA build of PyTorch on a machine without a GPU). Nothing
@@ -202,7 +202,3 @@ def report(checks: list[Check] | None = None) -> bool:
     checks = check_environment() if checks is None else checks
     print(format_report(checks))
     return all(check.status != "fail" for check in checks)
-
-
-if __name__ == "__main__":
-    sys.exit(0 if report() else 1)

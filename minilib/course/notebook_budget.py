@@ -18,7 +18,7 @@ import nbformat
 import psutil
 
 from minilib.course.notebook_runner import CellFailed, run_cells
-from minilib.support.bench import _text_table
+from minilib.support.bench import text_table
 
 NOTEBOOK_SECONDS = 90.0
 NOTEBOOK_BYTES = 1.5e9
@@ -115,7 +115,7 @@ def budget_table(runs: list[NotebookRun], markdown: bool = False) -> str:
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-    return _text_table(header, rows)
+    return text_table(header, rows)
 
 
 def course_passed(runs: list[NotebookRun]) -> bool:

@@ -29,7 +29,7 @@ INPUT_NAMES = ("input_ids", "attention_mask")
 class LogitsOnly(nn.Module):
     """Wrap a Hugging Face classifier so that ``forward(input_ids, attention_mask)`` returns logits only.
 
-    Exporters and ``minilib.experiments.picker`` want a plain tensor out, not a ``SequenceClassifierOutput``.
+    Exporters and ``minilib.picker`` want a plain tensor out, not a ``SequenceClassifierOutput``.
     """
 
     def __init__(self, hf_model: nn.Module):

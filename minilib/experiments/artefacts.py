@@ -49,7 +49,7 @@ from torch import nn
 
 from minilib.support import cache
 
-REBUILD_COMMAND = "python -m minilib.experiments.zoo rebuild"
+REBUILD_COMMAND = "python -m minilib zoo rebuild"
 HALF_TOLERANCE = 0.002
 """How far a float16 copy's metric (an accuracy in [0, 1]) may move from float32's for float16 to be shipped."""
 

@@ -4,7 +4,7 @@ The techniques (losses, students, :func:`minilib.distill.distill`) are in :mod:`
 module trains the chapter's students by each of :data:`METHODS`, sweeps labels, depth and temperature
 (:func:`chapter_runs`), and keeps each run's test accuracy: the chapter's runs are shipped in ``data/`` (the
 ``distill_students`` artefact), a learner's own runs go to their cache, so the chapter and
-``python -m minilib.bench distill`` share them.
+``python -m minilib bench 06`` share them.
 """
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def run_students(teacher: Classifier, splits, runs: list[StudentRun], progress: 
 
     splits: the sentiment task's ``Splits`` of TensorDatasets (train is the transfer set, test is scored).
     A run's result is cached under a key of its settings and of the teacher's weights, so the chapter and
-    ``python -m minilib.bench distill`` share them and only missing runs are trained.
+    ``python -m minilib bench 06`` share them and only missing runs are trained.
     """
     transfers: dict[tuple[int, int], TensorDataset] = {}
 
@@ -218,3 +218,5 @@ STUDENTS = Artefact("distill_students", "chapter 06's sweeps: test accuracy of e
                     params={"seed": 0, "seeds": [0, 1, 2],
                             "data": "sentiment_examples(seed=0, sizes=(4000, 500, 1000))"},
                     upstream=(TEACHER,))
+ARTEFACTS = (TEACHER, STUDENTS)
+"""What the chapter ships: the sentiment teacher (also used by chapters 07, 08, 11 and 12) and its students' results."""

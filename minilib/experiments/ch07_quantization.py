@@ -4,7 +4,7 @@ The libraries are reference rows (:mod:`minilib.experiments.library_rows`): PyTo
 ``quantize_dynamic`` always, torchao's int8 and int4 with ``torchao=True`` (an
 :class:`minilib.support.optional.Unavailable` row where torchao is missing; the measuring functions skip it).
 
-Shared by the notebook and ``python -m minilib.bench quant`` so that both measure the same thing:
+Shared by the notebook and ``python -m minilib bench 07`` so that both measure the same thing:
 size in MB, latency (median, ratios measured interleaved in one run), and output fidelity (cosine
 similarity of sentence embeddings to fp32's, on real English sentences).
 """

@@ -1,6 +1,6 @@
 """Chapter 09's designs: six small encoders, each one formula away from a 4-layer baseline, trained briefly on the
 sentiment task. The trained classifiers are shipped in ``data/`` (:mod:`minilib.experiments.artefacts`), so the
-chapter loads them; ``python -m minilib.experiments.zoo rebuild ch09_base`` (etc.) trains them again.
+chapter loads them; ``python -m minilib zoo rebuild ch09_base`` (etc.) trains them again.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Chapter 11's two small models, shipped in ``data/``: a character-level language model (for perplexity) and a
 date translator (for BLEU and exact match).
 
-Both are the chapter's recipes, kept here so that ``python -m minilib.experiments.zoo rebuild ch11_char_lm``
+Both are the chapter's recipes, kept here so that ``python -m minilib zoo rebuild ch11_char_lm``
 (or ``ch11_date_translator``) can train them again: on a 2-core laptop about a minute each, which a first run of
 the chapter no longer spends.
 """

@@ -1,6 +1,6 @@
 """The capstone (chapter 12): compress one model until it fits a deployment target, and say what it cost.
 
-A deployment target is a *stated budget* (a named :class:`~minilib.experiments.picker.Budget`), measured the
+A deployment target is a *stated budget* (a named :class:`~minilib.picker.Budget`), measured the
 way that device runs the model:
 
 - ``phone``: at most 10 MB of weights and 20 ms per sentence, one sentence at a time, on one thread;
@@ -31,8 +31,8 @@ from minilib.arch import task_token_ids, trim_vocabulary
 from minilib.deploy.hf import load_tokenizer
 from minilib.distill import distill, student_from_teacher, teacher_targets
 from minilib.experiments.artefacts import Artefact, load_model
-from minilib.experiments.picker import Budget, Measurement
 from minilib.experiments.teacher import TEACHER, sentiment_teacher
+from minilib.picker import Budget, Measurement
 from minilib.prune import prune_least_important
 from minilib.support.bench import model_size_bytes, time_fn
 from minilib.support.cache import cached_model
@@ -61,7 +61,7 @@ def threads(n: int):
 
 
 def resolve_target(target) -> Budget:
-    """A :class:`~minilib.experiments.picker.Budget`, or the name of one in :data:`TARGETS`."""
+    """A :class:`~minilib.picker.Budget`, or the name of one in :data:`TARGETS`."""
     if isinstance(target, Budget):
         return target
     if isinstance(target, str) and target in TARGETS:
@@ -241,7 +241,7 @@ def pruned_student(student: Classifier, data: TensorDataset, transfer: Callable[
 def chapter_steps(up_to: str = "pruned") -> dict[str, Classifier]:
     """Chapter 12's compression steps on the sentiment teacher: {"trimmed", "student", ["pruned"]}.
 
-    The chapter's cell in a function, for ``python -m minilib.experiments.zoo rebuild``: the vocabulary trimmed
+    The chapter's cell in a function, for ``python -m minilib zoo rebuild``: the vocabulary trimmed
     to the task, a 3-layer student distilled on 2000 sentences, and that student pruned by half and recovered.
     """
     teacher = sentiment_teacher()

@@ -4,7 +4,7 @@
 08 (pruning), 11 (evaluation) and 12 (capstone) compress. Its tokenizer is MiniLM's
 (``minilib.deploy.hf.load_tokenizer()``), its data ``minilib.support.data.sentiment_dataset(tokenizer)``. Only its top layer and head
 are trained, so only those are shipped (``data/sentiment_teacher.safetensors``, see
-:mod:`minilib.experiments.artefacts`); ``python -m minilib.experiments.zoo rebuild sentiment_teacher``
+:mod:`minilib.experiments.artefacts`); ``python -m minilib zoo rebuild sentiment_teacher``
 trains it again (about a minute on a laptop CPU).
 """
 from __future__ import annotations

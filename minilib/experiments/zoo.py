@@ -1,53 +1,71 @@
 """The course's shipped artefacts: the trained models and sweep results that chapters load from ``data/``.
 
-    python -m minilib.experiments.zoo list                 # each artefact: file, size, recorded metrics
-    python -m minilib.experiments.zoo verify               # every one matches today's code and loads
-    python -m minilib.experiments.zoo rebuild [NAME...]    # retrain them (all, or these), metrics side by side
+    python -m minilib zoo list                 # each artefact: file, size, recorded metrics
+    python -m minilib zoo verify               # every one matches today's code and loads
+    python -m minilib zoo rebuild [NAME...]    # retrain them (all, or these), metrics side by side
 
 How they are stored, hashed and loaded: :mod:`minilib.experiments.artefacts`. Each recipe lives with the
-chapter code that loads it (the sentiment teacher in :mod:`minilib.experiments.teacher`, chapter 06's students
-in :mod:`minilib.experiments.ch06_distillation`, ...); shipping one more is one entry in :data:`ARTEFACTS`, then
-``rebuild NAME``. The sentiment teacher's names are re-exported here, where the chapters import them from.
-
-Exit code 0 when everything went well, 1 when an artefact is unusable (verify) or failed to rebuild,
-2 for a bad command line.
+chapter code that loads it, in the chapter's runs module (``ARTEFACTS``), and each chapter declares the names
+it ships in :mod:`minilib.chapters`: :func:`shipped_artefacts` reads them from there. Shipping one more is one
+name in its chapter's entry and one ``Artefact`` in its runs module, then ``rebuild NAME``. The sentiment
+teacher's names are re-exported here, where the chapters import them from.
 """
 from __future__ import annotations
 
-import argparse
-import sys
+import importlib
 
-from minilib.experiments import (
-    ch04_sparse_attention,
-    ch06_distillation,
-    ch09_architecture,
-    ch11_evaluation,
-    ch12_capstone,
-    ch13_fast_generation,
-)
+from minilib.chapters import CHAPTERS, Chapter
 from minilib.experiments.artefacts import Artefact, ArtefactError, check, data_dir, read_manifest, rebuild
-from minilib.experiments.teacher import TEACHER, TopLayers, fine_tune_top, lower_layer_features, sentiment_teacher
+from minilib.experiments.teacher import TopLayers, fine_tune_top, lower_layer_features, sentiment_teacher
 
-__all__ = ["ARTEFACTS", "TopLayers", "fine_tune_top", "lower_layer_features", "main", "sentiment_teacher"]
-
-ARTEFACTS: list[Artefact] = [
-    TEACHER,                                  # chapters 06, 07, 08, 11, 12
-    ch06_distillation.STUDENTS,                    # chapter 06's sweeps (upstream: the teacher)
-    *ch09_architecture.ARTEFACTS.values(),            # chapter 09's six designs
-    *ch04_sparse_attention.ARTEFACTS.values(),            # chapters 04 and 05: the long-range task's four models
-    *ch11_evaluation.ARTEFACTS.values(),            # chapter 11's character LM and date translator
-    *ch12_capstone.ARTEFACTS,                      # chapter 12's distilled and pruned students
-    *ch13_fast_generation.ARTEFACTS.values(),      # chapter 13's decoder, its draft and its grouped-query version
-]
-"""Every shipped artefact, in the order ``rebuild`` makes them (upstream ones first)."""
+__all__ = ["TopLayers", "fine_tune_top", "list_artefacts", "lower_layer_features", "rebuild_artefacts",
+           "sentiment_teacher", "shipped_artefacts", "verify_artefacts"]
 
 
-def _selected(names: list[str]) -> list[Artefact]:
-    known = {artefact.name: artefact for artefact in ARTEFACTS}
+def _declared(module) -> dict[str, Artefact]:
+    shipped = module.ARTEFACTS.values() if isinstance(module.ARTEFACTS, dict) else module.ARTEFACTS
+    return {artefact.name: artefact for artefact in shipped}
+
+
+def shipped_artefacts(chapters: list[Chapter] | None = None) -> list[Artefact]:
+    """Every artefact the chapters declare (all of :data:`~minilib.chapters.CHAPTERS` by default), upstream first.
+
+    LookupError when a chapter declares a name its runs module does not define.
+    """
+    found = []
+    for chapter in CHAPTERS if chapters is None else chapters:
+        if not chapter.artefacts:
+            continue
+        defined = _declared(importlib.import_module(chapter.module_path("runs")))
+        missing = [name for name in chapter.artefacts if name not in defined]
+        if missing:
+            raise LookupError(f"chapter {chapter.name} declares {missing}, which {chapter.module_path('runs')}"
+                              f".ARTEFACTS does not define (it defines {sorted(defined)})")
+        found += [defined[name] for name in chapter.artefacts]
+    return _upstream_first(found)
+
+
+def _upstream_first(artefacts: list[Artefact]) -> list[Artefact]:
+    ordered: list[Artefact] = []
+
+    def place(artefact: Artefact) -> None:
+        if artefact not in ordered:
+            for up in artefact.upstream:
+                place(up)
+            ordered.append(artefact)
+
+    for artefact in artefacts:
+        place(artefact)
+    return [artefact for artefact in ordered if artefact in artefacts]
+
+
+def select(names: list[str], artefacts: list[Artefact]) -> list[Artefact]:
+    """The named artefacts (all when ``names`` is empty), in rebuild order; ValueError naming the unknown ones."""
+    known = {artefact.name for artefact in artefacts}
     unknown = [name for name in names if name not in known]
     if unknown:
-        raise ValueError(f"unknown artefact(s) {unknown}; the artefacts are: {', '.join(known)}")
-    return [artefact for artefact in ARTEFACTS if not names or artefact.name in names]
+        raise ValueError(f"no artefact named {', '.join(unknown)}; the artefacts are: {', '.join(sorted(known))}")
+    return [artefact for artefact in artefacts if not names or artefact.name in names]
 
 
 def _groups(artefacts: list[Artefact]) -> list[list[Artefact]]:
@@ -62,9 +80,13 @@ def _metrics_text(metrics: dict) -> str:
     return ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()) or "no metrics"
 
 
-def rebuild_main(names: list[str]) -> int:
+def rebuild_artefacts(artefacts: list[Artefact]) -> int:
+    """Retrain ``artefacts`` through their chapters' code, printing new metrics beside the recorded ones.
+
+    Returns the exit code: 0 when every one was rebuilt, 1 when one failed.
+    """
     failed = []
-    for group in _groups(_selected(names)):
+    for group in _groups(artefacts):
         recorded = {artefact.name: read_manifest().get(artefact.name, {}).get("metrics") for artefact in group}
         print(f"rebuilding {', '.join(a.name for a in group)} ...", flush=True)
         try:
@@ -82,48 +104,30 @@ def rebuild_main(names: list[str]) -> int:
     return 1 if failed else 0
 
 
-def verify_main() -> int:
+def verify_artefacts(artefacts: list[Artefact]) -> int:
+    """Check that each shipped artefact matches today's code and loads; 0 when all do, 1 otherwise."""
     problems = {}
-    for artefact in ARTEFACTS:
+    for artefact in artefacts:
         problem = check(artefact)
         print(f"{'ok' if problem is None else 'PROBLEM':8} {artefact.name}" + (f": {problem}" if problem else ""),
               flush=True)
         if problem is not None:
             problems[artefact.name] = problem
     if problems:
-        print(f"\n{len(problems)} of {len(ARTEFACTS)} shipped artefacts are unusable: {', '.join(problems)}.\n"
-              f"Rebuild them: python -m minilib.experiments.zoo rebuild {' '.join(problems)}")
+        print(f"\n{len(problems)} of {len(artefacts)} shipped artefacts are unusable: {', '.join(problems)}.\n"
+              f"Rebuild them: python -m minilib zoo rebuild {' '.join(problems)}")
         return 1
-    print(f"\nall {len(ARTEFACTS)} shipped artefacts match today's code and load")
+    print(f"\nall {len(artefacts)} shipped artefacts match today's code and load")
     return 0
 
 
-def list_main() -> int:
+def list_artefacts(artefacts: list[Artefact]) -> int:
+    """Print each artefact's size and recorded metrics, and the size of ``data/``."""
     manifest = read_manifest()
-    for artefact in ARTEFACTS:
+    for artefact in artefacts:
         entry = manifest.get(artefact.name)
         shipped = (f"{entry['bytes'] / 1e6:6.2f} MB  {_metrics_text(entry['metrics'])}" if entry else "not shipped")
         print(f"{artefact.name:28} {shipped}   {artefact.about}")
     total = sum(path.stat().st_size for path in data_dir().glob("*") if path.is_file())
     print(f"\n{data_dir()}: {total / 1e6:.1f} MB in all")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minilib.experiments.zoo", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=("list", "verify", "rebuild"))
-    parser.add_argument("names", nargs="*", help="artefacts to rebuild (default: all)")
-    args = parser.parse_args(argv)
-    if args.command == "rebuild":
-        try:
-            return rebuild_main(args.names)
-        except ValueError as error:
-            print(error, file=sys.stderr)
-            return 2
-    if args.names:
-        parser.error(f"{args.command} takes no names")
-    return verify_main() if args.command == "verify" else list_main()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

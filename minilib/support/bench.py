@@ -1,6 +1,6 @@
 """The measurement kit: how every chapter times, counts and weighs what it claims.
 
-Timing follows three rules (see the course design, "How claims are measured"):
+Timing follows three rules, the course's way of measuring a claim:
 
 1. warm up first (the first calls pay for memory allocation, caches and lazy initialisation);
 2. repeat, and report the **median** and the **spread** (the interquartile range, IQR), never one run;
@@ -17,11 +17,13 @@ model's forward pass (one multiply-add = 2 FLOPs, the usual convention); :func:`
 what this machine can do, the "limit" later chapters compare against. Weighing: :func:`param_count`,
 :func:`model_size_bytes` and :func:`peak_memory`.
 
-``python -m minilib.bench`` prints the course's headline comparisons (see ``minilib/experiments/headlines``).
+``python -m minilib bench`` prints the course's headline comparisons (:class:`Headline` rows, see
+``minilib/experiments/headlines``).
 """
 from __future__ import annotations
 
 import html
+import math
 import platform
 import statistics
 import time
@@ -124,7 +126,7 @@ class Comparison:
 
     def table(self) -> str:
         header = ("variant", "median", "IQR", f"vs {self.baseline}")
-        return _text_table(header, self.rows()) + f"\n{self.machine}"
+        return text_table(header, self.rows()) + f"\n{self.machine}"
 
     def __str__(self) -> str:
         return self.table()
@@ -163,38 +165,66 @@ def compare(variants: dict[str, Callable[[], object]], baseline: str | None = No
     return Comparison({name: Timing(times[name]) for name in names}, baseline)
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class Headline:
-    """One row of ``python -m minilib.bench``: a measured figure against the course's target.
+    """One row of ``python -m minilib bench``: a measured figure against the course's target.
 
-    Build rows with :meth:`at_least`, :meth:`at_most` or :meth:`about`: each writes the target once and
-    derives ``passed`` from the comparison it names (a NaN measurement never passes); ``also`` is a
-    further condition the claim needs, such as "and the fast path gave the same tokens".
+    Built by name only: :meth:`at_least`, :meth:`at_most` and :meth:`about` write the target once and name the
+    comparison, and ``passed`` is derived from it (a NaN measurement never passes); ``also`` is a further
+    condition the claim needs, such as "and the fast path gave the same tokens". :meth:`unavailable` is a row that
+    cannot be measured on this machine (a package or a kernel is missing): it neither passes nor misses.
     """
 
     name: str
     measured: float
     target: float
     unit: str
-    passed: bool
+    goal: str                 # how measured compares with target: "≥", "≤" or "≈" (within low·target..high·target)
     detail: str = ""
-    goal: str = ""  # how measured compares with target: "≥", "≤" or "≈"
+    also: bool = True
+    low: float = 0.8
+    high: float = 1.25
+    available: bool = True
+
+    def __post_init__(self):
+        if self.goal not in ("≥", "≤", "≈"):
+            raise ValueError(f"goal must be '≥', '≤' or '≈', got {self.goal!r}")
+
+    @property
+    def passed(self) -> bool:
+        if not self.available or not self.also:
+            return False
+        if self.goal == "≥":
+            return bool(self.measured >= self.target)
+        if self.goal == "≤":
+            return bool(self.measured <= self.target)
+        return bool(self.low * self.target <= self.measured <= self.high * self.target)
+
+    @property
+    def status(self) -> str:
+        """``"PASS"``, ``"MISS"`` or ``"N/A"`` (not measurable here)."""
+        return "N/A" if not self.available else "PASS" if self.passed else "MISS"
 
     @classmethod
     def at_least(cls, name: str, measured: float, target: float, unit: str, detail: str = "",
                  also: bool = True) -> "Headline":
-        return cls(name, measured, target, unit, bool(measured >= target) and also, detail, "≥")
+        return cls(name=name, measured=measured, target=target, unit=unit, goal="≥", detail=detail, also=also)
 
     @classmethod
     def at_most(cls, name: str, measured: float, target: float, unit: str, detail: str = "",
                 also: bool = True) -> "Headline":
-        return cls(name, measured, target, unit, bool(measured <= target) and also, detail, "≤")
+        return cls(name=name, measured=measured, target=target, unit=unit, goal="≤", detail=detail, also=also)
 
     @classmethod
     def about(cls, name: str, measured: float, target: float, unit: str, detail: str = "",
               low: float = 0.8, high: float = 1.25) -> "Headline":
         """Passes within ``low``·target to ``high``·target: "no gain and no loss" claims, where noise is expected."""
-        return cls(name, measured, target, unit, bool(low * target <= measured <= high * target), detail, "≈")
+        return cls(name=name, measured=measured, target=target, unit=unit, goal="≈", detail=detail, low=low, high=high)
+
+    @classmethod
+    def unavailable(cls, name: str, target: float, unit: str, goal: str, reason: str) -> "Headline":
+        """A row this machine cannot measure, and why (``reason``): reported as N/A, never as a pass."""
+        return cls(name=name, measured=math.nan, target=target, unit=unit, goal=goal, detail=reason, available=False)
 
 
 # ------------------------------------------------------------------------------ the machine itself
@@ -207,6 +237,14 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_kind() -> str:
+    """The kind of machine, for keeping one result per kind: the CPU model (and the GPU, when there is one)."""
+    kind = _cpu_model()
+    if torch.cuda.is_available():
+        kind += f" + {torch.cuda.get_device_name()}"
+    return kind
 
 
 def machine_label() -> str:
@@ -372,7 +410,8 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds / 1e-9:.3g} ns"
 
 
-def _text_table(header, rows) -> str:
+def text_table(header, rows) -> str:
+    """A plain-text table: ``header`` and ``rows`` (sequences of cells) in columns padded to their widest cell."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([line(header), line("-" * w for w in widths), *(line(row) for row in rows)])

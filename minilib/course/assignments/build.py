@@ -4,7 +4,7 @@ Two kinds of student edition come from the teacher's edition (:mod:`minilib.cour
 
 - the **self-study** edition, committed as ``notebooks/NN_*.ipynb``, what a learner opens first: each written
   exercise keeps its rubric as criteria to check one's own answer against, and a note says where the model answers
-  are (``python -m minilib.course.assignments build --self-study`` regenerates it);
+  are (``python -m minilib assignments build --self-study`` regenerates it);
 - the **class** edition (``build --out DIR``), the handout of a graded class: the rubrics are the teacher's.
 
 In both, a stub that runs when its cell runs (a solution region at the top level of a cell) raises
@@ -304,7 +304,7 @@ def _read_manifest(out: Path) -> dict:
 
 
 def _write_manifest(out: Path, notebooks: dict) -> None:
-    record = {"written_by": "python -m minilib.course.assignments build",
+    record = {"written_by": "python -m minilib assignments build",
               "about": "SHA-256 of each student notebook as last written here; a notebook that no longer "
                        "matches was edited and is never overwritten without --force",
               "notebooks": notebooks}

@@ -9,8 +9,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-import minilib.experiments.picker as picker
 import minilib.metrics as metrics
+import minilib.picker as picker
 from minilib.course.checks.core import CheckFailed, exercise, expect_close, expect_equal
 from minilib.course.checks.guards import forbidden_calls
 
@@ -82,7 +82,7 @@ def check_lcs_length(fn):
 def check_pareto_points(fn):
     """The (latency, accuracy) points no other point beats on both, sorted by latency."""
     with forbidden_calls(fn, [(picker, "pareto_front")],
-                         "compare the points yourself: minilib.experiments.picker.pareto_front is the answer"):
+                         "compare the points yourself: minilib.picker.pareto_front is the answer"):
         points = [(10.0, 0.80), (20.0, 0.90), (15.0, 0.78), (30.0, 0.90), (40.0, 0.95), (5.0, 0.70)]
         expect_equal("front of 6 models", list(fn(points)), [(5.0, 0.70), (10.0, 0.80), (20.0, 0.90), (40.0, 0.95)],
                      hint="drop a point when another is at least as fast AND at least as accurate, and better on one of them")

@@ -9,7 +9,7 @@ import torch
 
 from minilib.course.checks.core import CheckFailed, exercise, expect_close, expect_equal
 from minilib.course.checks.guards import forbidden_calls
-from minilib.experiments.picker import Budget, Measurement
+from minilib.picker import Budget, Measurement
 
 
 def _expect_number(what, got, expected, hint):
@@ -28,7 +28,7 @@ def check_throughput_per_core(fn):
 
 @exercise(points=2)
 def check_shortfall(fn):
-    """Sum of fractional excesses, against minilib.experiments.picker.Budget.shortfall."""
+    """Sum of fractional excesses, against minilib.picker.Budget.shortfall."""
     cases = [(15.0, 30.0, 0.95, 10.0, 20.0, 0.9), (9.0, 10.0, 0.95, 10.0, 20.0, 0.9),
              (1.0, 5.0, 0.45, math.inf, math.inf, 0.9), (40.0, 5.0, 0.5, 10.0, math.inf, 0.0)]
     for size, ms, acc, max_size, max_ms, floor in cases:

@@ -5,7 +5,6 @@ Reference row: PyTorch's FlexAttention with the same window as a ``mask_mod``, c
 that skips empty 128 × 128 tiles). Where ``torch.compile`` cannot build it (no C++ compiler on a CPU),
 the row says so and the headline is not counted as missed.
 """
-import math
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +47,7 @@ def headlines():
 def _flex_headline(timing, flex):
     name = f"sliding window speed / compiled FlexAttention's (n={N}, w={WINDOW}; reference row)"
     if isinstance(flex, Unavailable):
-        return Headline(name, math.nan, FLEX_TARGET, "×", True, str(flex))
+        return Headline.unavailable(name, FLEX_TARGET, "×", "≥", str(flex))
     relative = timing.ratio("sliding window") / timing.ratio("FlexAttention compiled")
     return Headline.at_least(name, relative, FLEX_TARGET, "×",
                              f"FlexAttention {timing.ratio('FlexAttention compiled'):.2f}× over dense: one fused kernel "

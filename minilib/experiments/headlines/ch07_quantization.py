@@ -13,7 +13,6 @@
 * the deployment picture of chapter 10, on the fine-tuned MiniLM classifier: ONNX Runtime's dynamic int8 faster
   than PyTorch fp32, with ONNX Runtime fp32 and our int8 beside it (without onnxruntime: "not available here").
 """
-import math
 import tempfile
 from pathlib import Path
 
@@ -109,7 +108,7 @@ def _torchao_headline(variants, timing, cosines, sizes, fastest):
     rows = [str(variants[row]) if isinstance(variants[row], Unavailable) else
             f"{row} {speed(row)} cos {cosines[row]:.3f} {sizes[row]:.0f} MB" for row in TORCHAO_ROWS]
     if isinstance(variants[TORCHAO_INT8_DYNAMIC], Unavailable):
-        return Headline(name, math.nan, MATCH_TORCHAO, "×", True, "; ".join(rows))
+        return Headline.unavailable(name, MATCH_TORCHAO, "×", "≥", "; ".join(rows))
     relative = timing.ratio(fastest) / timing.ratio(TORCHAO_INT8_DYNAMIC)
     return Headline.at_least(name, relative, MATCH_TORCHAO, "×", "; ".join(rows), also=cosines[INT8] >= COSINE_TARGET)
 
@@ -133,7 +132,7 @@ def _onnx_runtime_headline(teacher):
     with tempfile.TemporaryDirectory(prefix="minilib-onnx-") as folder:
         onnx_rows = optional_row("ONNX Runtime", lambda: _onnx_runners(teacher, example, Path(folder)), ORT_HINT)
         if isinstance(onnx_rows, Unavailable):
-            return Headline(name, math.nan, ORT_TARGET, "×", True, str(onnx_rows))
+            return Headline.unavailable(name, ORT_TARGET, "×", "≥", str(onnx_rows))
         runners = {FP32: teacher, INT8: quantize_model(teacher).eval(), **onnx_rows}
         timing = latency(runners, BATCH, SEQ, warmup=1, repeats=7)
     detail = ", ".join(f"{label} {timing.ratio(label):.2f}×" for label in runners)

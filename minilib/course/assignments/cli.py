@@ -1,4 +1,4 @@
-"""Command line: ``python -m minilib.course.assignments build|grade`` (``--help`` on each for details)."""
+"""The ``assignments`` command (``python -m minilib assignments build|grade``, ``--help`` on each for details)."""
 from __future__ import annotations
 
 import argparse
@@ -10,8 +10,7 @@ from minilib.course.assignments.exercises import AssignmentError
 from minilib.course.assignments.grade import grade_notebook, report, write_csv, write_json
 
 
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     try:
         return _build(args) if args.command == "build" else _grade(args)
     except AssignmentError as error:
@@ -19,10 +18,9 @@ def main(argv=None) -> int:
         return 2
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m minilib.course.assignments",
-                                     description="Build the student edition of the course's notebooks; grade submissions.")
-    commands = parser.add_subparsers(dest="command", required=True)
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The command's arguments, on ``parser``: ``build [--out DIR] [--force] [NOTEBOOK ...]`` and ``grade ...``."""
+    commands = parser.add_subparsers(dest="command", required=True, metavar="build|grade")
     make = commands.add_parser("build", help="write the student edition (solutions replaced by stubs)")
     make.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
                       help="teacher's notebooks (default: every chapter of the teacher's edition, notebooks/solutions/)")
@@ -41,7 +39,6 @@ def _parser() -> argparse.ArgumentParser:
     output = grade.add_mutually_exclusive_group()
     output.add_argument("--json", metavar="FILE", help="also write the grades as JSON")
     output.add_argument("--csv", metavar="FILE", help="also write the grades as CSV, one row per notebook")
-    return parser
 
 
 def _build(args) -> int:
@@ -77,7 +74,3 @@ def _grade(args) -> int:
     if args.json or args.csv:
         print(f"wrote {args.json or args.csv}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
