@@ -40,7 +40,7 @@ def test_binder_files_are_what_repo2docker_expects():
     assert "torch==2.13.0+cpu" in lines and "-r ../requirements.txt" in lines
     # binder/ disables repo2docker's own install: `-e .` comes through requirements.txt -> requirements-colab.txt
     assert "-r requirements-colab.txt" in (REPO / "requirements.txt").read_text().splitlines()
-    assert "-e ." in (REPO / "requirements-colab.txt").read_text().splitlines()
+    assert "-e .[notebooks,references]" in (REPO / "requirements-colab.txt").read_text().splitlines()
     assert (BINDER / "runtime.txt").read_text().strip() == "python-3.11"
 
 

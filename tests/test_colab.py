@@ -47,6 +47,6 @@ def test_elsewhere_the_cell_does_nothing(recorded, monkeypatch):
 def test_the_colab_requirements_keep_the_services_torch():
     colab = (REPO / "requirements-colab.txt").read_text().splitlines()
     assert not any(re.match(r"torch\s*([=<>~!]|$)", line) for line in colab), "a torch line would replace Colab's CUDA build"
-    assert "-e ." in colab
+    assert "-e .[notebooks,references]" in colab
     full = (REPO / "requirements.txt").read_text().splitlines()
     assert "-r requirements-colab.txt" in full and "torch==2.13.0" in full   # one list of packages, not two

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 
 from minilib.chapters import CHAPTERS, markdown_table
 from minilib.course.notebook_budget import COURSE_SECONDS, NOTEBOOK_BYTES, NOTEBOOK_SECONDS, NotebookRun
-from minilib.experiments.artefacts import data_dir
 from minilib.support.cache import write_atomically
 
 if TYPE_CHECKING:
@@ -168,9 +167,9 @@ def _recorded(metrics: dict) -> str:
 
 
 def artefacts_section(manifest: dict | None = None) -> str:
-    """The shipped artefacts, in the chapters' order, as ``data/manifest.json`` describes them."""
+    """The shipped artefacts, in the chapters' order, as the repository's ``data/manifest.json`` describes them."""
     if manifest is None:
-        manifest = json.loads((data_dir() / "manifest.json").read_text(encoding="utf-8"))["artefacts"]
+        manifest = json.loads((ROOT / "data" / "manifest.json").read_text(encoding="utf-8"))["artefacts"]
     declared = [name for chapter in CHAPTERS for name in chapter.artefacts]
     names = [name for name in declared if name in manifest] + sorted(set(manifest) - set(declared))
     lines = ["| artefact | what it is | stored | recorded |", "|---|---|---|---|"]

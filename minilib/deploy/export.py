@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from minilib.support.train import return_freed_memory
+from minilib.support.device import return_freed_memory
 
 INPUT_NAMES = ("input_ids", "attention_mask")
 

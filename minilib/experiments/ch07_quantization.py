@@ -27,8 +27,8 @@ from minilib.quant.int8 import QuantLinear
 from minilib.quant.model import quantize_model
 from minilib.support.bench import Comparison, compare, model_size_bytes
 from minilib.support.data import lm_text
+from minilib.support.device import return_freed_memory
 from minilib.support.optional import Unavailable, runnable
-from minilib.support.train import return_freed_memory
 
 FP32, INT8, INT8_COMPILED, INT4 = "fp32", "minilib int8", "minilib int8 + compile", "minilib int4 weights"
 TORCH_AO = TORCH_AO_DEPRECATED

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from minilib.support.device import return_freed_memory
 from minilib.support.optional import Unavailable, optional_row, require
-from minilib.support.train import return_freed_memory
 
 TORCHAO_HINT = "pip install torchao (0.18 matches torch 2.13)"
 ORT_HINT = "pip install onnxruntime"

@@ -13,11 +13,8 @@ A batch is a tuple of tensors (a row of a ``TensorDataset``); a loss function ma
 """
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import math
 import random
-import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -28,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from minilib.support.device import get_device, model_device, to_device  # noqa: F401  (get_device: the course's device)
+from minilib.support.device import get_device, model_device, return_freed_memory, to_device  # noqa: F401  (get_device: the course's device)
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -281,15 +278,3 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
     del optimizer, scheduler  # AdamW's two moments per weight: as large as the model, twice
     return_freed_memory()
     return history
-
-
-def return_freed_memory() -> None:
-    """Hand memory that PyTorch has freed back to the operating system.
-
-    On Linux, glibc keeps freed memory for the process's next allocations, so after training a notebook kernel
-    goes on holding the optimizer's state and the activations (about 270 MB after fine-tuning MiniLM); on a 2 GB
-    Binder that decides whether the chapter fits. ``malloc_trim`` returns it. Elsewhere this does nothing.
-    """
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
