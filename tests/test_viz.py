@@ -161,3 +161,12 @@ def test_interact_draws_into_widget_state_so_executors_never_answer_the_kernel(m
         assert outputs[2]["data"]["text/plain"] == "6"          # the returned value, as interact shows it
         client.execute_cell(nb.cells[2], 2)
         assert sent, "ipywidgets.interact no longer makes the executor answer: the reference case changed"
+
+
+def test_course_style_makes_figures_white_on_every_theme():
+    with matplotlib.rc_context({"figure.facecolor": "none", "axes.facecolor": "none", "savefig.facecolor": "auto"}):
+        viz.course_style()
+        fig, ax = plt.subplots()
+        assert matplotlib.colors.to_hex(fig.get_facecolor()) == "#ffffff"
+        assert matplotlib.colors.to_hex(ax.get_facecolor()) == "#ffffff"
+        plt.close(fig)

@@ -17,12 +17,22 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-__all__ = ["attention_heatmap", "attention_grid", "plot_attention", "attention_explorer", "interact", "bertviz_view",
-           "loglog_plot", "BERTVIZ_NOTE"]
+__all__ = ["course_style", "attention_heatmap", "attention_grid", "plot_attention", "attention_explorer", "interact",
+           "bertviz_view", "loglog_plot", "BERTVIZ_NOTE"]
 
-# Light figures on every theme: JupyterLab's, VS Code's and Colab's dark themes show a transparent
-# figure on a black page, and black labels on black cannot be read. Set once, on import.
-plt.rcParams.update({"figure.facecolor": "white", "savefig.facecolor": "white", "axes.facecolor": "white"})
+COURSE_STYLE = {"figure.facecolor": "white", "savefig.facecolor": "white", "axes.facecolor": "white"}
+
+
+def course_style() -> None:
+    """The course's plot style, for every figure that follows: white figures on every theme.
+
+    JupyterLab's, VS Code's and Colab's dark themes show a transparent figure on a black page, and black labels on
+    black cannot be read. Each chapter calls this once, in its first code cell.
+    """
+    plt.rcParams.update(COURSE_STYLE)
+
+
+course_style()  # until every chapter calls it: the chapters that only imported this module for the style
 
 BERTVIZ_NOTE = ("Note: bertviz draws with JavaScript it loads from a CDN (require.js, d3), so it renders only "
                 "when this browser is online. Offline the view stays blank: use attention_explorer instead.")
