@@ -1,6 +1,6 @@
 """Reading a course notebook as an assignment: its exercises, their points and checks, its solution regions.
 
-The form every chapter follows (see the course contract):
+The form every chapter follows (the README, "For teachers", shows it to teachers):
 
 - a markdown heading per exercise, ``### Exercise 2.1: Attention in one line (2 points)``, or
   ``(written, 3 points)`` for an answer graded by hand;
