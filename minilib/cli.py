@@ -98,9 +98,7 @@ def _envcheck(args) -> int:
 def _bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("chapters", nargs="*", type=_chapter, metavar="CHAPTER",
                         help="chapters whose headline rows to measure (default: every chapter that has some)")
-    parser.add_argument("--markdown", action="store_true",
-                        help="record the rows as this kind of machine's latest (data/measurements/headlines/) and "
-                             "rewrite the README's headline table, then print it")
+    _markdown_option(parser, "headlines", "headline")
 
 
 def _bench(args) -> int:
@@ -122,6 +120,12 @@ def _bench(args) -> int:
     return 0 if all(result.passed for result in results) else 1
 
 
+def _markdown_option(parser: argparse.ArgumentParser, folder: str, table: str) -> None:
+    parser.add_argument("--markdown", action="store_true",
+                        help=f"record the results as this kind of machine's latest (data/measurements/{folder}/) and "
+                             f"rewrite the README's {table} table, then print it")
+
+
 def _write_readme() -> None:
     from minilib.course import readme
 
@@ -137,9 +141,7 @@ def _notebooks_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cold", action="store_true",
                         help="start from an empty cache (MINILIB_CACHE in a temporary folder), as a fresh clone or "
                              "Binder does: the chapters use what the course ships in data/ and train the rest")
-    parser.add_argument("--markdown", action="store_true",
-                        help="record the runs as this kind of machine's latest (data/measurements/notebooks/) and "
-                             "rewrite the README's budget table, then print it")
+    _markdown_option(parser, "notebooks", "budget")
     parser.add_argument("--figures", type=Path, metavar="DIR",
                         help='save the plot of each notebook\'s cell tagged "readme-figure" as DIR/<notebook>.png')
 
