@@ -27,7 +27,7 @@ from torch.utils.data import TensorDataset
 
 from minilib.arch import FactorisedEmbedding
 from minilib.support.device import model_device
-from minilib.support.train import fit, trim_padding
+from minilib.support.train import TrainConfig, fit, trim_padding
 from minilib.transformer import Classifier, Encoder
 
 UNLABELLED = -100
@@ -305,13 +305,14 @@ def _distiller_loss(model: Distiller, batch) -> torch.Tensor:
 
 def distill(student: Classifier, targets: TensorDataset, teacher_width: int, temperature: float = 2.0,
             alpha: float = 0.5, hidden_weight: float = 0.0, attention_weight: float = 0.0, hidden_kind: str = "mse",
-            **fit_kwargs):
+            config: TrainConfig = TrainConfig(), val_data: TensorDataset | None = None):
     """Train ``student`` on ``targets`` (from :func:`teacher_targets`) with :func:`minilib.support.train.fit`.
 
     targets must hold the teacher's hidden states for every student hidden state (see :func:`layer_map`)
     when hidden_weight > 0, and its attention maps for every student layer when attention_weight > 0.
-    Returns fit's History; the student is trained in place. A ``val_data`` for fit must come from
-    :func:`teacher_targets` too: it is scored with the distillation loss (accuracy: :func:`minilib.support.train.accuracy`).
+    ``config`` says how long and how fast (its loss is the distillation loss, whatever it names). Returns fit's
+    History; the student is trained in place. ``val_data`` must come from :func:`teacher_targets` too: it is scored
+    with the distillation loss (accuracy: :func:`minilib.support.train.accuracy`).
     """
     n_extras = len(targets.tensors) - 4
     wanted = (hidden_weight > 0) + (attention_weight > 0)
@@ -320,4 +321,4 @@ def distill(student: Classifier, targets: TensorDataset, teacher_width: int, tem
                          f"attention_weight={attention_weight} need {wanted}; build them with teacher_targets("
                          f"hidden_layers=..., attention_layers=...)")
     distiller = Distiller(student, teacher_width, temperature, alpha, hidden_weight, attention_weight, hidden_kind)
-    return fit(distiller, targets, loss_fn=_distiller_loss, metric_fn=None, **fit_kwargs)
+    return fit(distiller, targets, dataclasses.replace(config, loss_fn=_distiller_loss, metric_fn=None), val_data)

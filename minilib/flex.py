@@ -21,6 +21,7 @@ import functools
 import os
 import shutil
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch.nn.attention import flex_attention as _flex
@@ -90,12 +91,23 @@ def block_mask_picture(mask) -> torch.Tensor:
     return picture
 
 
-def compiler_status() -> tuple[bool, str]:
-    """(can torch.compile build CPU kernels here?, why): it needs a C++ compiler (``$CXX`` or g++/c++/clang++)."""
+@dataclass(frozen=True)
+class CompilerStatus:
+    """Whether ``torch.compile`` can build CPU kernels here (``available``), and why (``reason``)."""
+
+    available: bool
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def compiler_status() -> CompilerStatus:
+    """Can torch.compile build CPU kernels here? It needs a C++ compiler (``$CXX`` or g++/c++/clang++)."""
     for name in filter(None, (os.environ.get("CXX"), "g++", "c++", "clang++")):
         if shutil.which(name):
-            return True, f"C++ compiler found: {shutil.which(name)}"
-    return False, "torch.compile on a CPU needs a C++ compiler, and none was found"
+            return CompilerStatus(True, f"C++ compiler found: {shutil.which(name)}")
+    return CompilerStatus(False, "torch.compile on a CPU needs a C++ compiler, and none was found")
 
 
 def flex_attention(q, k, v, mask, compiled: bool = False) -> torch.Tensor:
@@ -117,9 +129,9 @@ def flex_attention(q, k, v, mask, compiled: bool = False) -> torch.Tensor:
 def _compiled_flex(device_type: str):
     """torch.compile(flex_attention), tried once per device type on a small input; NotAvailable if it fails."""
     if device_type == "cpu":
-        ok, reason = compiler_status()
-        if not ok:
-            raise NotAvailable(reason, COMPILER_HINT)
+        status = compiler_status()
+        if not status.available:
+            raise NotAvailable(status.reason, COMPILER_HINT)
     compiled = torch.compile(_flex.flex_attention, dynamic=False)
     probe = torch.zeros(1, 1, 128, 16, device=device_type)
     try:

@@ -140,3 +140,14 @@ def test_toy_artefact_model_loads_what_rebuild_shipped(toy_chapter):
     zoo.rebuild_artefacts(zoo.select(["toy_model"], zoo.shipped_artefacts()))
     model = sys.modules[toy_chapter.module_path("runs")].model()
     assert isinstance(model, nn.Linear) and torch.equal(model.weight, torch.ones(2, 2))
+
+
+def test_chapter_00_shows_the_table_of_chapters_from_the_registry():
+    """Its table cannot stop at an old chapter: a code cell renders chapters.markdown_table(), in both editions."""
+    import nbformat
+
+    for edition in ("notebooks", "notebooks/solutions"):
+        cells = nbformat.read(ROOT / edition / CHAPTERS[0].notebook, as_version=4).cells
+        assert any(c.cell_type == "code" and "chapters.markdown_table()" in c.source for c in cells), edition
+        assert not any(c.cell_type == "markdown" and "\n| 01 " in c.source for c in cells), "a hand-kept table"
+    assert all(f"[{c.number:02d} {c.title}]({c.notebook})" in chapters.markdown_table() for c in CHAPTERS)

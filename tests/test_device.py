@@ -50,7 +50,7 @@ def hf_tokenizer():
 
 
 HELPERS = {
-    "train.fit": lambda: train.fit(on_meta(classifier()), sentences(), device="meta", progress=False),
+    "train.fit": lambda: train.fit(on_meta(classifier()), sentences(), train.TrainConfig(device="meta", progress=False)),
     "train.predict_logits": lambda: train.predict_logits(on_meta(classifier()), sentences()),
     "train.accuracy": lambda: train.accuracy(on_meta(classifier()), sentences()),
     "train.evaluate": lambda: train.evaluate(on_meta(classifier()), sentences(), loss_fn=train.classification_loss),
@@ -64,7 +64,7 @@ HELPERS = {
     "distill.teacher_targets": lambda: distill.teacher_targets(on_meta(classifier()), sentences()),
     "distill.distill": lambda: distill.distill(
         on_meta(classifier()), distill.teacher_targets(classifier(), sentences()), teacher_width=16,
-        device="meta", progress=False),
+        config=train.TrainConfig(device="meta", progress=False)),
     "prune.head_importance": lambda: prune.head_importance(on_meta(classifier()), sentences()),
     "prune.prune_least_important": lambda: prune.prune_least_important(on_meta(classifier()), sentences(),
                                                                        head_fraction=0.5),

@@ -34,7 +34,7 @@ from minilib.experiments.ch06_distillation import (
     train_student,
 )
 from minilib.support.data import Splits
-from minilib.support.train import predict_logits
+from minilib.support.train import TrainConfig, predict_logits
 from minilib.transformer import Classifier, Encoder, TransformerConfig
 
 
@@ -286,7 +286,8 @@ def test_distillation_teaches_the_student_the_teachers_function(hidden_weight, a
     targets = teacher_targets(teacher, unlabelled, hidden_layers=layer_map(2, 4) if hidden_weight else (),
                               attention_layers=[1, 3] if attention_weight else ())
     history = distill(student, targets, teacher_width=32, temperature=2.0, alpha=1.0, hidden_weight=hidden_weight,
-                      attention_weight=attention_weight, epochs=4, batch_size=64, lr=3e-3, progress=False)
+                      attention_weight=attention_weight,
+                      config=TrainConfig(epochs=4, batch_size=64, lr=3e-3, progress=False))
     after = agreement(student.eval(), teacher, test)
     assert sum(history.losses[-5:]) < sum(history.losses[:5])
     assert after > max(before, 0.8), (before, after)
@@ -296,7 +297,7 @@ def test_distill_refuses_targets_without_the_internals_it_needs():
     teacher, data = tiny_teacher(), token_data(n=16)
     student = student_from_scratch(teacher, d_model=16, n_layers=2)
     with pytest.raises(ValueError, match="hidden_layers"):
-        distill(student, teacher_targets(teacher, data), teacher_width=32, hidden_weight=1.0, progress=False)
+        distill(student, teacher_targets(teacher, data), teacher_width=32, hidden_weight=1.0)
 
 
 def test_distiller_projects_only_when_widths_differ():
@@ -327,7 +328,8 @@ def test_every_method_trains_for_the_same_number_of_steps(method):
     data = hide_labels(token_data(n=64), n_labelled=16)
     transfer = teacher_targets(teacher, data, hidden_layers=layer_map(1, 4), attention_layers=[3])
     student = student_from_scratch(teacher, d_model=16, n_layers=1)
-    history = train_student(method, student, transfer, teacher_width=32, epochs=2, batch_size=16, progress=False)
+    history = train_student(method, student, transfer, teacher_width=32,
+                            config=TrainConfig(epochs=2, batch_size=16, progress=False))
     assert len(history.losses) == 2 * 64 // 16
 
 

@@ -93,7 +93,8 @@ def test_no_compiler_gives_a_not_available_row(monkeypatch):
     monkeypatch.delenv("CXX", raising=False)
     flex._compiled_flex.cache_clear()
     try:
-        assert flex.compiler_status() == (False, "torch.compile on a CPU needs a C++ compiler, and none was found")
+        status = flex.compiler_status()
+        assert not status.available and str(status) == "torch.compile on a CPU needs a C++ compiler, and none was found"
         q, k, v = _qkv(128, batch=1, heads=1, dim=16)
         mask = block_mask(window_mask_mod(8), 128)
         with pytest.raises(NotAvailable, match="needs a C\\+\\+ compiler"):

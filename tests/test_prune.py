@@ -445,8 +445,8 @@ def test_prune_least_important_removes_the_requested_fractions_of_the_lowest_sco
     data = torch.utils.data.TensorDataset(*inputs(), torch.tensor([0, 1, 1]))
     expected_heads = prune.least_important(prune.head_importance(model, data), 0.5)
     expected_neurons = prune.least_important(prune.neuron_importance(model, data), 0.25)
-    heads, neurons = prune.prune_least_important(model, data, head_fraction=0.5, neuron_fraction=0.25)
-    assert (heads, neurons) == (expected_heads, expected_neurons)
+    removed = prune.prune_least_important(model, data, head_fraction=0.5, neuron_fraction=0.25)
+    assert removed == prune.Removed(heads=expected_heads, neurons=expected_neurons)
     assert sum(layer.attn.n_heads for layer in model.encoder.layers) == N_LAYERS * N_HEADS // 2
     assert sum(layer.ffn.up.out_features for layer in model.encoder.layers) == N_LAYERS * D_FF * 3 // 4
     with pytest.raises(ValueError, match="head_fraction must be in"):

@@ -265,14 +265,14 @@ def test_quant_linear_without_bias_and_bad_input():
 
 
 def test_compiled_kernels_compute_the_same_numbers():
-    quantize_fn, rescale_fn = quant.int8.compiled_kernels()
+    kernels = quant.int8.compiled_kernels()
     x = _rows_of_different_scales()
-    x_q, scale = quantize_fn(x)
+    x_q, scale = kernels.quantize(x)
     eager_q, eager_scale = quantize_rows(x)
     assert torch.equal(x_q, eager_q) and torch.allclose(scale, eager_scale)
     acc = int8_matmul(x_q, x_q[:8].t())
     w_scale, bias = torch.rand(8), torch.randn(8)
-    assert torch.allclose(rescale_fn(acc, scale, w_scale, bias), quant.int8.rescale(acc, scale, w_scale, bias))
+    assert torch.allclose(kernels.rescale(acc, scale, w_scale, bias), quant.int8.rescale(acc, scale, w_scale, bias))
 
 
 # ----------------------------------------------------------------------------------------------- int4

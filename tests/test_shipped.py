@@ -93,3 +93,13 @@ def test_cold_notebook_budget_gives_every_kernel_the_same_empty_cache(monkeypatc
         path.write_text("{}")
     assert cli.main(["notebooks", "--cold", *map(str, paths)]) == 0
     assert len(seen) == 2 and seen[0] == seen[1] and not Path(seen[0]).exists()   # one run's cache, removed after
+
+
+def test_chapter_11s_translations_reproduce_the_translators_recorded_exact_match():
+    from minilib.experiments import ch11_evaluation
+
+    result = ch11_evaluation.translations(ch11_evaluation.date_translator(), ch11_evaluation.dates())
+    assert len(result.sources) == len(result.hypotheses) == len(result.references) > 100
+    recorded = artefacts.read_manifest()["ch11_date_translator"]["metrics"]["test_exact_match"]
+    assert result.exact_match == pytest.approx(recorded, abs=1e-9)
+    assert result.exact_match == ch11_evaluation.exact_match(result.hypotheses, result.references)

@@ -9,6 +9,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.data import TensorDataset
 
 from minilib.support.train import (
+    TrainConfig,
     accuracy,
     classification_loss,
     evaluate,
@@ -58,7 +59,7 @@ def test_fit_lowers_the_loss_and_learns_the_task(task):
     train, val = task
     model = BagOfWords()
     before = accuracy(model, val)
-    history = fit(model, train, val, epochs=8, batch_size=32, lr=3e-2, progress=False)
+    history = fit(model, train, TrainConfig(epochs=8, batch_size=32, lr=3e-2, progress=False), val)
     steps_per_epoch = math.ceil(len(train) / 32)
     assert len(history.losses) == len(history.lrs) == len(history.grad_norms) == 8 * steps_per_epoch
     first, last = history.losses[:steps_per_epoch], history.losses[-steps_per_epoch:]
@@ -82,7 +83,7 @@ def test_progress_bar_redraws_a_bounded_number_of_times(task, monkeypatch):
 
     monkeypatch.setattr("minilib.support.train.tqdm", CountingBar)
     train, val = task
-    history = fit(BagOfWords(), train, val, epochs=4, batch_size=1, lr=1e-3)   # 2048 steps
+    history = fit(BagOfWords(), train, TrainConfig(epochs=4, batch_size=1, lr=1e-3), val)   # 2048 steps
     assert len(history.losses) == 2048
     assert 1 <= CountingBar.redraws <= 110
 
@@ -92,13 +93,13 @@ def test_fit_is_repeatable_with_the_same_seed(task):
     runs = []
     for seed in (0, 0, 1):
         torch.manual_seed(7)  # the same initial weights each time
-        runs.append(fit(BagOfWords(), train, epochs=1, seed=seed, progress=False).losses)
+        runs.append(fit(BagOfWords(), train, TrainConfig(seed=seed, progress=False)).losses)
     assert runs[0] == runs[1] and runs[0] != runs[2]  # the seed decides the batch order
 
 
 def test_learning_rates_follow_warmup_then_cosine(task):
     train, _ = task
-    history = fit(BagOfWords(), train, epochs=4, batch_size=32, lr=0.01, warmup=0.25, progress=False)
+    history = fit(BagOfWords(), train, TrainConfig(epochs=4, batch_size=32, lr=0.01, warmup=0.25, progress=False))
     total, warm = len(history.lrs), round(0.25 * len(history.lrs))
     expected = [0.01 * lr_multiplier(s, total, warm) for s in range(total)]
     assert history.lrs == pytest.approx(expected)
@@ -132,10 +133,10 @@ def test_gradients_are_clipped_before_each_step(task):
 
     handle = register_optimizer_step_pre_hook(record)
     try:
-        clipped = fit(BagOfWords(), train, epochs=1, lr=1e-3, clip_grad=0.05, progress=False)
+        clipped = fit(BagOfWords(), train, TrainConfig(lr=1e-3, clip_grad=0.05, progress=False))
         at_clipped = list(norms_at_step)
         norms_at_step.clear()
-        free = fit(BagOfWords(), train, epochs=1, lr=1e-3, clip_grad=None, progress=False)
+        free = fit(BagOfWords(), train, TrainConfig(lr=1e-3, clip_grad=None, progress=False))
     finally:
         handle.remove()
     assert max(clipped.grad_norms) > 0.05  # the raw gradients were larger than the limit ...
@@ -156,7 +157,7 @@ def test_frozen_parameters_are_not_trained(task):
     model = BagOfWords()
     model.embed.weight.requires_grad_(False)
     frozen = model.embed.weight.clone()
-    fit(model, train, epochs=1, progress=False)
+    fit(model, train, TrainConfig(progress=False))
     assert torch.equal(model.embed.weight.cpu(), frozen)   # fit trains on CUDA when present
 
 
@@ -165,11 +166,17 @@ def test_bad_fit_arguments_are_named(task):
     model = BagOfWords()
     for kwargs, message in [({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch_size"), ({"lr": 0}, "lr"),
                             ({"warmup": 1.5}, "warmup"), ({"clip_grad": -1.0}, "clip_grad"),
-                            ({"schedule": "step"}, "schedule")]:
+                            ({"schedule": "step"}, "schedule"), ({"epochs": 2.5}, "epochs")]:
         with pytest.raises(ValueError, match=message):
-            fit(model, train, progress=False, **kwargs)
+            TrainConfig(**kwargs)
+    with pytest.raises(TypeError, match="loss_fn must be a function"):
+        TrainConfig(loss_fn="cross-entropy")
     with pytest.raises(ValueError, match="non-empty dataset"):
-        fit(model, TensorDataset(torch.zeros(0, 3)), progress=False)
+        fit(model, TensorDataset(torch.zeros(0, 3)), TrainConfig(progress=False))
+    with pytest.raises(TypeError, match=r"config must be a TrainConfig \(e.g. TrainConfig\(epochs=3"):
+        fit(model, train, {"epochs": 3})       # the old keywords, gathered in a dict
+    with pytest.raises(TypeError):
+        fit(model, train, epochs=3)            # the old keywords: fit takes a TrainConfig now
 
 
 def test_trim_padding_keeps_the_longest_row():
@@ -261,3 +268,26 @@ def test_init_weights_gives_a_first_loss_near_uniform():
     assert abs(after - math.log(50)) < 0.1 < abs(before - math.log(50))  # uniform guess: loss = log(vocab)
     assert all(m.bias.abs().max() == 0 for m in model.modules() if isinstance(m, nn.Linear) and m.bias is not None)
     assert model.embeddings.token.weight.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+def test_callbacks_see_every_step_and_history_records_them(task):
+    train, _ = task
+    seen = []
+    history = fit(BagOfWords(), TensorDataset(*(t[:96] for t in train.tensors)),
+                  TrainConfig(epochs=2, batch_size=32, progress=False), callbacks=[seen.append])
+    assert [(s.epoch, s.step) for s in seen] == [(1, 1), (1, 2), (1, 3), (2, 4), (2, 5), (2, 6)]
+    assert [s.loss for s in seen] == history.losses and [s.lr for s in seen] == history.lrs
+    assert [s.grad_norm for s in seen] == history.grad_norms and isinstance(seen[0].model, BagOfWords)
+
+
+def test_a_callback_can_act_on_the_model_after_each_step(task):
+    """E.g. keep a pruned weight at zero while fine-tuning: the callback runs after the optimiser's step."""
+    train, _ = task
+    model = BagOfWords()
+
+    def keep_first_row_zero(step):
+        with torch.no_grad():
+            step.model.head.weight[0].zero_()
+
+    fit(model, train, TrainConfig(progress=False), callbacks=[keep_first_row_zero])
+    assert (model.head.weight[0] == 0).all() and (model.head.weight[1] != 0).all()

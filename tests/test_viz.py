@@ -126,13 +126,27 @@ def test_loglog_plot_rejects_bad_data():
         viz.loglog_plot([1, 2, 3], {"a": [1, 2]})
 
 
-def test_figures_have_an_opaque_white_background_for_dark_themes(tmp_path):
-    """A transparent figure on a dark notebook theme shows black labels on black: viz makes every figure white."""
-    ax = viz.loglog_plot([128, 256, 512], {"measured": [1.0, 4.0, 16.0]})
-    ax.figure.savefig(tmp_path / "plot.png")
+def test_the_course_style_gives_figures_an_opaque_white_background_for_dark_themes(tmp_path):
+    """A transparent figure on a dark notebook theme shows black labels on black: every chapter calls
+    viz.course_style(), which makes every figure white, whatever the defaults were."""
+    transparent = {"figure.facecolor": "none", "axes.facecolor": "none", "savefig.facecolor": "none"}
+    with matplotlib.rc_context(transparent):
+        viz.course_style()
+        ax = viz.loglog_plot([128, 256, 512], {"measured": [1.0, 4.0, 16.0]})
+        ax.figure.savefig(tmp_path / "plot.png")
+        assert plt.rcParams["axes.facecolor"] == "white"
     pixels = plt.imread(tmp_path / "plot.png")                  # (height, width, RGBA) floats in [0, 1]
     assert pixels.shape[-1] == 4 and np.all(pixels[0, 0] == 1.0)  # the corner: opaque white, not transparent
-    assert plt.rcParams["axes.facecolor"] == "white"
+
+
+def test_importing_viz_changes_no_global_setting():
+    import subprocess
+    import sys
+
+    script = ("import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt\n"
+              "before = dict(plt.rcParams)\nimport minilib.support.viz\nprint(dict(plt.rcParams) == before)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "True", done.stderr
 
 
 def test_interact_draws_into_widget_state_so_executors_never_answer_the_kernel(monkeypatch):
@@ -162,11 +176,3 @@ def test_interact_draws_into_widget_state_so_executors_never_answer_the_kernel(m
         client.execute_cell(nb.cells[2], 2)
         assert sent, "ipywidgets.interact no longer makes the executor answer: the reference case changed"
 
-
-def test_course_style_makes_figures_white_on_every_theme():
-    with matplotlib.rc_context({"figure.facecolor": "none", "axes.facecolor": "none", "savefig.facecolor": "auto"}):
-        viz.course_style()
-        fig, ax = plt.subplots()
-        assert matplotlib.colors.to_hex(fig.get_facecolor()) == "#ffffff"
-        assert matplotlib.colors.to_hex(ax.get_facecolor()) == "#ffffff"
-        plt.close(fig)

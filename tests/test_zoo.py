@@ -4,7 +4,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from minilib.experiments import teacher as teacher_module
-from minilib.experiments import zoo
+from minilib.support.train import TrainConfig
 from minilib.transformer import Classifier
 
 
@@ -42,7 +42,7 @@ def model_and_task(zoo_classifier, tiny_task):
 def test_lower_layer_features_equal_the_encoders_hidden_states(model_and_task):
     model, data = model_and_task
     ids, mask, labels = data.tensors
-    features = zoo.lower_layer_features(model.encoder, 2, data, batch_size=16)
+    features = teacher_module.lower_layer_features(model.encoder, 2, data, batch_size=16)
     expected = model.encoder(ids, mask, output_hidden_states=True).hidden_states[2]
     real = mask.bool()
     assert torch.allclose(features.tensors[0][real], expected[real], atol=1e-5)
@@ -52,16 +52,16 @@ def test_lower_layer_features_equal_the_encoders_hidden_states(model_and_task):
 def test_top_layers_on_features_equal_the_whole_classifier(model_and_task):
     model, data = model_and_task
     ids, mask, _ = data.tensors
-    features = zoo.lower_layer_features(model.encoder, 1, data)
-    top = zoo.TopLayers(model, 1)
+    features = teacher_module.lower_layer_features(model.encoder, 1, data)
+    top = teacher_module.TopLayers(model, 1)
     assert torch.allclose(top(features.tensors[0], mask), model(ids, mask), atol=1e-5)
 
 
 def test_fine_tune_top_trains_only_the_top(zoo_classifier, tiny_task):
     model = zoo_classifier
     before = {name: p.clone() for name, p in model.named_parameters()}
-    history = zoo.fine_tune_top(model, tiny_task(128), tiny_task(64, seed=1), n_trainable=1, epochs=2, lr=1e-2,
-                                progress=False)
+    history = teacher_module.fine_tune_top(model, tiny_task(128), tiny_task(64, seed=1), n_trainable=1,
+                                config=TrainConfig(epochs=2, lr=1e-2, progress=False))
     assert len(history.val) == 2
     changed = {name for name, p in model.named_parameters() if not torch.equal(p.cpu(), before[name])}  # fit: CUDA if present
     assert changed and all(name.startswith(("encoder.layers.2.", "head.")) for name in changed)
@@ -85,8 +85,8 @@ def test_sentiment_teacher_wiring_and_first_use_training(monkeypatch, tmp_path):
     monkeypatch.setenv("MINILIB_DATA", str(tmp_path / "no data"))
     monkeypatch.setattr(teacher_module, "_train_teacher", stand_in)
     with pytest.warns(UserWarning, match="not shipped yet.*rebuild sentiment_teacher"):
-        teacher = zoo.sentiment_teacher()
-    again = zoo.sentiment_teacher()
+        teacher = teacher_module.sentiment_teacher()
+    again = teacher_module.sentiment_teacher()
     assert len(builds) == 1
     assert isinstance(teacher, Classifier) and len(teacher.encoder.layers) == 6 and teacher.head.out_features == 2
     assert (again.head.bias == 0.5).all() and not again.training

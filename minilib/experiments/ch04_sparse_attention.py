@@ -28,7 +28,7 @@ from minilib.linear_attention import linear_attention
 from minilib.sparse import sliding_window_attention
 from minilib.support.cache import cached_model
 from minilib.support.data import Splits
-from minilib.support.train import fit, predict_logits, set_seed
+from minilib.support.train import TrainConfig, fit, predict_logits, set_seed
 from minilib.transformer import Classifier, Encoder, TransformerConfig
 
 PAD, CLS, FIRST_FILLER = 0, 1, 2
@@ -131,7 +131,8 @@ def long_range_experiment(seq_len=512, window=32, train_size=1000, epochs=1, bat
             return long_range_model(attention, seq_len)
 
         def train(model):
-            fit(model, data.train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress, desc=name)
+            fit(model, data.train, TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                                               progress=progress, desc=name))
 
         start = time.perf_counter()
         settings = dict(seq_len=seq_len, window=window, train_size=train_size, epochs=epochs,

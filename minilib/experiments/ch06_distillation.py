@@ -25,7 +25,7 @@ from minilib.experiments.teacher import TEACHER, sentiment_teacher
 from minilib.support.bench import compare
 from minilib.support.data import sentiment_dataset
 from minilib.support.device import model_device, to_device
-from minilib.support.train import accuracy, fit
+from minilib.support.train import TrainConfig, accuracy, fit
 from minilib.transformer import Classifier
 
 METHODS = ("labels only", "hard labels", "logits", "logits + layers")
@@ -51,32 +51,33 @@ def hide_labels(data: TensorDataset, n_labelled: int, seed: int = 0) -> TensorDa
     return TensorDataset(input_ids, attention_mask, torch.where(keep, labels, UNLABELLED))
 
 
-def train_student(method: str, student: Classifier, transfer: TensorDataset, teacher_width: int, epochs: int = 4,
-                  temperature: float = 2.0, alpha: float = 0.5, layer_weight: float = 1.0, batch_size: int = 32,
-                  **fit_kwargs):
+def train_student(method: str, student: Classifier, transfer: TensorDataset, teacher_width: int,
+                  config: TrainConfig = TrainConfig(epochs=4), temperature: float = 2.0, alpha: float = 0.5,
+                  layer_weight: float = 1.0):
     """Train ``student`` in place by one of :data:`METHODS`, for the same number of optimiser steps whatever the method.
 
     transfer comes from :func:`teacher_targets` on a partly labelled set (see :func:`hide_labels`), with the
-    teacher's hidden states and attentions for "logits + layers". "labels only" never sees the unlabelled
-    sentences, so it runs more epochs over its few examples to get as many steps. Returns fit's History.
+    teacher's hidden states and attentions for "logits + layers". ``config`` says how (its epochs are those of a
+    method that trains on every sentence). "labels only" never sees the unlabelled sentences, so it runs more epochs
+    over its few examples to get as many steps. Returns fit's History.
     """
     columns = TransferColumns.of(transfer)
     input_ids, attention_mask, labels = columns.input_ids, columns.attention_mask, columns.labels
     labelled = labels != UNLABELLED
-    steps = epochs * math.ceil(len(labels) / batch_size)
-    fit_kwargs = dict(batch_size=batch_size, **fit_kwargs)
+    steps = config.epochs * math.ceil(len(labels) / config.batch_size)
     if method == "labels only":
         data = TensorDataset(input_ids[labelled], attention_mask[labelled], labels[labelled])
-        return fit(student, data, epochs=max(1, round(steps / math.ceil(len(data) / batch_size))), **fit_kwargs)
+        epochs = max(1, round(steps / math.ceil(len(data) / config.batch_size)))
+        return fit(student, data, dataclasses.replace(config, epochs=epochs))
     if method == "hard labels":
         pseudo_labels = torch.where(labelled, labels, columns.teacher_logits.argmax(-1))
-        return fit(student, TensorDataset(input_ids, attention_mask, pseudo_labels), epochs=epochs, **fit_kwargs)
+        return fit(student, TensorDataset(input_ids, attention_mask, pseudo_labels), config)
     if method == "logits":
         return distill(student, columns.dataset(with_internals=False), teacher_width, temperature=temperature,
-                       alpha=alpha, epochs=epochs, **fit_kwargs)
+                       alpha=alpha, config=config)
     if method == "logits + layers":
-        return distill(student, transfer, teacher_width, temperature=temperature, alpha=alpha, epochs=epochs,
-                       hidden_weight=layer_weight, attention_weight=layer_weight, **fit_kwargs)
+        return distill(student, transfer, teacher_width, temperature=temperature, alpha=alpha,
+                       hidden_weight=layer_weight, attention_weight=layer_weight, config=config)
     raise ValueError(f"method must be one of {METHODS}; got {method!r}")
 
 
@@ -131,8 +132,8 @@ def run_students(teacher: Classifier, splits, runs: list[StudentRun], progress: 
         sentences = TensorDataset(columns.input_ids, columns.attention_mask, columns.labels)
         transfer = columns._replace(labels=hide_labels(sentences, run.n_labelled, run.seed).tensors[2]).dataset()
         student = chapter_student(teacher, run.n_layers, run.embedding_rank)
-        train_student(run.method, student, transfer, teacher.encoder.config.d_model, run.epochs, run.temperature,
-                      lr=run.lr, seed=run.seed, progress=False)
+        train_student(run.method, student, transfer, teacher.encoder.config.d_model,
+                      TrainConfig(epochs=run.epochs, lr=run.lr, seed=run.seed, progress=False), run.temperature)
         return dataclasses.asdict(run) | {"accuracy": accuracy(student, splits.test)}
 
     teacher_id = _fingerprint(teacher)

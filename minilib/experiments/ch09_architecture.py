@@ -11,7 +11,7 @@ from minilib.arch import build, task_token_ids, trim_vocabulary
 from minilib.deploy.hf import load_tokenizer
 from minilib.experiments.artefacts import Artefact, load_model
 from minilib.support.data import sentiment_dataset, sentiment_examples
-from minilib.support.train import accuracy, fit
+from minilib.support.train import TrainConfig, accuracy, fit
 from minilib.transformer import Classifier, Encoder, TransformerConfig
 
 DESIGNS = {  # name: (arch.build name or None for the baseline, options)
@@ -45,7 +45,7 @@ def trained_designs(train: TensorDataset, base: TransformerConfig, kept_ids: tor
     """{design name: its classifier trained on ``train`` by :data:`RECIPE`}, loaded from ``data/`` when shipped."""
     def trained(name):
         return load_model(ARTEFACTS[name], lambda: Classifier(design_encoder(name, base, kept_ids, unk_id), n_classes=2),
-                          lambda model: fit(model, train, progress=False, **RECIPE), retrain)
+                          lambda model: fit(model, train, TrainConfig(progress=False, **RECIPE)), retrain)
 
     return {name: trained(name) for name in DESIGNS}
 

@@ -38,7 +38,7 @@ from minilib.support.bench import model_size_bytes, time_fn
 from minilib.support.cache import cached_model
 from minilib.support.data import sentiment_dataset
 from minilib.support.device import model_device, to_device
-from minilib.support.train import accuracy, predict_logits, trim_padding
+from minilib.support.train import TrainConfig, accuracy, predict_logits, trim_padding
 from minilib.transformer import Classifier
 
 TARGETS = {
@@ -206,8 +206,8 @@ def distilled_student(teacher: Classifier, transfer: Callable[[], TensorDataset]
         return student_from_teacher(teacher, list(layers))
 
     def build(student):
-        distill(student, transfer(), teacher.encoder.config.d_model, epochs=epochs, lr=lr, temperature=2.0,
-                alpha=0.5, progress=False)
+        distill(student, transfer(), teacher.encoder.config.d_model, temperature=2.0, alpha=0.5,
+                config=TrainConfig(epochs=epochs, lr=lr, progress=False))
 
     if (tuple(layers), epochs, lr, name) == (STUDENT_LAYERS, 2, 2e-4, "capstone-student"):
         return load_model(STUDENT, skeleton, build, retrain)
@@ -231,7 +231,8 @@ def pruned_student(student: Classifier, data: TensorDataset, transfer: Callable[
 
     def recover(model):
         if recovery_epochs:
-            distill(model, transfer(), student.encoder.config.d_model, epochs=recovery_epochs, lr=lr, progress=False)
+            distill(model, transfer(), student.encoder.config.d_model,
+                    config=TrainConfig(epochs=recovery_epochs, lr=lr, progress=False))
 
     if (fraction, recovery_epochs, lr, name) == (0.5, 1, 2e-4, "capstone-pruned"):
         return load_model(PRUNED, pruned_shape, recover, retrain)

@@ -19,7 +19,7 @@ from torch.utils.data import Subset, TensorDataset
 from minilib.experiments.artefacts import Artefact, load_model
 from minilib.generation import grouped_query_model
 from minilib.support.data import CharLMData, char_lm_dataset
-from minilib.support.train import fit, init_weights, lm_loss, set_seed
+from minilib.support.train import TrainConfig, fit, init_weights, lm_loss, set_seed
 from minilib.transformer import LanguageModel, TransformerConfig
 
 UPTRAIN_STEPS = 320         # 13% of the decoder's 2,490 training steps (the GQA paper uptrains with 5%)
@@ -53,8 +53,8 @@ def train_decoder(model: LanguageModel, epochs: int = 30, seed: int = 0, device=
 
     About 20 s on a GPU (2,490 steps); on a laptop CPU an hour or more: the trained weights are shipped.
     """
-    fit(model, lm_data().train, loss_fn=lm_loss, metric_fn=None, epochs=epochs, batch_size=8, lr=2e-3,
-        warmup=0.05, seed=seed, device=device, desc="training chapter 13's decoder")
+    fit(model, lm_data().train, TrainConfig(loss_fn=lm_loss, metric_fn=None, epochs=epochs, batch_size=8, lr=2e-3,
+                                            warmup=0.05, seed=seed, device=device, desc="training chapter 13's decoder"))
     model.cpu().eval()
 
 
@@ -74,8 +74,9 @@ def distillation_loss(teacher: LanguageModel):
 def train_draft(model: LanguageModel, epochs: int = 24, seed: int = 0, device=None) -> None:
     """The draft's recipe: distilled from :func:`decoder` on the training text, lr 3e-3, 24 epochs (seconds on a GPU)."""
     teacher = decoder()
-    fit(model, lm_data().train, loss_fn=distillation_loss(teacher), metric_fn=None, epochs=epochs, batch_size=8,
-        lr=3e-3, warmup=0.05, seed=seed, device=device, desc="distilling chapter 13's draft model")
+    fit(model, lm_data().train, TrainConfig(loss_fn=distillation_loss(teacher), metric_fn=None, epochs=epochs,
+                                            batch_size=8, lr=3e-3, warmup=0.05, seed=seed, device=device,
+                                            desc="distilling chapter 13's draft model"))
     model.cpu().eval()
     teacher.cpu()
 
@@ -127,8 +128,8 @@ def uptrain(model: LanguageModel, steps: int = 30, batch_size: int = 8, seed: in
     """A short uptraining run (the GQA paper's): ``steps`` batches of ``batch_size`` × 512 training characters."""
     train = lm_data().train
     subset = Subset(train, [i % len(train) for i in range(batch_size * steps)])   # wraps round after an epoch
-    fit(model, subset, loss_fn=lm_loss, metric_fn=None, epochs=1, batch_size=batch_size, lr=lr, warmup=0.1,
-        seed=seed, device=device, progress=False)
+    fit(model, subset, TrainConfig(loss_fn=lm_loss, metric_fn=None, batch_size=batch_size, lr=lr, warmup=0.1,
+                                   seed=seed, device=device, progress=False))
     return model.cpu().eval()
 
 

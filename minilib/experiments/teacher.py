@@ -17,7 +17,7 @@ from minilib.deploy.hf import encoder_from_hf, load_minilm, load_tokenizer
 from minilib.experiments.artefacts import Artefact, load_model
 from minilib.support.data import sentiment_dataset, sentiment_examples
 from minilib.support.device import model_device
-from minilib.support.train import accuracy, fit, set_seed
+from minilib.support.train import TrainConfig, accuracy, fit, set_seed
 from minilib.transformer import Classifier, Encoder, mean_pool, padding_mask
 
 # ------------------------------------------------------------------------------------------------
@@ -68,7 +68,7 @@ def lower_layer_features(encoder: Encoder, n_layers: int, data: TensorDataset, b
 
 
 def fine_tune_top(classifier: Classifier, train: TensorDataset, val: TensorDataset | None = None,
-                  n_trainable: int = 1, **fit_kwargs):
+                  n_trainable: int = 1, config: TrainConfig = TrainConfig()):
     """Fine-tune only the last ``n_trainable`` encoder layers and the head; the rest stays as pretrained.
 
     The frozen lower layers are run once over the data (:func:`lower_layer_features`) instead of once
@@ -83,7 +83,7 @@ def fine_tune_top(classifier: Classifier, train: TensorDataset, val: TensorDatas
         p.requires_grad_(True)
     features = [None if d is None else lower_layer_features(classifier.encoder, first_trainable, d)
                 for d in (train, val)]
-    history = fit(top, *features, **fit_kwargs)
+    history = fit(top, features[0], config, features[1])
     classifier.to(model_device(top))  # fit may have moved the top to the GPU: keep the model in one piece
     for p in classifier.parameters():
         p.requires_grad_(True)
@@ -97,8 +97,8 @@ def _minilm_classifier(bert) -> Classifier:
 
 def _train_teacher(classifier: Classifier, tokenizer) -> None:
     splits = sentiment_dataset(tokenizer)
-    fine_tune_top(classifier, splits.train, n_trainable=1, epochs=3, lr=3e-4, batch_size=32,
-                  desc="fine-tuning the sentiment teacher")
+    fine_tune_top(classifier, splits.train, n_trainable=1,
+                  config=TrainConfig(epochs=3, lr=3e-4, batch_size=32, desc="fine-tuning the sentiment teacher"))
     classifier.cpu().eval()
 
 

@@ -7,8 +7,7 @@
 How they are stored, hashed and loaded: :mod:`minilib.experiments.artefacts`. Each recipe lives with the
 chapter code that loads it, in the chapter's runs module (``ARTEFACTS``), and each chapter declares the names
 it ships in :mod:`minilib.chapters`: :func:`shipped_artefacts` reads them from there. Shipping one more is one
-name in its chapter's entry and one ``Artefact`` in its runs module, then ``rebuild NAME``. The sentiment
-teacher's names are re-exported here, where the chapters import them from.
+name in its chapter's entry and one ``Artefact`` in its runs module, then ``rebuild NAME``.
 """
 from __future__ import annotations
 
@@ -16,10 +15,6 @@ import importlib
 
 from minilib.chapters import CHAPTERS, Chapter
 from minilib.experiments.artefacts import Artefact, ArtefactError, check, data_dir, read_manifest, rebuild
-from minilib.experiments.teacher import TopLayers, fine_tune_top, lower_layer_features, sentiment_teacher
-
-__all__ = ["TopLayers", "fine_tune_top", "list_artefacts", "lower_layer_features", "rebuild_artefacts",
-           "sentiment_teacher", "shipped_artefacts", "verify_artefacts"]
 
 
 def _declared(module) -> dict[str, Artefact]:

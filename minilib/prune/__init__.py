@@ -480,12 +480,21 @@ def least_important(importance: torch.Tensor, fraction: float, keep_per_layer: i
     return {layer: sorted(units) for layer, units in sorted(chosen.items())}
 
 
+@dataclass(frozen=True)
+class Removed:
+    """What :func:`prune_least_important` removed, per layer: ``heads`` and ``neurons`` as ``{layer: [indices]}``
+    (indices before pruning)."""
+
+    heads: dict[int, list[int]]
+    neurons: dict[int, list[int]]
+
+
 def prune_least_important(model: nn.Module, data, head_fraction: float = 0.0, neuron_fraction: float = 0.0,
-                          loss_fn=None, batch_size: int = 32, max_batches: int | None = None):
+                          loss_fn=None, batch_size: int = 32, max_batches: int | None = None) -> Removed:
     """Score heads (:func:`head_importance`) and FFN neurons (:func:`neuron_importance`) on ``data``, then remove
     the globally least important ``head_fraction`` of heads and ``neuron_fraction`` of neurons, in place.
 
-    Returns ``(heads, neurons)``: what was removed, as ``{layer: [indices]}`` (indices before pruning).
+    Returns what was removed (:class:`Removed`).
     """
     scores = {}
     for name, fraction, score in (("heads", head_fraction, head_importance), ("neurons", neuron_fraction, neuron_importance)):
@@ -496,4 +505,4 @@ def prune_least_important(model: nn.Module, data, head_fraction: float = 0.0, ne
     neurons = least_important(scores["neurons"], neuron_fraction) if neuron_fraction else {}
     prune_heads(model, heads)
     prune_neurons(model, neurons)
-    return heads, neurons
+    return Removed(heads, neurons)

@@ -29,6 +29,8 @@ from __future__ import annotations
 import functools
 import warnings
 import weakref
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -140,9 +142,21 @@ def u8s8_kernel_available() -> bool:
 _PACKED_WEIGHTS = weakref.WeakKeyDictionary()  # QuantLinear → (weight version, oneDNN's packed weight)
 
 
+@dataclass(frozen=True)
+class Int8Kernels:
+    """The two steps around the int8 GEMM: ``quantize`` each row of the input (:func:`quantize_rows`), then
+    ``rescale`` the integer sums to floats (:func:`rescale`)."""
+
+    quantize: Callable
+    rescale: Callable
+
+
+EAGER_KERNELS = Int8Kernels(quantize_rows, rescale)
+
+
 @functools.cache
-def compiled_kernels():
-    """``(quantize_rows, rescale)`` compiled by ``torch.compile``: each becomes one or two fused loops.
+def compiled_kernels() -> Int8Kernels:
+    """:data:`EAGER_KERNELS` compiled by ``torch.compile``: each step becomes one or two fused loops.
 
     Compiling takes tens of seconds once per process (shapes are dynamic, so it is not repeated per
     layer). Where ``torch.compile`` does not work (no C++ compiler, unsupported platform) this warns
@@ -156,8 +170,8 @@ def compiled_kernels():
         quantize_fn(torch.randn(17, 24), unsigned=True)  # the u8·s8 kernel's codes: a second compiled loop
     except Exception as error:  # any failure of the compiler stack means: use the plain path
         warnings.warn(f"torch.compile failed here ({type(error).__name__}: {error}); using the eager int8 kernels", stacklevel=2)
-        return quantize_rows, rescale
-    return quantize_fn, rescale_fn
+        return EAGER_KERNELS
+    return Int8Kernels(quantize_fn, rescale_fn)
 
 
 class QuantLinear(nn.Module):
@@ -194,12 +208,12 @@ class QuantLinear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"QuantLinear expects input (..., {self.in_features}), got {tuple(x.shape)}")
         rows = x.reshape(-1, self.in_features).float()
-        quantize_fn, rescale_fn = compiled_kernels() if self.compiled else (quantize_rows, rescale)
+        kernels = compiled_kernels() if self.compiled else EAGER_KERNELS
         if rows.device.type == "cpu" and u8s8_kernel_available():
-            return self._forward_u8s8(rows, quantize_fn).reshape(*x.shape[:-1], self.out_features)
-        x_q, x_scale = quantize_fn(rows)  # (M, K) int8, (M, 1)
+            return self._forward_u8s8(rows, kernels.quantize).reshape(*x.shape[:-1], self.out_features)
+        x_q, x_scale = kernels.quantize(rows)  # (M, K) int8, (M, 1)
         acc = int8_matmul(x_q, self.weight_q.t())  # Σ_k x_q[m,k] · W_q[n,k], exact int32 (M, N)
-        out = rescale_fn(acc, x_scale, self.weight_scale, self.bias)  # · s_x[m] · s_w[n] + b[n]
+        out = kernels.rescale(acc, x_scale, self.weight_scale, self.bias)  # · s_x[m] · s_w[n] + b[n]
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def _forward_u8s8(self, rows: torch.Tensor, quantize_fn=quantize_rows) -> torch.Tensor:

@@ -9,14 +9,18 @@
 
 A batch is a tuple of tensors (a row of a ``TensorDataset``); a loss function maps
 ``(model, batch)`` to a scalar. :func:`classification_loss`, :func:`seq2seq_loss` and
-:func:`lm_loss` cover the course's three tasks.
+:func:`lm_loss` cover the course's three tasks. A training run is the model, its data and a
+:class:`TrainConfig` record, which says how:
+
+    history = fit(model, train, TrainConfig(epochs=4, lr=2e-3), val_data=val)
+    history = fit(translator, task.train, TrainConfig(loss_fn=seq2seq_loss, metric_fn=None, epochs=6))
 """
 from __future__ import annotations
 
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from minilib.support.device import get_device, model_device, return_freed_memory, to_device  # noqa: F401  (get_device: the course's device)
+from minilib.support.device import get_device, model_device, return_freed_memory, to_device
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -208,70 +212,118 @@ class History:
     grad_norms: list[float] = field(default_factory=list)
     val: list[dict] = field(default_factory=list)
 
+    def record(self, step: "Step") -> None:
+        """A callback of :func:`fit`: keeps each step's loss, learning rate and gradient norm."""
+        self.losses.append(step.loss)
+        self.lrs.append(step.lr)
+        self.grad_norms.append(step.grad_norm)
 
-def _check_fit_args(train_data, epochs, batch_size, lr, warmup, clip_grad):
-    if not hasattr(train_data, "__len__") or len(train_data) == 0:
-        raise ValueError(f"train_data must be a non-empty dataset, got {type(train_data).__name__}")
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
-    if not 0 <= warmup < 1:
-        raise ValueError(f"warmup is the fraction of steps spent warming up, in [0, 1); got {warmup!r}")
-    if clip_grad is not None and not clip_grad > 0:
-        raise ValueError(f"clip_grad must be a positive max norm or None (no clipping), got {clip_grad!r}")
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How :func:`fit` trains: what it minimises and reports, for how long, how fast, where.
+
+    ``loss_fn(model, batch)`` is minimised (:func:`classification_loss`, :func:`seq2seq_loss`, :func:`lm_loss`, or
+    your own) and reported on the validation data with ``metric_fn(model, data)`` (None: the loss only). ``warmup`` is
+    the fraction of all steps spent warming up (0 = none); ``clip_grad=None`` turns clipping off. ``device``
+    defaults to :func:`minilib.support.device.get_device` (CUDA when present). ``progress`` shows a bar named
+    ``desc``. A variant of a recipe is ``dataclasses.replace(config, lr=3e-3)``.
+    """
+
+    loss_fn: Callable = classification_loss
+    metric_fn: Callable | None = accuracy
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    schedule: str = "cosine"
+    clip_grad: float | None = 1.0
+    seed: int = 0
+    device: str | torch.device | None = None
+    progress: bool = True
+    desc: str | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs must be a positive int, got {self.epochs!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"warmup is the fraction of steps spent warming up, in [0, 1); got {self.warmup!r}")
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            raise ValueError(f"clip_grad must be a positive max norm or None (no clipping), got {self.clip_grad!r}")
+        lr_multiplier(0, 1, 0, self.schedule)  # rejects an unknown schedule
+        if not callable(self.loss_fn) or (self.metric_fn is not None and not callable(self.metric_fn)):
+            raise TypeError("loss_fn must be a function (model, batch) -> loss, and metric_fn one (model, data) -> "
+                            "float or None")
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a callback of :func:`fit` sees after each optimiser step (``step`` counts from 1 over the whole run)."""
+
+    model: nn.Module
+    epoch: int
+    step: int
+    loss: float
+    lr: float
+    grad_norm: float
 
 
 @torch.enable_grad()   # train even where a notebook turned gradients off (torch.set_grad_enabled(False))
-def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
-        loss_fn: Callable = classification_loss, metric_fn: Callable | None = accuracy, epochs: int = 1,
-        batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 0.01, warmup: float = 0.1,
-        schedule: str = "cosine", clip_grad: float | None = 1.0, seed: int = 0, device=None,
-        progress: bool = True, desc: str | None = None) -> History:
-    """Train ``model`` in place with AdamW, warm-up then ``schedule`` decay, and gradient clipping.
+def fit(model: nn.Module, train_data: Dataset, config: TrainConfig = TrainConfig(), val_data: Dataset | None = None,
+        callbacks: Sequence[Callable[[Step], object]] = ()) -> History:
+    """Train ``model`` in place on ``train_data`` as ``config`` says: AdamW, warm-up then decay, gradient clipping.
 
-    ``warmup`` is the fraction of all steps spent warming up (0 = none); ``clip_grad=None`` turns
-    clipping off. After each epoch, ``val_data`` (if given) is scored with ``loss_fn`` and ``metric_fn``.
-    The model ends in eval mode on ``device`` (default: :func:`minilib.support.device.get_device`, CUDA when present);
-    every helper that takes it with data moves the data there.
+    After each optimiser step every callback is called with a :class:`Step`; after each epoch ``val_data`` (if
+    given) is scored with the config's ``loss_fn`` and ``metric_fn``. Returns the :class:`History`. The model ends in
+    eval mode on the config's device; every helper that takes it with data moves the data there.
     """
-    _check_fit_args(train_data, epochs, batch_size, lr, warmup, clip_grad)
-    lr_multiplier(0, 1, 0, schedule)  # rejects an unknown schedule before any work
-    set_seed(seed)
-    device = torch.device(device) if device is not None else get_device()
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig (e.g. TrainConfig(epochs=3, lr=1e-3)), got "
+                        f"{type(config).__name__}")
+    if not hasattr(train_data, "__len__") or len(train_data) == 0:
+        raise ValueError(f"train_data must be a non-empty dataset, got {type(train_data).__name__}")
+    set_seed(config.seed)
+    device = torch.device(config.device) if config.device is not None else get_device()
     model.to(device)
-    loader = DataLoader(train_data, batch_size=batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(seed))
-    total_steps = epochs * len(loader)
-    warmup_steps = round(warmup * total_steps)
-    optimizer = make_optimizer(model, lr, weight_decay)
+    loader = DataLoader(train_data, batch_size=config.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(config.seed))
+    total_steps = config.epochs * len(loader)
+    warmup_steps = round(config.warmup * total_steps)
+    optimizer = make_optimizer(model, config.lr, config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step, total_steps, warmup_steps, schedule))
+        optimizer, lambda step: lr_multiplier(step, total_steps, warmup_steps, config.schedule))
     history = History()
     # At most ~100 redraws however long the run: in a notebook each redraw is a widget message,
     # and a kernel that sends thousands of them drops some (nbval then waits for output forever).
-    bar = tqdm(total=total_steps, desc=desc or "training", disable=not progress,
+    bar = tqdm(total=total_steps, desc=config.desc or "training", disable=not config.progress,
                miniters=max(1, total_steps // 100), mininterval=0.5)
-    for epoch in range(1, epochs + 1):
+
+    def show(step: Step) -> None:
+        bar.set_postfix(loss=f"{step.loss:.3f}", lr=f"{step.lr:.2g}", refresh=False)
+        bar.update()
+
+    for epoch in range(1, config.epochs + 1):
         model.train()
         for batch in loader:
             batch = to_device(tuple(batch), device)
-            loss = loss_fn(model, batch)
+            loss = config.loss_fn(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             # clip_grad_norm_ returns the norm before clipping; with max_norm=inf it only measures it
-            norm = nn.utils.clip_grad_norm_(model.parameters(), clip_grad or math.inf)
-            history.losses.append(loss.item())
-            history.lrs.append(scheduler.get_last_lr()[0])
-            history.grad_norms.append(norm.item())
+            norm = nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad or math.inf)
+            step = Step(model, epoch, len(history.losses) + 1, loss.item(), scheduler.get_last_lr()[0], norm.item())
             optimizer.step()
             scheduler.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{history.lrs[-1]:.2g}", refresh=False)
-            bar.update()
+            for callback in (history.record, show, *callbacks):
+                callback(step)
         if val_data is not None:
-            history.val.append({"epoch": epoch, **evaluate(model, val_data, metric_fn, loss_fn=loss_fn)})
+            history.val.append({"epoch": epoch, **evaluate(model, val_data, config.metric_fn,
+                                                           loss_fn=config.loss_fn)})
             bar.set_postfix({f"val_{k}": f"{v:.3f}" for k, v in history.val[-1].items() if k != "epoch"})
     bar.close()
     model.eval()

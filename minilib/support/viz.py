@@ -32,8 +32,6 @@ def course_style() -> None:
     plt.rcParams.update(COURSE_STYLE)
 
 
-course_style()  # until every chapter calls it: the chapters that only imported this module for the style
-
 BERTVIZ_NOTE = ("Note: bertviz draws with JavaScript it loads from a CDN (require.js, d3), so it renders only "
                 "when this browser is online. Offline the view stays blank: use attention_explorer instead.")
 

@@ -17,7 +17,7 @@ from minilib.experiments.ch08_pruning import crossover_sparsity, sparse_vs_dense
 from minilib.experiments.teacher import fine_tune_top, sentiment_teacher
 from minilib.support.bench import Headline, compare, param_count
 from minilib.support.data import sentiment_dataset
-from minilib.support.train import accuracy, set_seed
+from minilib.support.train import TrainConfig, accuracy, set_seed
 
 BATCH, SEQ = 32, 128
 FRACTION = 0.5         # of heads and of FFN neurons
@@ -45,8 +45,8 @@ def headlines():
     accuracies = {"teacher": accuracy(teacher, splits.test), "pruned": accuracy(structured, splits.test)}
     control = copy.deepcopy(teacher)
     for model in (structured, control):
-        fine_tune_top(model, splits.train, n_trainable=len(model.encoder.layers), epochs=1, lr=FINE_TUNE_LR,
-                      progress=False)
+        fine_tune_top(model, splits.train, n_trainable=len(model.encoder.layers),
+                      config=TrainConfig(lr=FINE_TUNE_LR, progress=False))
     accuracies["pruned, fine-tuned"] = accuracy(structured, splits.test)
     accuracies["unpruned, same fine-tune"] = accuracy(control, splits.test)
     drop = 100 * (max(accuracies["teacher"], accuracies["unpruned, same fine-tune"]) - accuracies["pruned, fine-tuned"])
