@@ -17,6 +17,22 @@ def stub():
     return not_done
 
 
+@pytest.fixture
+def refused(capsys):
+    """``refused(check, answer, *words)``: the check fails ``answer`` and its message names every one of ``words``
+    (the mistake or the shortcut, in the learner's terms). Returns the message."""
+    def run(check, answer, *words, **kwargs):
+        capsys.readouterr()
+        passed = check(answer, **kwargs)
+        message = capsys.readouterr().out
+        assert not passed, message
+        for word in words:
+            assert word in message, f"{word!r} not in:\n{message}"
+        return message
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def tiny_config():
     """Makes a small TransformerConfig (no dropout): ``tiny_config(d_model=128, n_layers=1)`` changes what a test needs."""
