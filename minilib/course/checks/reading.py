@@ -87,7 +87,7 @@ class _Reader:
             yield from self._value(value.__func__, _name(value.__func__), where)
             yield from self._value(value.__self__, _name(value.__self__), where)
         elif isinstance(value, (staticmethod, classmethod)):
-            yield from self.read(value.__func__, where)
+            yield from self._value(value.__func__, _name(value.__func__), where)
         elif isinstance(value, property):
             for accessor in (value.fget, value.fset):
                 if accessor is not None:
@@ -172,10 +172,10 @@ class _Reader:
                 if name.startswith("__") and name not in ("__init__", "__call__"):
                     continue
                 where = f"{klass.__name__}.{name}"
-                if isinstance(attribute, (types.FunctionType, staticmethod, classmethod, property)):
+                if isinstance(attribute, (staticmethod, classmethod, property)):
                     yield from self.read(attribute, where)
-                else:
-                    yield from self._value(attribute, f"{klass.__name__}.{name}", f"the class attribute {where}")
+                else:  # a method, or a class attribute: a library function kept there is reported too
+                    yield from self._value(attribute, where, f"the class attribute {where}")
 
     def _instance(self, obj, where: str):
         yield from self.read(type(obj), where)
