@@ -260,6 +260,19 @@ def test_multihead_attention_refuses_shortcuts_by_any_route(refused):
             "torch.nn.MultiheadAttention")
 
 
+class UnboundReference(MultiHeadSelfAttention):
+    """A shortcut the reader cannot see: PyTorch's module found by a computed name, its forward called unbound."""
+
+    def forward(self, x, key_padding_mask=None):
+        cls = vars(torch.nn.modules.activation)["Multihead" + "Attention"]
+        reference = cls(x.shape[-1], self.n_heads, batch_first=True)
+        return cls.forward(reference, x, x, x, key_padding_mask=key_padding_mask)[0]
+
+
+def test_multihead_attention_refuses_an_unbound_forward(refused):
+    refused(check_multihead_attention, UnboundReference, "calls torch.nn.MultiheadAttention")
+
+
 def test_multihead_attention_rejects_minilib_attention_imported_by_name(refused):
     """A notebook that imported the function under study under its own name is caught too."""
     namespace = {}

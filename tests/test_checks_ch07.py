@@ -10,7 +10,7 @@ from minilib.course.checks import (
     check_pack_nibbles,
     check_symmetric_quantize,
 )
-from minilib.quant import quantize, scale_and_zero_point
+from minilib.quant import pack_int4, quantize, scale_and_zero_point
 from minilib.quant.int8 import int8_matmul  # the chapter's int8 GEMM: exercise 7.3 may build on it
 
 
@@ -66,6 +66,14 @@ def test_affine_params(stub, refused):
     refused(check_affine_params, lambda lo, hi, bits: ((hi - lo) / 2 ** bits, affine(lo, hi, bits)[1]), "2^bits − 1")
     refused(check_affine_params, lambda lo, hi, bits: scale_and_zero_point(lo, hi, bits, symmetric=False),
             "minilib.quant")
+
+    def by_observer(lo, hi, bits):  # PyTorch's observer computes the same grid
+        from torch.ao.quantization.observer import MinMaxObserver
+        observer = MinMaxObserver(quant_min=0, quant_max=2 ** bits - 1)
+        observer(torch.stack([lo, hi]))
+        return observer.calculate_qparams()
+
+    refused(check_affine_params, by_observer, "torch.ao")
 
 
 def int8_linear(x_q, x_scale, w_q, w_scale, bias):
@@ -127,6 +135,7 @@ def test_pack_nibbles(stub, refused):
     refused(check_pack_nibbles, lambda codes: (codes[..., 0::2] << 4) | codes[..., 1::2], "0x21")        # swapped
     refused(check_pack_nibbles, lambda codes: (codes[..., 0::2] | (codes[..., 1::2] << 4)).int(), "dtype uint8", "int32")
     refused(check_pack_nibbles, lambda codes: pack(codes).tolist(), "return a tensor", "a list")
+    refused(check_pack_nibbles, lambda codes: pack_int4(codes), "minilib.quant")
 
 
 class Int8Layer(torch.nn.Module):

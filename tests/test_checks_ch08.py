@@ -142,6 +142,17 @@ def test_remove_heads(stub, refused):
 
     refused(check_remove_heads, library, "minilib.prune")
 
+    def private_helper(attention, heads):  # the library's private slicing helpers
+        keep = torch.tensor([f for f in range(attention.n_heads * attention.head_dim)
+                             if f // attention.head_dim not in heads])
+        for name in ("q_proj", "k_proj", "v_proj"):
+            setattr(attention, name, prune._keep_rows(getattr(attention, name), keep))
+        attention.out_proj = prune._keep_columns(attention.out_proj, keep)
+        attention.n_heads -= len(heads)
+        return attention
+
+    refused(check_remove_heads, private_helper, "minilib.prune")
+
     def hugging_face(attention, heads):  # Hugging Face's helper for the same slicing
         from transformers.pytorch_utils import prune_linear_layer
         index = torch.tensor([f for f in range(attention.n_heads * attention.head_dim)
