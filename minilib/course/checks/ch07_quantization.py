@@ -6,7 +6,15 @@ dispatcher (a float product by any route, or by multiply-and-sum, fails), and wh
 import torch
 
 import minilib.quant as quant
-from minilib.course.checks.core import CheckFailed, exercise, expect_attribute, expect_close, expect_tensor
+from minilib.course.checks.core import (
+    CheckFailed,
+    as_number,
+    describe_value,
+    exercise,
+    expect_attribute,
+    expect_close,
+    expect_tensor,
+)
 from minilib.course.checks.guards import COURSE, NUMPY, guarded
 from minilib.quant import dequantize, pack_int4, quantize, scale_and_zero_point
 from minilib.quant.int8 import int8_matmul
@@ -19,22 +27,14 @@ QUANTIZERS = (quant, COURSE, "torch.ao", "torchao", "aten::quantize_per", "aten:
 
 def _pair(got, what: str):
     if not isinstance(got, (tuple, list)) or len(got) != 2:
-        raise CheckFailed(f"{what}: return a pair", "a tuple of two values (first, second)", _describe(got),
+        raise CheckFailed(f"{what}: return a pair", "a tuple of two values (first, second)", describe_value(got),
                           "return both values: (first, second)")
     return got
 
 
-def _describe(value) -> str:
-    from minilib.course.checks.core import describe_value
-    return describe_value(value)
-
-
 def _scalar(what: str, value) -> torch.Tensor:
-    """A scale or zero point: a 0-d or one-element tensor, or a Python number, as a float tensor."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return value.detach().reshape(()).double()
-    expect_close(what, value, torch.zeros((), dtype=torch.float64), atol=float("inf"))  # says what came instead
-    return torch.tensor(float(value), dtype=torch.float64)
+    """A scale or zero point: a 0-d or one-element tensor, or a Python number, as a float64 tensor."""
+    return torch.tensor(as_number(what, value), dtype=torch.float64)
 
 
 @exercise(points=2)
