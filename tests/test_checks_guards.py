@@ -242,3 +242,21 @@ def test_numbers_in_any_form():
         expect_number("n", value, 3)
     with pytest.raises(CheckFailed, match="return a number"):
         expect_number("n", "3", 3)
+
+
+def test_a_crash_names_the_learners_line_not_torchs():
+    from minilib.course.checks.core import describe_crash
+
+    def answer(x):
+        return torch.nn.functional.softmax(x @ torch.ones(3, 4), dim=-1)  # a shape mistake, raised inside torch
+
+    try:
+        answer(torch.ones(2, 5))
+    except RuntimeError as error:
+        message = describe_crash("check_x", error)
+    assert "your code raised RuntimeError" in message and "in answer, line" in message and "x @ torch.ones(3, 4)" in message
+    try:
+        torch.ones(2)[None].reshape(3)  # raised with no learner frame on the stack
+    except RuntimeError as error:
+        error.__traceback__ = None
+        assert "could not use what your answer returned" in describe_crash("check_x", error)

@@ -191,11 +191,12 @@ def describe_crash(name: str, error: Exception) -> str:
     from minilib.course.checks.reading import learner_frame, source_line
 
     frame = learner_frame(error.__traceback__)
-    message = f"✘ {name}: your code raised {type(error).__name__}: {error}"
-    if frame is None:
-        return message + "\n   (inside a library your code called: check what you passed to it)"
+    if frame is None:  # nothing of the learner's on the stack: the check tripped over what the answer returned
+        return (f"✘ {name}: the check could not use what your answer returned ({type(error).__name__}: {error})\n"
+                "   look at what the exercise asks your code to return (its kind and shape)")
     line = source_line(frame.f_code, frame.f_lineno)
-    return message + f"\n   (in {frame.f_code.co_name}, line {frame.f_lineno}" + (f": {line})" if line else ")")
+    return (f"✘ {name}: your code raised {type(error).__name__}: {error}\n"
+            f"   (in {frame.f_code.co_name}, line {frame.f_lineno}" + (f": {line})" if line else ")"))
 
 
 def with_gradients(check):
