@@ -179,7 +179,7 @@ class _Reader:
 
     def _instance(self, obj, where: str):
         yield from self.read(type(obj), where)
-        for name, attribute in vars(obj).items():
+        for name, attribute in getattr(obj, "__dict__", {}).items():
             if name in ("_modules", "_parameters", "_buffers") or name.startswith("_forward") or "hooks" in name:
                 continue
             yield from self._value(attribute, f"self.{name}", f"the attribute self.{name} of {_name(obj)}")
