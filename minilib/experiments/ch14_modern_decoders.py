@@ -147,7 +147,7 @@ def _decoder_metrics(model: LlamaDecoder) -> dict:
 _PROSE = (python_prose, prose_split, module_docstrings)
 TOKENIZER = Artefact("ch14_tokenizer", "chapter 14's byte-level BPE tokenizer (8,192 tokens) of Python's prose",
                      "results", run=tokenizer, metrics=_tokenizer_metrics, depends=(train_tokenizer, *_PROSE),
-                     params={"seed": None, "vocab_size": VOCAB_SIZE, "special_tokens": [END_OF_TEXT]})
+                     params={"seed": 0, "vocab_size": VOCAB_SIZE, "special_tokens": [END_OF_TEXT]})   # BPE draws nothing at random
 DECODER = Artefact("ch14_decoder", "chapter 14's Llama-style decoder (6 layers, width 384, 6 query / 2 key-value "
                    "heads, context 256, BPE vocabulary 8,192)", "model", run=decoder, metrics=_decoder_metrics,
                    depends=(train_decoder, _fresh, decoder_config, token_blocks, *_PROSE),

@@ -39,7 +39,7 @@ ARTEFACTS: list[Artefact] = [
     *ch11_evaluation.ARTEFACTS.values(),            # chapter 11's character LM and date translator
     *ch12_capstone.ARTEFACTS,                      # chapter 12's distilled and pruned students
     *ch13_fast_generation.ARTEFACTS.values(),      # chapter 13's decoder, its draft and its grouped-query version
-    *ch14_modern_decoders.ARTEFACTS.values(),      # chapter 14's BPE tokenizer, then its Llama-style decoder
+    ch14_modern_decoders.TOKENIZER,                # chapter 14's BPE tokenizer
 ]
 """Every shipped artefact, in the order ``rebuild`` makes them (upstream ones first)."""
 
