@@ -10,12 +10,13 @@ open models (Llama, Mistral, Qwen, Gemma) share:
     Attention: grouped-query (n_kv_heads key/value heads), queries and keys rotated by their positions (RoPE,
     ``minilib.rotary``): no position embeddings are added to the input.
 
-No linear layer has a bias. :func:`minilib.deploy.hf.to_hf` and :func:`~minilib.deploy.hf.from_hf` convert to and
-from ``transformers.LlamaForCausalLM``; the two give the same logits. The model works with ``minilib.generation``
+No linear layer has a bias. :func:`minilib.deploy.hf_llama.to_hf` and :func:`~minilib.deploy.hf_llama.from_hf` convert
+to and from ``transformers.LlamaForCausalLM``; the two give the same logits. The model works with ``minilib.generation``
 (``KVCache``, ``generate``, ``speculative_generate``) as chapter 13's does.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minilib.attention import MultiHeadAttention
-from minilib.rotary import RotaryEmbedding
+from minilib.rotary import RotaryEmbedding, apply_rotary
 from minilib.transformer import check_token_ids, padding_mask
 
 
@@ -107,9 +108,9 @@ class LlamaBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
         self.ffn = SwiGLU(config.d_model, config.d_ff)
 
-    def forward(self, x, rotary, attn_mask=None, cache=None):
-        """x: (batch, seq, d_model); rotary: (cos, sin) of the positions, each (seq, head_dim) → (batch, seq, d_model)."""
-        x = x + self.attn(self.attn_norm(x), attn_mask=attn_mask, is_causal=True, cache=cache, rotary=rotary)[0]
+    def forward(self, x, rotate, attn_mask=None, cache=None):
+        """x: (batch, seq, d_model); rotate: turns queries and keys by their positions (RoPE) → (batch, seq, d_model)."""
+        x = x + self.attn(self.attn_norm(x), attn_mask=attn_mask, is_causal=True, cache=cache, rotate=rotate)[0]
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -146,10 +147,11 @@ class LlamaDecoder(nn.Module):
                              f"max_len={self.config.max_len} positions, got {end}")
         x = self.embed(input_ids)                                             # (B, T, d)
         positions = torch.arange(start, end, device=input_ids.device)
-        rotary = self.rotary(positions, x.dtype)                              # cos, sin: (T, hs) each
+        cos, sin = self.rotary(positions, x.dtype)                            # (T, hs) each
+        rotate = functools.partial(apply_rotary, cos=cos, sin=sin)            # the same turns in every layer
         mask = padding_mask(attention_mask)                                   # (B, 1, 1, past + T) or None
         for i, layer in enumerate(self.layers):
-            x = layer(x, rotary, mask, None if cache is None else cache.layer(i))
+            x = layer(x, rotate, mask, None if cache is None else cache.layer(i))
         if cache is not None:
             cache.advance(input_ids.shape[1])
         return self.lm_head(self.final_norm(x))                               # (B, T, vocab)

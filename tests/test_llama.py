@@ -10,7 +10,7 @@ import torch
 import transformers
 from transformers.models.llama import modeling_llama
 
-from minilib.deploy.hf import from_hf, llama_config, to_hf
+from minilib.deploy.hf_llama import from_hf, llama_config, to_hf
 from minilib.generation import KVCache, generate, speculative_generate
 from minilib.llama import DecoderConfig, LlamaDecoder, RMSNorm
 from minilib.rotary import RotaryEmbedding, apply_rotary
