@@ -132,14 +132,17 @@ class LlamaDecoder(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
 
-    def forward(self, input_ids, attention_mask=None, cache=None):
-        """input_ids: (batch, seq) → next-token logits (batch, seq, vocab).
+    def forward(self, input_ids, attention_mask=None, cache=None, logits_to_keep: int = 0):
+        """input_ids: (batch, seq) → next-token logits (batch, seq, vocab), or (batch, logits_to_keep, vocab).
 
         attention_mask: (batch, past + seq), 1 for real tokens and 0 for padding, or None. cache (generating,
         chapter 13): a ``minilib.generation.KVCache`` holding the ``cache.length`` positions before ``input_ids``;
-        the new tokens take the positions after them, and their keys and values are appended.
+        the new tokens take the positions after them, and their keys and values are appended. logits_to_keep:
+        the output head runs on the last ``logits_to_keep`` positions only (0: all), as in Hugging Face.
         """
         check_token_ids(input_ids)
+        if not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an int ≥ 0 (0 = every position), got {logits_to_keep!r}")
         start = 0 if cache is None else cache.length
         end = start + input_ids.shape[1]
         if end > self.config.max_len:
@@ -154,4 +157,4 @@ class LlamaDecoder(nn.Module):
             x = layer(x, rotate, mask, None if cache is None else cache.layer(i))
         if cache is not None:
             cache.advance(input_ids.shape[1])
-        return self.lm_head(self.final_norm(x))                               # (B, T, vocab)
+        return self.lm_head(self.final_norm(x[:, -logits_to_keep:] if logits_to_keep else x))   # (B, T, vocab)

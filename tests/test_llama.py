@@ -149,6 +149,14 @@ def test_greedy_generation_with_the_cache_equals_hugging_face_generate():
     assert min(len(set(row[11:].tolist())) for row in tokens) > 10  # varied tokens, not one repeated
 
 
+def test_logits_to_keep_runs_the_head_on_the_last_positions():
+    model, tokens = _decoder(9), _tokens(2, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens, logits_to_keep=3), model(tokens)[:, -3:], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="logits_to_keep must be an int ≥ 0"):
+        model(tokens, logits_to_keep=-1)
+
+
 def test_cached_chunks_give_the_logits_of_one_pass():
     """The new tokens' positions continue from the cache: prefill, then uneven chunks, equal one forward pass."""
     model = _decoder(6)
