@@ -24,6 +24,7 @@ from minilib.experiments import (
     ch11_evaluation,
     ch12_capstone,
     ch13_fast_generation,
+    ch14_modern_decoders,
 )
 from minilib.experiments.artefacts import Artefact, ArtefactError, check, data_dir, read_manifest, rebuild
 from minilib.experiments.teacher import TEACHER, TopLayers, fine_tune_top, lower_layer_features, sentiment_teacher
@@ -38,6 +39,7 @@ ARTEFACTS: list[Artefact] = [
     *ch11_evaluation.ARTEFACTS.values(),            # chapter 11's character LM and date translator
     *ch12_capstone.ARTEFACTS,                      # chapter 12's distilled and pruned students
     *ch13_fast_generation.ARTEFACTS.values(),      # chapter 13's decoder, its draft and its grouped-query version
+    ch14_modern_decoders.TOKENIZER,                # chapter 14's BPE tokenizer
 ]
 """Every shipped artefact, in the order ``rebuild`` makes them (upstream ones first)."""
 
