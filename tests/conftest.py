@@ -125,3 +125,13 @@ def chapter13_layers():
     for hook in hooks:
         hook.remove()
     return {name: (layer.weight.detach().clone(), torch.cat(inputs[name]), stats[name]) for name, layer in layers.items()}
+
+
+@pytest.fixture(scope="session")
+def stand_in_tokenizer():
+    """A one-word Hugging Face tokenizer: llmcompressor's ``oneshot`` asks for one even when its calibration batches
+    are token ids already."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")))
