@@ -34,9 +34,9 @@ from minilib.quant import quantize_model
 from minilib.quant.awq import awq
 from minilib.quant.gptq import gptq
 from minilib.quant.groupwise import DEFAULT_SKIP, round_to_nearest
-from minilib.quant.layerwise import decoder_blocks, recording
+from minilib.quant.layerwise import block_parts, decoder_blocks, recording
 from minilib.quant.smoothquant import smoothquant_w8a8
-from minilib.support.bench import _html_table, _text_table, model_size_bytes
+from minilib.support.bench import Comparison, _html_table, _text_table, compare, model_size_bytes
 from minilib.support.optional import NotAvailable, Unavailable, optional_row, require
 
 LLMCOMPRESSOR_HINT = "pip install llmcompressor (0.14 or later, with transformers 5)"
@@ -228,37 +228,66 @@ def score(make, held_out, measure_bytes) -> dict:
 
 
 def ours_row(model: nn.Module, run: Run, calibration: torch.Tensor, held_out) -> dict:
-    return score(lambda: compress_ours(model, run, calibration), held_out, block_bytes)
+    """minilib's row for ``run``: ``{"tool", "label", "perplexity", "bytes", "seconds"}``."""
+    return {"tool": "ours", "label": run.label,
+            **score(lambda: compress_ours(model, run, calibration), held_out, block_bytes)}
 
 
 def llmcompressor_row(hf_model: nn.Module, run: Run, calibration: torch.Tensor, held_out, processor) -> dict:
-    """llmcompressor's row for ``run``, or ``{"unavailable": reason}`` (not installed, no recipe, cannot run here)."""
+    """llmcompressor's row for ``run``, with ``"unavailable": reason`` instead of the measurements when it cannot be
+    made (not installed, no such recipe, cannot run here)."""
     measure = block_bytes if run.method == "float32" else llmcompressor_bytes
     row = optional_row(f"llmcompressor {run.label}",
                        lambda: score(lambda: compress_llmcompressor(hf_model, run, calibration, processor), held_out,
                                      measure), LLMCOMPRESSOR_HINT)
-    return {"unavailable": str(row)} if isinstance(row, Unavailable) else row
+    return {"tool": "llmcompressor", "label": run.label,
+            **({"unavailable": str(row)} if isinstance(row, Unavailable) else row)}
+
+
+def table_metrics(results: dict) -> dict:
+    """The shipped results' metrics: each row's perplexity, ``"<tool> <label> perplexity"``."""
+    return {f"{row['tool']} {row['label']} perplexity": row["perplexity"]
+            for row in results.values() if "perplexity" in row}
 
 
 # ------------------------------------------------------------------------------------------ outlier features
+OUTLIER_MAGNITUDE, OUTLIER_TOKENS, OUTLIER_LAYERS = 6.0, 0.06, 0.25   # LLM.int8's criteria (Dettmers et al., 2022)
+
+
 @torch.no_grad()
-def activation_magnitudes(model: nn.Module, input_ids: torch.Tensor, threshold: float = 6.0) -> dict[str, dict]:
-    """For each linear layer's input in each block: the largest |x_j| of every channel ``(in,)`` and the share of
-    tokens where ``|x_j| ≥ threshold`` ``(in,)`` — LLM.int8's test for outlier features (threshold 6)."""
-    blocks = decoder_blocks(model)
-    layers = {f"{i}.{name}": layer for i, block in enumerate(blocks)
-              for name, layer in block.named_modules() if isinstance(layer, nn.Linear)}
-    counts = {name: torch.zeros(layer.in_features) for name, layer in layers.items()}
-    hooks = [layer.register_forward_pre_hook(
-        lambda m, args, name=name: counts[name].add_((args[0].abs() >= threshold).flatten(0, -2).sum(0).float()))
-        for name, layer in layers.items()]
+def hidden_feature_magnitudes(model: nn.Module, input_ids: torch.Tensor, magnitude: float = OUTLIER_MAGNITUDE) -> dict:
+    """What each block's two normed inputs (of q/k/v and of gate/up) hold, feature by feature (``d_model`` of them).
+
+    ``{"max_abs": (blocks, 2, d), "share": (blocks, 2, d)}``: the largest ``|x_j|`` over the tokens, and the share of
+    tokens where ``|x_j| ≥ magnitude``.
+    """
+    parts = [block_parts(block) for block in decoder_blocks(model)]
+    layers = {f"{i}.{kind}": getattr(p, kind) for i, p in enumerate(parts) for kind in ("q", "gate")}
+    large = {name: 0 for name in layers}
+
+    def count(name):
+        def hook(module, args):
+            large[name] = large[name] + (args[0].abs() >= magnitude).flatten(0, -2).sum(0)
+        return hook
+
+    hooks = [layer.register_forward_pre_hook(count(name)) for name, layer in layers.items()]
     try:
         with recording(layers, gram=False) as stats:
-            model(input_ids)
+            for batch in input_ids.split(8):
+                model(batch)
     finally:
         for hook in hooks:
             hook.remove()
-    return {name: {"max_abs": stats[name].max_abs, "share": counts[name] / stats[name].tokens} for name in layers}
+    shape = (len(parts), 2, -1)
+    return {"max_abs": torch.stack([stats[n].max_abs for n in layers]).reshape(shape),
+            "share": torch.stack([large[n] / stats[n].tokens for n in layers]).reshape(shape)}
+
+
+def outlier_features(magnitudes: dict, tokens: float = OUTLIER_TOKENS, layers: float = OUTLIER_LAYERS) -> list[int]:
+    """LLM.int8's systematic outlier features: hidden features ``j`` that reach ``|x_j| ≥ 6`` in at least 6% of the
+    tokens, in at least 25% of the normed inputs of the blocks (from :func:`hidden_feature_magnitudes`)."""
+    frequent = (magnitudes["share"] >= tokens).flatten(0, 1)                  # (blocks · 2, d)
+    return torch.nonzero(frequent.float().mean(0) >= layers).flatten().tolist()
 
 
 # ------------------------------------------------------------------------------------------ the chapter's table
@@ -332,3 +361,11 @@ def compression_table(model: nn.Module, hf_model: nn.Module, calibration: torch.
                 hf_model, run, calibration, held_out, processor)),
         }
     return CompressionTable(rows)
+
+
+@torch.no_grad()
+def forward_speed(models: dict[str, nn.Module], input_ids: torch.Tensor, repeats: int = 5) -> Comparison:
+    """One forward pass of ``input_ids`` ``(batch, length)`` through each model, timed interleaved; the first is the
+    baseline of the ratios (e.g. float32 against SmoothQuant's W8A8 on chapter 07's int8 kernel)."""
+    return compare({name: (lambda model=model: model(input_ids)) for name, model in models.items()},
+                   warmup=1, repeats=repeats)
