@@ -18,6 +18,7 @@ import html
 import io
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -209,7 +210,8 @@ def llmcompressor_bytes(model: nn.Module) -> int:
     """Bytes of the decoder's blocks in the compressed checkpoint llmcompressor writes (``save_compressed``)."""
     import safetensors.torch
 
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, _quiet(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")                                      # "saving a model with offloaded modules"
         model.save_pretrained(folder, save_compressed=True)
         tensors = {}
         for file in Path(folder).glob("*.safetensors"):
