@@ -24,14 +24,13 @@ import copy
 import torch
 from torch import nn
 
-from minilib.quant.affine import check_bits
-from minilib.quant.groupwise import GroupQuantLinear, check_group_size, group_grid
+from minilib.quant.groupwise import GroupQuantLinear, check_quantizable, group_grid
 from minilib.quant.layerwise import (
     BlockParts,
     InputStatistics,
+    block_linears,
     block_parts,
     compress_blocks,
-    decoder_blocks,
     linear_layers,
     recording,
     scale_channels,
@@ -83,10 +82,7 @@ def awq(model: nn.Module, calibration: torch.Tensor, bits: int = 4, group_size: 
     calibration: token ids ``(sequences, length)``; blocks are done one by one
     (:func:`~minilib.quant.layerwise.compress_blocks`), each from one pass of its calibration inputs.
     """
-    check_bits(bits)
-    for block in decoder_blocks(model):
-        for layer in linear_layers(block).values():
-            check_group_size(layer.in_features, group_size)
+    check_quantizable(block_linears(model), bits, group_size)
 
     def compress(block: nn.Module, run) -> None:
         layers = linear_layers(block)

@@ -34,9 +34,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from minilib.quant.affine import check_bits
-from minilib.quant.groupwise import GroupGrid, GroupQuantLinear, check_group_size, group_grid
-from minilib.quant.layerwise import compress_blocks, decoder_blocks, linear_layers, recording
+from minilib.quant.groupwise import GroupGrid, GroupQuantLinear, check_quantizable, group_grid
+from minilib.quant.layerwise import block_linears, compress_blocks, linear_layers, recording
 
 DAMP, BLOCK = 0.01, 128
 
@@ -113,7 +112,6 @@ def _sweep(W: torch.Tensor, U: torch.Tensor, order: torch.Tensor, decide: Decide
 def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int | None = 128,
                 act_order: bool = False, damp: float = DAMP, block_size: int = BLOCK) -> tuple[torch.Tensor, GroupGrid]:
     """GPTQ for one weight ``(out, in)`` given ``H = 2XᵀX/N`` ``(in, in)``: uint8 codes ``(out, in)`` and their grids."""
-    check_bits(bits)
     grid = group_grid(weight, bits, group_size)                               # round-to-nearest's grids
     order = torch.argsort(hessian.diagonal(), descending=True) if act_order else None
     rounded = obs_sweep(weight, hessian, lambda pending, columns, _: grid.round(pending[:, 0], columns[0]),
@@ -127,10 +125,7 @@ def gptq(model: nn.Module, calibration: torch.Tensor, bits: int = 4, group_size:
 
     calibration: token ids ``(sequences, length)``; blocks are done one by one (:func:`compress_blocks`).
     """
-    check_bits(bits)
-    for block in decoder_blocks(model):
-        for layer in linear_layers(block).values():
-            check_group_size(layer.in_features, group_size)
+    check_quantizable(block_linears(model), bits, group_size)
 
     def compress(block: nn.Module, run) -> None:
         layers = linear_layers(block)

@@ -41,6 +41,13 @@ def check_group_size(in_features: int, group_size: int | None) -> int:
     return group_size
 
 
+def check_quantizable(layers, bits: int, group_size: int | None) -> None:
+    """A ValueError, before any work, unless ``bits`` is 2..8 and ``group_size`` divides every layer's input dimension."""
+    check_bits(bits)
+    for layer in layers:
+        check_group_size(layer.in_features, group_size)
+
+
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack ``bits``-bit codes into bytes, as one little-endian bit stream: code j fills bits j·b … j·b + b − 1.
 
@@ -155,8 +162,6 @@ class GroupQuantLinear(nn.Module):
 
 def round_to_nearest(model: nn.Module, bits: int = 4, group_size: int | None = 128, skip=DEFAULT_SKIP) -> nn.Module:
     """A copy of ``model`` whose ``nn.Linear`` layers (but ``skip``) are :class:`GroupQuantLinear`, rounded to nearest."""
-    check_bits(bits)
     names = linear_layer_names(model, skip)
-    for name in names:  # check every layer before copying anything
-        check_group_size(model.get_submodule(name).in_features, group_size)
+    check_quantizable([model.get_submodule(name) for name in names], bits, group_size)
     return replace_linears(copy.deepcopy(model), names, lambda layer: GroupQuantLinear.from_linear(layer, bits, group_size))

@@ -100,6 +100,11 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
                     "such as minilib's LlamaDecoder or Hugging Face's LlamaForCausalLM")
 
 
+def block_linears(model: nn.Module) -> list[nn.Linear]:
+    """Every plain ``nn.Linear`` inside the model's blocks: what the block-by-block methods compress."""
+    return [layer for block in decoder_blocks(model) for layer in linear_layers(block).values()]
+
+
 class _ReachedFirstBlock(Exception):
     """Stops the model's forward pass once the first block's inputs are caught."""
 
