@@ -190,10 +190,11 @@ def test_scaling_channels_leaves_the_block_unchanged(compressible_llama, calibra
 
 def test_awq_scale_protects_salient_channels_and_is_never_worse_than_round_to_nearest(chapter13_layers):
     weight, _, stats = chapter13_layers["down"]
-    s, alpha = awq_scale([weight], stats, 4, 128)
+    s, alpha, errors = awq_scale([weight], stats, 4, 128)
     rtn = output_error(weight, group_grid(weight, 4, 128).round(weight), stats.xtx)
     awq_error = output_error(weight, group_grid(weight * s, 4, 128).round(weight * s) / s, stats.xtx)
     assert 0 < alpha <= 1 and awq_error < rtn
+    assert errors[0.0] == pytest.approx(rtn) and errors[alpha] == pytest.approx(awq_error) == min(errors.values())
     salient = stats.mean_abs.argsort(descending=True)[:10]
     assert s[salient].min() > s.median()
 

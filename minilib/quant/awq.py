@@ -20,6 +20,7 @@ grouped-query attention one value channel feeds several heads' columns of o, so 
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -45,9 +46,17 @@ def output_error(weight: torch.Tensor, approximation: torch.Tensor, xtx: torch.T
     return float(((delta @ xtx) * delta).sum())
 
 
+class ScaleSearch(NamedTuple):
+    """AWQ's search for one input: the chosen ``scale`` ``(in,)`` and ``alpha``, and the output error at every α."""
+
+    scale: torch.Tensor
+    alpha: float
+    errors: dict[float, float]
+
+
 def awq_scale(weights: list[torch.Tensor], stats: InputStatistics, bits: int = 4, group_size: int | None = 128,
-              n_grid: int = N_GRID) -> tuple[torch.Tensor, float]:
-    """The per-input-channel scale ``s`` ``(in,)`` and the ``α`` that minimise the output error of ``weights``.
+              n_grid: int = N_GRID) -> ScaleSearch:
+    """The per-input-channel scale ``s`` and the ``α`` that minimise the output error of ``weights``.
 
     weights: the layers ``(out_i, in)`` that read the same input, all scaled by the same ``s``; stats: that input's
     :class:`InputStatistics` (with ``XᵀX``).
@@ -57,14 +66,14 @@ def awq_scale(weights: list[torch.Tensor], stats: InputStatistics, bits: int = 4
             raise ValueError(f"calibration activations of width {stats.features} do not fit a weight of shape "
                              f"{tuple(weight.shape)}: expected width {weight.shape[1]}")
     weights = [w.detach().float() for w in weights]
-    best_error, best = float("inf"), None
+    scales, errors = {}, {}
     for alpha in torch.linspace(0, 1, n_grid).tolist():
         s = stats.mean_abs.pow(alpha).clamp_min(1e-4)                        # s = mean|X|^α
-        s = s / (s.max() * s.min()).sqrt()
-        error = sum(output_error(w, group_grid(w * s, bits, group_size).round(w * s) / s, stats.xtx) for w in weights)
-        if error < best_error:                                               # Ŵ = Q(W·s) / s
-            best_error, best = error, (s, alpha)
-    return best
+        scales[alpha] = s = s / (s.max() * s.min()).sqrt()
+        errors[alpha] = sum(output_error(w, group_grid(w * s, bits, group_size).round(w * s) / s, stats.xtx)
+                            for w in weights)                                # Ŵ = Q(W·s) / s
+    alpha = min(errors, key=errors.get)
+    return ScaleSearch(scales[alpha], alpha, errors)
 
 
 def scaling_pairs(parts: BlockParts) -> list[tuple[nn.Module, list[nn.Linear]]]:
@@ -90,8 +99,8 @@ def awq(model: nn.Module, calibration: torch.Tensor, bits: int = 4, group_size: 
             run()
         name_of = {layer: name for name, layer in layers.items()}
         for source, targets in scaling_pairs(block_parts(block)):
-            s, _ = awq_scale([t.weight for t in targets], stats[name_of[targets[0]]], bits, group_size, n_grid)
-            scale_channels(source, targets, s)
+            search = awq_scale([t.weight for t in targets], stats[name_of[targets[0]]], bits, group_size, n_grid)
+            scale_channels(source, targets, search.scale)
         for name, layer in layers.items():
             block.set_submodule(name, GroupQuantLinear.from_linear(layer, bits, group_size))
 
