@@ -101,6 +101,14 @@ def test_gptq_equals_the_papers_equations(chapter13_layers, act_order):
     assert ours == pytest.approx(theirs, rel=0.01)
 
 
+def test_llmcompressors_gptq_with_our_grids_is_ours(chapter13_layers):
+    from minilib.experiments.llm_compression import llmcompressor_gptq_weight
+
+    weight, _, stats = chapter13_layers["q"]
+    codes, grid = gptq_weight(weight, stats.hessian, 4, 128)
+    assert torch.equal(llmcompressor_gptq_weight(weight, stats.hessian, grid), grid.dequantize(codes))
+
+
 @pytest.mark.parametrize("bits, group_size, act_order", [(4, 128, False), (4, 128, True), (3, 128, True), (4, 32, True)])
 def test_gptq_equals_llmcompressors_gptq_on_a_real_layer(chapter13_layers, bits, group_size, act_order):
     from compressed_tensors.quantization import QuantizationArgs

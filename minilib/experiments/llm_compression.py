@@ -371,3 +371,15 @@ def forward_speed(models: dict[str, nn.Module], input_ids: torch.Tensor, repeats
     baseline of the ratios (e.g. float32 against SmoothQuant's W8A8 on chapter 07's int8 kernel)."""
     return compare({name: (lambda model=model: model(input_ids)) for name, model in models.items()},
                    warmup=1, repeats=repeats)
+
+
+def llmcompressor_gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, grid) -> torch.Tensor:
+    """llmcompressor's GPTQ of one weight ``(out, in)`` with minilib's grids (a ``GroupGrid``) and 1% damping."""
+    require("llmcompressor", LLMCOMPRESSOR_HINT)
+    from compressed_tensors.quantization import QuantizationArgs
+    from llmcompressor.modifiers.gptq.gptq_quantize import quantize_weight
+
+    args = QuantizationArgs(num_bits=grid.bits, symmetric=False, strategy="group", group_size=grid.group_size)
+    zero_point = grid.zero - 2 ** (grid.bits - 1)                            # llmcompressor's codes are signed
+    return quantize_weight(weight[None].float().clone(), hessian[None].float().clone(), grid.scale[None],
+                           zero_point[None], None, args, blocksize=128, percdamp=0.01)[0][0]
