@@ -22,6 +22,7 @@ from minilib.support.bench import (
     compare,
     count_flops,
     linear_flops,
+    memory_bandwidth,
     model_size_bytes,
     param_count,
     peak_matmul_gflops,
@@ -96,6 +97,28 @@ def test_peak_matmul_gflops_is_a_positive_rate():
     assert peak_matmul_gflops(size=64, device="cpu", repeats=3) > 0
     with pytest.raises(ValueError, match="size must be a positive integer"):
         peak_matmul_gflops(size=0)
+
+
+@pytest.mark.parametrize("kind, bytes_per_run", [("read", 8e6), ("copy", 16e6)])
+def test_memory_bandwidth_divides_the_bytes_moved_by_the_median_run(monkeypatch, kind, bytes_per_run):
+    calls = []
+
+    def fake_time_fn(fn, warmup, repeats):   # runs the step once (so it must work) and says it took 0.5, 1 or 4 ms
+        calls.append(fn())
+        return Timing([0.5e-3, 1e-3, 4e-3])
+
+    monkeypatch.setattr(bench, "time_fn", fake_time_fn)
+    assert memory_bandwidth(8, kind=kind, device="cpu") == pytest.approx(bytes_per_run / 1e-3 / 1e9)
+    result = calls[0]
+    assert result.item() == 2e6 if kind == "read" else (result.shape == (2_000_000,) and bool((result == 1).all()))
+
+
+def test_memory_bandwidth_is_a_positive_rate_and_rejects_bad_arguments():
+    assert memory_bandwidth(4, device="cpu", repeats=2) > 0
+    with pytest.raises(ValueError, match="megabytes must be a positive integer"):
+        memory_bandwidth(0)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        memory_bandwidth(4, kind="triad")
 
 
 # ------------------------------------------------------------------------------------------- FLOPs
