@@ -355,6 +355,19 @@ def test_notebook_budget_measures_time_and_kernel_memory(tmp_path, capsys):
     assert run.within_budget == (run.seconds <= 90 and run.peak_bytes <= 1.5e9)
 
 
+def test_competitor_runs_beside_the_notebooks_and_is_not_counted_as_theirs(tmp_path, capsys):
+    import psutil
+
+    sleepy = _write_notebook(tmp_path / "sleepy.ipynb", "import time\ntime.sleep(3)")
+    with notebook_budgets.busy_competitor() as competitor:
+        assert psutil.Process(competitor.pid).is_running()
+        run = notebook_budgets.run_notebook(sleepy)
+    assert competitor.poll() is not None                       # stopped with the block
+    assert run.cpu_seconds < 1.5                               # the competitor's 3 s of CPU are not the notebook's
+    assert main(["notebooks", str(sleepy), "--competitor"]) in (0, 1)
+    assert "beside one busy program (--competitor)" in capsys.readouterr().out
+
+
 def test_notebook_budget_saves_the_tagged_figure(tmp_path, capsys):
     path = _write_notebook(tmp_path / "plot.ipynb",
                            "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()",
