@@ -26,7 +26,8 @@ from minilib.quant import (
     quantize_rows,
     unpack_int4,
 )
-from minilib.quant.model import ProjectionSlice, SharedInputProjections
+from minilib.quant.affine import absmax_quantize
+from minilib.quant.model import ProjectionSlice, SharedInputProjections, fuse_for_inference, layer_stack
 from minilib.support.bench import model_size_bytes
 
 
@@ -273,6 +274,57 @@ def test_compiled_kernels_compute_the_same_numbers():
     acc = int8_matmul(x_q, x_q[:8].t())
     w_scale, bias = torch.rand(8), torch.randn(8)
     assert torch.allclose(rescale_fn(acc, scale, w_scale, bias), quant.int8.rescale(acc, scale, w_scale, bias))
+
+
+def test_absmax_quantize_is_per_slice_symmetric_quantization():
+    x = _rows_of_different_scales()
+    x[2] = 0.0                                                  # an all-zero row: codes 0, no NaN
+    q, scale = absmax_quantize(x, 8, dim=-1)
+    reference = quantize(x, 8, symmetric=True, axis=0)
+    assert torch.equal(q, reference.q) and q.dtype == torch.int8 and not q[2].any()
+    columns, column_scale = absmax_quantize(x, 4, dim=0)        # one scale per column, 4 bits
+    assert column_scale.shape == (1, x.shape[1]) and columns.abs().max() <= 7
+    assert torch.equal(columns, quantize(x, 4, symmetric=True, axis=1).q)
+
+
+def test_absmax_quantize_float16_scales_stay_within_half_a_step_and_in_range():
+    x = torch.randn(64, 32) * torch.logspace(-3, 2, 64)[:, None]     # scales down to float16's subnormals
+    for bits in (8, 4):
+        q, scale = absmax_quantize(x, bits, scale_dtype=torch.float16)
+        assert scale.dtype == torch.float16 and q.abs().max() <= 2 ** (bits - 1) - 1
+        error = (x - q.float() * scale.float()).abs()
+        assert torch.all(error <= scale.float() / 2 * (1 + 1e-3) + 1e-12)
+
+
+def test_absmax_quantize_llama_cpp_rounds_halves_away_from_zero_and_unsigned_shifts_by_128():
+    x = torch.tensor([[-127.0, -2.5, 0.5, 1.5, 127.0]])        # scale 1: the ties show the rounding
+    assert absmax_quantize(x, 8)[0].tolist() == [[-127, -2, 0, 2, 127]]
+    assert absmax_quantize(x, 8, llama_cpp=True)[0].tolist() == [[-127, -3, 1, 2, 127]]
+    u8, _ = absmax_quantize(x, 8, unsigned=True)
+    assert u8.dtype == torch.uint8 and u8.tolist() == [[1, 126, 128, 130, 255]]
+
+
+def test_compiled_quantized_encoder_uses_fused_attention_and_matches_eager(tiny_classifier):
+    model = tiny_classifier(n_layers=2)
+    ids = torch.randint(1, 50, (3, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0                                             # a padded sequence
+    eager = quantize_model(model).eval()
+    compiled = quantize_model(model, compiled=True).eval()
+    attentions = {type(m).__name__: m.attention for m in compiled.modules() if hasattr(m, "attention")}
+    assert attentions == {"MultiHeadAttention": F.scaled_dot_product_attention}
+    assert [layer._compiled_call_impl is not None for layer in layer_stack(compiled)] == [True, True]
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled(ids, mask), eager(ids, mask), rtol=0.02, atol=0.02)
+        other = compiled(ids[:2, :9], mask[:2, :9])             # another shape: compiled once for all shapes
+    assert other.shape == (2, 2)
+
+
+def test_fuse_for_inference_switches_hugging_face_bert_to_sdpa(tiny_bert):
+    bert = tiny_bert()
+    bert.set_attn_implementation("eager")
+    fused = fuse_for_inference(quantize_model(bert))
+    assert fused.config._attn_implementation == "sdpa" and len(layer_stack(fused)) == bert.config.num_hidden_layers
 
 
 # ----------------------------------------------------------------------------------------------- int4

@@ -33,28 +33,22 @@ import weakref
 import torch
 import torch.nn as nn
 
-from minilib.quant.affine import quantize
+from minilib.quant.affine import absmax_quantize, quantize
 
-INT8_MAX = 127
+INT8_BITS = 8
 U8_ZERO_POINT = 128  # int8 codes + 128 are uint8 codes: what x86's u8·s8 instructions multiply
 
 
 def quantize_rows(x: torch.Tensor, unsigned: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 quantization with one scale per row (per token).
+    """Symmetric int8 quantization with one scale per row (per token): :func:`~minilib.quant.affine.absmax_quantize`
+    along the last dimension.
 
     x: ``(tokens, features)`` float. Returns ``x_q`` ``(tokens, features)`` int8 and ``scale`` ``(tokens, 1)``
     with ``scale = max_k |x[m, k]| / 127`` and ``x_q = round(x / scale)``: the same numbers as
     ``quantize(x, 8, symmetric=True, axis=0)``, computed in fewer passes over memory.
     ``unsigned=True`` returns the same codes plus 128 as uint8 (1 … 255), for the u8·s8 kernel.
     """
-    tiny = torch.finfo(torch.float32).tiny
-    low, high = torch.aminmax(x, dim=-1, keepdim=True)  # one read of x, and no (M, K) copy of |x|
-    max_abs = torch.maximum(high, -low)
-    scale = (max_abs / INT8_MAX).clamp_min(tiny)
-    x_q = torch.div(x, scale).round_()  # |x / scale| ≤ 127 by construction: no clamp needed
-    if unsigned:
-        return x_q.add_(U8_ZERO_POINT).to(torch.uint8), scale
-    return x_q.to(torch.int8), scale
+    return absmax_quantize(x, INT8_BITS, dim=-1, unsigned=unsigned)
 
 
 def rescale(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -122,10 +116,7 @@ def u8s8_linear(x_u8: torch.Tensor, packed_weight, w_scale: torch.Tensor) -> tor
                                               1.0, 0, torch.float32, "none", [], "")
 
 
-@functools.cache
-def u8s8_kernel_available() -> bool:
-    """Whether oneDNN's u8·s8 int8 kernel runs here (x86 CPUs with PyTorch's oneDNN), tried once on a small
-    example against the exact integer product."""
+def _probe_u8s8_kernel() -> bool:
     generator = torch.Generator().manual_seed(0)
     w_q = torch.randint(-127, 128, (8, 40), dtype=torch.int8, generator=generator)
     x_q = torch.randint(-127, 128, (5, 40), dtype=torch.int8, generator=generator)
@@ -137,7 +128,39 @@ def u8s8_kernel_available() -> bool:
     return torch.equal(got, (x_q.long() @ w_q.long().t()).float())
 
 
-_PACKED_WEIGHTS = weakref.WeakKeyDictionary()  # QuantLinear → (weight version, oneDNN's packed weight)
+_U8S8_AVAILABLE: list[bool] = []   # filled by the first call: the probe runs once per process
+
+
+def u8s8_kernel_available() -> bool:
+    """Whether oneDNN's u8·s8 int8 kernel runs here (x86 CPUs with PyTorch's oneDNN), tried once on a small
+    example against the exact integer product."""
+    if not _U8S8_AVAILABLE:
+        _U8S8_AVAILABLE.append(_probe_u8s8_kernel())
+    return _U8S8_AVAILABLE[0]
+
+
+_PACKED_WEIGHTS = weakref.WeakKeyDictionary()  # int8 weight tensor → (its version, oneDNN's packed copy)
+
+
+@torch.library.custom_op("minilib::u8s8_linear", mutates_args=())
+def u8s8_linear_op(x_u8: torch.Tensor, weight_q: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    """:func:`u8s8_linear` as one PyTorch operation that takes the plain ``(N, K)`` int8 weight.
+
+    oneDNN's packed copy of the weight is made on first use and again whenever the weight changes (a new
+    tensor, or new values written into it), and kept beside the weight, not in the module: so a model with
+    these layers can be copied, saved, loaded and compiled like any other. ``torch.compile`` sees one opaque
+    operation, a GEMM, and fuses what comes before and after it.
+    """
+    cached = _PACKED_WEIGHTS.get(weight_q)
+    if cached is None or cached[0] != weight_q._version:
+        cached = weight_q._version, torch.ops.onednn.qlinear_prepack(weight_q, None)
+        _PACKED_WEIGHTS[weight_q] = cached
+    return u8s8_linear(x_u8, cached[1], w_scale)
+
+
+@u8s8_linear_op.register_fake
+def _(x_u8, weight_q, w_scale):   # the output's shape and type, for torch.compile's tracing
+    return x_u8.new_empty((x_u8.shape[0], weight_q.shape[0]), dtype=torch.float32)
 
 
 @functools.cache
@@ -205,17 +228,8 @@ class QuantLinear(nn.Module):
     def _forward_u8s8(self, rows: torch.Tensor, quantize_fn=quantize_rows) -> torch.Tensor:
         """The same integer sums on x86's u8·s8 kernel (see the module's docstring): rows (M, K) → (M, N)."""
         x_u8, x_scale = quantize_fn(rows, unsigned=True)  # (M, K) uint8 = x_q + 128, (M, 1)
-        out = u8s8_linear(x_u8, self._packed_weight(), self.weight_scale)  # Σ_k x_q · W_q · s_w[n], (M, N)
+        out = u8s8_linear_op(x_u8, self.weight_q, self.weight_scale)  # Σ_k x_q · W_q · s_w[n], (M, N)
         return _scale_rows_add_bias(out, x_scale, self.bias)  # · s_x[m] + b[n]
-
-    def _packed_weight(self):
-        """oneDNN's copy of ``weight_q`` in its own layout, packed on first use and again if the weights change."""
-        version = (self.weight_q.data_ptr(), self.weight_q._version)
-        cached = _PACKED_WEIGHTS.get(self)
-        if cached is None or cached[0] != version:
-            cached = version, torch.ops.onednn.qlinear_prepack(self.weight_q, None)
-            _PACKED_WEIGHTS[self] = cached
-        return cached[1]
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8{', compiled' if self.compiled else ''}"
