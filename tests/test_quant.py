@@ -204,7 +204,7 @@ def test_quant_linear_is_the_exact_integer_computation_and_close_to_f_linear():
     out = layer(x)
     # reference: dequantized operands multiplied in float64 (what the integers stand for)
     x_hat = dequantize(quantize(x.reshape(-1, 96), 8, axis=0)).double()
-    w_hat = dequantize(quantize(linear.weight, 8, axis=0)).double()
+    w_hat = dequantize(quantize(linear.weight, layer.weight_bits, axis=0)).double()   # 7 bits on AVX2-only CPUs
     reference = (x_hat @ w_hat.T + linear.bias.double()).reshape(3, 7, 40)
     assert torch.allclose(out.double(), reference, atol=1e-5)
     with torch.no_grad():
@@ -213,7 +213,7 @@ def test_quant_linear_is_the_exact_integer_computation_and_close_to_f_linear():
     assert layer.weight_q.dtype == torch.int8 and out.shape == (3, 7, 40)
 
 
-needs_u8s8 = pytest.mark.skipif(not quant.int8.u8s8_kernel_available(),
+needs_u8s8 = pytest.mark.skipif(quant.int8.u8s8_weight_bits() is None,
                                 reason="oneDNN's u8·s8 int8 kernel is not available on this machine (x86 CPUs only)")
 
 
@@ -234,7 +234,7 @@ def test_the_u8s8_kernel_gives_the_same_outputs_as_torch_int_mm(monkeypatch, bia
     x[1, 5] = 0.0
     layer = QuantLinear.from_linear(linear)
     fast = layer(x)
-    monkeypatch.setattr(quant.int8, "u8s8_kernel_available", lambda: False)
+    monkeypatch.setattr(quant.int8, "u8s8_kernel_available", lambda weight_bits=8: False)
     reference = layer(x)
     torch.testing.assert_close(fast, reference, rtol=1e-6, atol=1e-6)
     assert torch.equal(fast[1, 5], linear.bias.detach() if bias else torch.zeros(1536))
@@ -252,6 +252,23 @@ def test_the_packed_weights_follow_new_weights_and_copies():
     assert not torch.allclose(layer(x), before)
     copied = copy.deepcopy(layer)                        # the packed copy is not part of the module
     torch.testing.assert_close(copied(x), layer(x))
+
+
+def test_weight_bits_follow_the_cpu_and_eight_bits_run_exactly_everywhere(monkeypatch):
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 40)
+    x = torch.randn(6, 96)
+    assert QuantLinear.from_linear(linear).weight_bits == quant.int8.default_weight_bits() in (7, 8)
+    seven, eight = (QuantLinear.from_linear(linear, weight_bits=bits) for bits in (7, 8))
+    assert seven.weight_q.abs().max() <= 63 and eight.weight_q.abs().max() == 127
+    for layer in (seven, eight):                  # each on the kernel that multiplies its codes exactly here
+        x_q, x_scale = quantize_rows(x)
+        exact = (x_q.double() @ layer.weight_q.double().t()) * x_scale.double() * layer.weight_scale.double()
+        torch.testing.assert_close(layer(x).double(), exact + linear.bias.double(), rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(quant.int8, "_U8S8_WEIGHT_BITS", [7])     # an AVX2-only CPU
+    assert quant.int8.default_weight_bits() == 7 and not quant.int8.u8s8_kernel_available(8)
+    with pytest.raises(ValueError, match="weight_bits must be 8, 7 or None"):
+        QuantLinear(4, 4, weight_bits=4)
 
 
 def test_quant_linear_without_bias_and_bad_input():
@@ -433,7 +450,7 @@ def test_fake_quant_linear_simulates_quant_linear():
     linear = nn.Linear(32, 16)
     x = torch.randn(6, 32)
     with torch.no_grad():
-        assert torch.allclose(FakeQuantLinear.from_linear(linear, 8, 8)(x), QuantLinear.from_linear(linear)(x), atol=1e-5)
+        assert torch.allclose(FakeQuantLinear.from_linear(linear, 8, 8)(x), QuantLinear.from_linear(linear, weight_bits=8)(x), atol=1e-5)
 
 
 def test_qat_recovers_what_2_bit_post_training_quantization_loses():
