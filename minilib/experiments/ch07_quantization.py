@@ -112,7 +112,13 @@ OPERATION_KINDS = {   # kind of work: the operations (PyTorch's, ONNX Runtime's 
     "LayerNorm": ("aten::native_layer_norm", "aten::layer_norm", "LayerNormalization", "SkipLayerNormalization",
                   "SimplifiedLayerNormalization"),
     "GELU": ("aten::gelu", "Gelu", "FastGelu", "BiasGelu", "Erf"),
-    "fused loops (torch.compile)": ("Torch-Compiled Region", "CompiledFunction", "cpp_fused"),
+    "bias, residual and mask additions": ("aten::add", "aten::add_", "aten::addcmul", "aten::mul", "aten::mul_",
+                                          "aten::masked_fill", "aten::masked_fill_", "aten::all", "aten::eq",
+                                          "Add", "Mul", "Where"),
+    "copies and type conversions": ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous", "Cast",
+                                    "Transpose", "Concat"),
+    "fused loops (torch.compile)": ("## Call CompiledFxGraph", "Torch-Compiled Region", "CompiledFunction",
+                                    "cpp_fused"),
 }
 
 
