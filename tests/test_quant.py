@@ -514,3 +514,26 @@ def test_real_sentences_are_english_prose():
     assert len(sentences) == 10 and all(s[0].isupper() and 6 <= len(s.split()) <= 40 for s in sentences)
     with pytest.raises(ValueError, match="asked for 1000000"):
         real_sentences(1_000_000)
+
+
+def test_profiles_sort_one_forward_into_kinds_of_work(tiny_classifier, tmp_path):
+    from minilib.experiments import ch07_quantization as experiment
+
+    assert experiment.operation_kind("aten::_int_mm") == "int8 GEMM"
+    assert experiment.operation_kind("MatMulInteger") == "int8 GEMM"
+    assert experiment.operation_kind("SkipLayerNormalization") == "LayerNorm"
+    assert experiment.operation_kind("aten::flip") == "other"
+    model = tiny_classifier()
+    ids = torch.randint(1, 50, (4, 16), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    fp32 = experiment.time_by_kind(lambda: model(ids, mask), repeats=2)
+    int8 = experiment.time_by_kind(lambda: quantize_model(model)(ids, mask), repeats=2)
+    assert fp32["float GEMM"] > 0 and "int8 GEMM" not in fp32 and int8["int8 GEMM"] > 0
+    table = experiment.profile_table({"fp32": fp32, "int8": int8})
+    assert table.splitlines()[0] == "| kind of work | fp32 | int8 |" and "**total (ms)**" in table
+    pytest.importorskip("onnxruntime")
+    from minilib.deploy.export import export_onnx
+
+    path = export_onnx(model, ids[:1], mask[:1], tmp_path / "tiny.onnx")
+    ort = experiment.onnx_time_by_kind(path, ids, mask, threads=1, repeats=2)
+    assert ort.get("float GEMM", 0) > 0 and not list(tmp_path.glob("*profile*"))   # its trace file is removed

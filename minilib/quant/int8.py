@@ -172,15 +172,16 @@ def u8s8_linear_op(x_u8: torch.Tensor, weight_q: torch.Tensor, w_scale: torch.Te
     these layers can be copied, saved, loaded and compiled like any other. ``torch.compile`` sees one opaque
     operation, a GEMM, and fuses what comes before and after it.
     """
+    version = 0 if weight_q.is_inference() else weight_q._version   # a weight made under inference_mode has none
     cached = _PACKED_WEIGHTS.get(id(weight_q))
-    if cached is None or cached[0]() is not weight_q or cached[1] != weight_q._version:
+    if cached is None or cached[0]() is not weight_q or cached[1] != version:
         limit = 2 ** ((u8s8_weight_bits() or 8) - 1)
         if weight_q.abs().max() > limit:   # e.g. 8-bit codes saved on a VNNI CPU, loaded on an AVX2 one
             raise ValueError(f"this CPU's u8·s8 kernel multiplies weights up to ±{limit} exactly, got codes up to "
                              f"±{int(weight_q.abs().max())}: quantize the layer here (QuantLinear.from_linear)")
         key = id(weight_q)
         forget = lambda _, key=key: _PACKED_WEIGHTS.pop(key, None)   # noqa: E731  (the weight is gone)
-        cached = weakref.ref(weight_q, forget), weight_q._version, torch.ops.onednn.qlinear_prepack(weight_q, None)
+        cached = weakref.ref(weight_q, forget), version, torch.ops.onednn.qlinear_prepack(weight_q, None)
         _PACKED_WEIGHTS[key] = cached
     return u8s8_linear(x_u8, cached[2], w_scale)
 
