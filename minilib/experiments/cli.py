@@ -4,6 +4,7 @@
     python -m minilib.bench attention quant      # only these headline modules
     python -m minilib.bench notebooks            # every notebook's time and memory vs its budget
     python -m minilib.bench notebooks --cold     # the same from an empty cache, as on a fresh clone
+    python -m minilib.bench notebooks --cold --competitor   # beside one busy program, as on a shared hub
     python -m minilib.bench notebooks notebooks/solutions/02_self_attention.ipynb --markdown
     python -m minilib.bench notebooks --figures notebooks/figures   # also save each chapter's key plot
 
@@ -12,6 +13,7 @@ Exit code 0 when everything met its target, 1 otherwise, 2 for a bad command lin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -62,6 +64,9 @@ def notebooks_main(argv: list[str]) -> int:
     parser.add_argument("--cold", action="store_true",
                         help="start from an empty cache (MINILIB_CACHE in a temporary folder), as a fresh clone does: "
                              "the chapters use what the course ships in data/ and train the rest")
+    parser.add_argument("--competitor", action="store_true",
+                        help="run one busy program (a Python loop that never sleeps) beside the notebooks, as a "
+                             "shared hub's neighbour would; compare with a run without it, chapter by chapter")
     parser.add_argument("--figures", type=Path, metavar="DIR",
                         help='save the plot of each notebook\'s cell tagged "readme-figure" as DIR/<notebook>.png')
     args = parser.parse_args(argv)
@@ -69,7 +74,8 @@ def notebooks_main(argv: list[str]) -> int:
     if not paths:
         print(f"No notebooks found in {NOTEBOOK_DIR}", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="minilib-cold-cache-") as empty_cache:
+    with tempfile.TemporaryDirectory(prefix="minilib-cold-cache-") as empty_cache, \
+            (notebooks.busy_competitor() if args.competitor else contextlib.nullcontext()):
         env = os.environ | {"MINILIB_CACHE": empty_cache} if args.cold else None
         return _run_notebooks(paths, env, args)
 
@@ -88,7 +94,8 @@ def _run_notebooks(paths: list[Path], env: dict | None, args) -> int:
             args.figures.mkdir(parents=True, exist_ok=True)
             (args.figures / f"{path.stem}.png").write_bytes(runs[-1].figure)
     print(notebooks.budget_table(runs, markdown=args.markdown))
-    print(f"\nMeasured on: {machine_label()}" + (", starting from an empty cache (--cold)" if args.cold else ""))
+    print(f"\nMeasured on: {machine_label()}" + (", starting from an empty cache (--cold)" if args.cold else "")
+          + (", beside one busy program (--competitor)" if args.competitor else ""))
     return 0 if notebooks.course_passed(runs) else 1
 
 

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from minilib.support.device import get_device, model_device, to_device  # noqa: F401  (get_device: the course's device)
+from minilib.support.threads import threads, training_threads
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -238,12 +239,29 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
     ``warmup`` is the fraction of all steps spent warming up (0 = none); ``clip_grad=None`` turns
     clipping off. After each epoch, ``val_data`` (if given) is scored with ``loss_fn`` and ``metric_fn``.
     The model ends in eval mode on ``device`` (default: :func:`minilib.support.device.get_device`, CUDA when present);
-    every helper that takes it with data moves the data there.
+    every helper that takes it with data moves the data there. On the CPU a small model trains on one thread
+    (:func:`minilib.support.threads.training_threads`: many small operations, which a second thread slows down
+    on a shared or busy CPU).
     """
     _check_fit_args(train_data, epochs, batch_size, lr, warmup, clip_grad)
+    device = torch.device(device) if device is not None else get_device()
+    n_threads = training_threads(model, batch_size * _example_tokens(train_data)) if device.type == "cpu" else None
+    with threads(n_threads or torch.get_num_threads()):
+        return _fit(model, train_data, val_data, loss_fn, metric_fn, epochs, batch_size, lr, weight_decay, warmup,
+                    schedule, clip_grad, seed, device, progress, desc)
+
+
+def _example_tokens(data: Dataset) -> int:
+    """Tokens in one example: the size of its first tensor (its input ids), or 1 for anything else."""
+    first = data[0]
+    first = first[0] if isinstance(first, (tuple, list)) else first
+    return first.numel() if isinstance(first, torch.Tensor) else 1
+
+
+def _fit(model, train_data, val_data, loss_fn, metric_fn, epochs, batch_size, lr, weight_decay, warmup, schedule,
+         clip_grad, seed, device, progress, desc) -> History:
     lr_multiplier(0, 1, 0, schedule)  # rejects an unknown schedule before any work
     set_seed(seed)
-    device = torch.device(device) if device is not None else get_device()
     model.to(device)
     loader = DataLoader(train_data, batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
