@@ -301,6 +301,18 @@ def test_headline_runner_reports_failures_without_crashing(fake_chapters):
     assert "PASS" in text and "MISS" in text and "ERROR" in text and "kernel exploded" in text
 
 
+def test_headline_table_in_markdown_names_the_machine(fake_chapters, monkeypatch, capsys):
+    results = headline_runner.run(fake_chapters, ["good"])
+    results[0].headlines[0].detail = "a | b"
+    lines = headline_runner.table(results, markdown=True).splitlines()
+    assert lines[0] == "| file | headline | measured | target | result | detail |" and lines[1] == "|---|---|---|---|---|---|"
+    assert lines[2].startswith("| good | fast thing | 2 × | ≥ 1.5 × | PASS | a \\| b |")
+    monkeypatch.setattr("minilib.experiments.cli.CHAPTERS", fake_chapters)
+    assert main(["good", "--markdown"]) == 1              # "small thing" misses
+    out = capsys.readouterr().out
+    assert "| good | small thing |" in out and f"Machine: {bench.machine_label()}" in out
+
+
 def test_headline_runner_runs_one_file_and_rejects_unknown_names(fake_chapters):
     (result,) = headline_runner.run(fake_chapters, ["good"])
     assert [h.name for h in result.headlines] == ["fast thing", "small thing"]

@@ -182,3 +182,37 @@ def profile_table(profiles: dict[str, dict[str, float]]) -> str:
         lines.append(f"| {kind} | " + " | ".join(f"{p.get(kind, 0):.0f}" for p in profiles.values()) + " |")
     lines.append("| **total (ms)** | " + " | ".join(f"**{sum(p.values()):.0f}**" for p in profiles.values()) + " |")
     return "\n".join(lines)
+
+
+def where_the_time_goes(batch: int = 8, seq: int = 128) -> str:
+    """Chapter 07's profile table on the fine-tuned MiniLM classifier: fp32, our int8 eager and compiled
+    (``quantize_model(..., compiled=True)``, compiling first) and ONNX Runtime's dynamic int8 (when installed),
+    milliseconds per forward pass by kind of work. ``python -m minilib.experiments.ch07_quantization`` prints it."""
+    import tempfile
+
+    from minilib.deploy.export import export_onnx
+    from minilib.experiments.library_rows import onnx_dynamic_int8
+    from minilib.experiments.teacher import sentiment_teacher
+    from minilib.support.optional import optional_row
+
+    teacher = sentiment_teacher().eval()
+    ids = torch.randint(1, 30522, (batch, seq), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    eager, compiled = quantize_model(teacher).eval(), quantize_model(teacher, compiled=True).eval()
+    profiles = {"fp32": time_by_kind(lambda: teacher(ids, mask)), "minilib int8": time_by_kind(lambda: eager(ids, mask)),
+                "minilib int8 + compile": time_by_kind(lambda: compiled(ids, mask))}
+    with tempfile.TemporaryDirectory(prefix="minilib-onnx-") as folder:
+        def ort_profile():
+            path = export_onnx(teacher, ids[:1], mask[:1], Path(folder) / "minilm_sentiment.onnx")
+            return onnx_time_by_kind(onnx_dynamic_int8(path), ids, mask, torch.get_num_threads())
+        ort = optional_row("ONNX Runtime int8", ort_profile, "pip install onnxruntime")
+        if isinstance(ort, dict):
+            profiles["ONNX Runtime int8"] = ort
+    return profile_table(profiles)
+
+
+if __name__ == "__main__":
+    from minilib.support.bench import machine_label
+
+    print(where_the_time_goes())
+    print(f"\nms per forward pass (batch 8, seq 128) on {machine_label()}")

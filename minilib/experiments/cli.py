@@ -2,6 +2,7 @@
 
     python -m minilib.bench                      # every headline module: measured vs target
     python -m minilib.bench attention quant      # only these headline modules
+    python -m minilib.bench --markdown           # the same as a Markdown table naming the machine (for the README)
     python -m minilib.bench notebooks            # every notebook's time and memory vs its budget
     python -m minilib.bench notebooks --cold     # the same from an empty cache, as on a fresh clone
     python -m minilib.bench notebooks --cold --competitor   # beside one busy program, as on a shared hub
@@ -42,7 +43,7 @@ CHAPTERS = {"attention": ch02_self_attention.headlines, "sparse": ch04_sparse_at
 """Each headline module's name and its ``headlines()`` function."""
 
 
-def headlines_main(names: list[str]) -> int:
+def headlines_main(names: list[str], markdown: bool = False) -> int:
     try:
         results = headlines.run(CHAPTERS, names)
     except ValueError as error:
@@ -51,7 +52,7 @@ def headlines_main(names: list[str]) -> int:
     if not results:
         print("No headline modules yet: chapters add them to minilib/experiments/headlines/.")
         return 0
-    print(headlines.table(results))
+    print(headlines.table(results, markdown))
     print(f"\nMachine: {machine_label()}")
     return 0 if all(result.passed for result in results) else 1
 
@@ -103,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["notebooks"]:
         return notebooks_main(argv[1:])
+    markdown = "--markdown" in argv
+    argv = [arg for arg in argv if arg != "--markdown"]
     if any(arg.startswith("-") for arg in argv):
         print(__doc__, file=sys.stderr)
         return 0 if set(argv) & {"-h", "--help"} else 2
-    return headlines_main(argv)
+    return headlines_main(argv, markdown)
 

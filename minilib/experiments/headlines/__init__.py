@@ -50,8 +50,8 @@ def run(chapters: dict[str, Callable[[], list[Headline]]], names: list[str] | No
     return [run_file(name, chapters[name]) for name in names]
 
 
-def table(results: list[FileResult]) -> str:
-    """One plain-text table: chapter, headline, measured, target, PASS/MISS/ERROR, detail."""
+def table(results: list[FileResult], markdown: bool = False) -> str:
+    """One table: chapter, headline, measured, target, PASS/MISS/ERROR, detail (plain text, or Markdown)."""
     rows = []
     for result in results:
         if result.error is not None:
@@ -59,4 +59,9 @@ def table(results: list[FileResult]) -> str:
         for h in result.headlines:
             rows.append((result.name, h.name, f"{h.measured:.3g} {h.unit}", f"{h.goal} {h.target:.3g} {h.unit}".strip(),
                          "PASS" if h.passed else "MISS", h.detail))
-    return _text_table(("file", "headline", "measured", "target", "result", "detail"), rows)
+    header = ("file", "headline", "measured", "target", "result", "detail")
+    if markdown:
+        cell = lambda text: str(text).replace("|", "\\|")   # noqa: E731  (a "|" inside a detail would split the cell)
+        return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                          *("| " + " | ".join(cell(c) for c in row) + " |" for row in rows)])
+    return _text_table(header, rows)
