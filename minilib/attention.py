@@ -218,19 +218,23 @@ class MultiHeadAttention(nn.Module):
         return self.n_heads if self._n_kv_heads is None else self._n_kv_heads
 
     def forward(self, x, context=None, attn_mask=None, is_causal=False, head_mask=None, output_attentions=False,
-                cache=None):
+                cache=None, rotate=None):
         """x: (batch, n_q, d_model); context: (batch, n_k, d_model) or None (self-attention).
 
         attn_mask: bool, broadcastable to (batch, heads, n_q, n_k); head_mask: (n_heads,) scales
         each head's output. cache (self-attention while generating): x holds only the new positions,
         and ``cache.update(k, v)`` stores their keys and values (batch, n_kv_heads, n_q, head_dim) after
         the earlier ones and returns all of them (e.g. ``minilib.generation.KVCache.layer(i)``).
+        rotate (self-attention): a function applied to the queries and to the keys, (batch, heads, n_q, head_dim)
+        each, before the keys are cached: chapter 14's rotary position embeddings turn each by its position.
         Returns (out (batch, n_q, d_model), weights (batch, heads, n_q, n_k) or None).
         """
         context = x if context is None else context
         q = self._split_heads(self.q_proj(x), self.n_heads)                    # (B, nh, n_q, hs)
         k = self._split_heads(self.k_proj(context), self.n_kv_heads)           # (B, n_kv, n_k, hs)
         v = self._split_heads(self.v_proj(context), self.n_kv_heads)
+        if rotate is not None:
+            q, k = rotate(q), rotate(k)                                         # RoPE: position m turns pair i by mθ_i
         if cache is not None:
             k, v = cache.update(k, v)                                           # (B, n_kv, past + n_q, hs)
             if is_causal:

@@ -24,7 +24,9 @@ class Chapter:
 
     ``techniques``: the ``minilib`` modules the chapter teaches (``"attention"``, ``"deploy.hf"``); ``runs``,
     ``headlines``, ``checks``: whether it has the module of that kind; ``artefacts``: the names of the trained
-    models and results its runs module ships in ``data/`` (its ``ARTEFACTS``).
+    models and results its runs module ships in ``data/`` (its ``ARTEFACTS``). ``written=False`` while its notebook
+    is being written: its modules, checks and artefacts are found as any chapter's, but the editions, the notebook
+    runs and the README's table of chapters leave it out until its notebook is in the course.
     """
 
     number: int
@@ -37,6 +39,7 @@ class Chapter:
     headlines: bool = False
     checks: bool = True
     artefacts: tuple[str, ...] = ()
+    written: bool = True
 
     @property
     def name(self) -> str:
@@ -104,8 +107,20 @@ CHAPTERS: list[Chapter] = [
             "the same tokens with and without a cache, time per token against position, output identical to the "
             "large model's", techniques=("generation",), runs=True, headlines=True,
             artefacts=("ch13_decoder", "ch13_draft", "ch13_decoder_gqa2")),
+    Chapter(14, "modern_decoders", "Modern decoders",
+            "a Llama-style decoder: RMSNorm, rotary positions, SwiGLU, grouped-query attention; BPE; compressing an "
+            "LLM (GPTQ, AWQ, SmoothQuant, Wanda, SparseGPT)",
+            "our decoder's logits equal Hugging Face's LlamaForCausalLM; our compression methods beside llmcompressor's",
+            techniques=("rotary", "llama", "deploy.hf_llama", "quant.groupwise", "quant.layerwise", "quant.gptq",
+                        "quant.awq", "quant.smoothquant", "prune.wanda", "prune.sparsegpt"),
+            runs=True, artefacts=("ch14_tokenizer", "ch14_decoder"), written=False),
 ]
 """Every chapter, in order."""
+
+
+def with_notebooks(chapters: list[Chapter] | None = None) -> list[Chapter]:
+    """The chapters (all of :data:`CHAPTERS` by default) whose notebook is written: the course's notebooks, in order."""
+    return [chapter for chapter in (CHAPTERS if chapters is None else chapters) if chapter.written]
 
 
 def find(name: str, chapters: list[Chapter] | None = None) -> Chapter:
@@ -125,7 +140,7 @@ def markdown_table(chapters: list[Chapter] | None = None, folder: str = "", figu
     demonstration, and with ``figures`` the chapter's key plot (``notebooks/figures/<name>.png``)."""
     header = ["notebook", "teaches", "the live demonstration"] + (["what you will see"] if figures else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for chapter in CHAPTERS if chapters is None else chapters:
+    for chapter in with_notebooks(chapters):
         cells = [f"[{chapter.number:02d} {chapter.title}]({folder}{chapter.notebook})", chapter.teaches,
                  chapter.demonstration]
         if figures:

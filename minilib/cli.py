@@ -3,7 +3,7 @@
     python -m minilib chapters                          # the chapters: notebooks, modules, artefacts
     python -m minilib envcheck                          # is this environment ready for the course?
     python -m minilib bench [CHAPTER ...] [--markdown]  # the headline comparisons, measured here
-    python -m minilib notebooks [CHAPTER ...] [--cold] [--markdown] [--figures DIR]   # notebook budgets
+    python -m minilib notebooks [CHAPTER ...] [--cold] [--competitor] [--markdown] [--figures DIR]   # notebook budgets
     python -m minilib zoo list|verify|rebuild [NAME ...]                            # the shipped artefacts
     python -m minilib assignments build|grade ...       # the student edition; grading
     python -m minilib edition [CHAPTER ...] [--out DIR] # the executed edition, as HTML
@@ -20,6 +20,7 @@ imports what it runs only when it runs, so ``--help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from minilib.chapters import CHAPTERS, Chapter, find
+from minilib.chapters import CHAPTERS, Chapter, find, with_notebooks
 from minilib.course.editions import STUDENT_EDITION, TEACHER_EDITION
 
 
@@ -64,7 +65,7 @@ def _notebook_in(edition: Path) -> Callable[[str], Path]:
 
 
 def _all_notebooks(edition: Path) -> list[Path]:
-    paths = [edition / chapter.notebook for chapter in CHAPTERS]
+    paths = [edition / chapter.notebook for chapter in with_notebooks()]
     missing = [str(path) for path in paths if not path.is_file()]
     if missing:
         raise UsageError(f"the course's notebooks are not here ({', '.join(missing[:2])} ...): "
@@ -80,7 +81,8 @@ def _no_arguments(parser: argparse.ArgumentParser) -> None:
 def _chapters(args) -> int:
     for chapter in CHAPTERS:
         kinds = [kind for kind in ("runs", "headlines", "checks") if getattr(chapter, kind)]
-        print(f"{chapter.number:02d} {chapter.title}: notebooks/{chapter.notebook}")
+        print(f"{chapter.number:02d} {chapter.title}: notebooks/{chapter.notebook}"
+              + ("" if chapter.written else " (being written)"))
         print(f"   teaches with {', '.join(f'minilib.{t}' for t in chapter.techniques) or '-'}; "
               f"{', '.join(kinds) or 'no modules of its own'} in {chapter.module}.py"
               + (f"; ships {', '.join(chapter.artefacts)}" if chapter.artefacts else ""))
@@ -141,6 +143,9 @@ def _notebooks_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cold", action="store_true",
                         help="start from an empty cache (MINILIB_CACHE in a temporary folder), as a fresh clone or "
                              "Binder does: the chapters use what the course ships in data/ and train the rest")
+    parser.add_argument("--competitor", action="store_true",
+                        help="run one busy program (a Python loop that never sleeps) beside the notebooks, as a "
+                             "shared hub's neighbour would; compare with a run without it, chapter by chapter")
     _markdown_option(parser, "notebooks", "budget")
     parser.add_argument("--figures", type=Path, metavar="DIR",
                         help='save the plot of each notebook\'s cell tagged "readme-figure" as DIR/<notebook>.png')
@@ -151,7 +156,8 @@ def _notebooks(args) -> int:
     from minilib.support.bench import machine_kind, machine_label
 
     runs = []
-    with tempfile.TemporaryDirectory(prefix="minilib-cold-cache-") as empty_cache:  # one fresh clone's cache
+    with tempfile.TemporaryDirectory(prefix="minilib-cold-cache-") as empty_cache, \
+            (notebook_budget.busy_competitor() if args.competitor else contextlib.nullcontext()):  # a fresh clone's cache
         env = os.environ | {"MINILIB_CACHE": empty_cache} if args.cold else None
         for path in args.notebooks or _all_notebooks(TEACHER_EDITION):
             runs.append(notebook_budget.run_notebook(path, env=env))
@@ -161,7 +167,8 @@ def _notebooks(args) -> int:
                 args.figures.mkdir(parents=True, exist_ok=True)
                 (args.figures / f"{path.stem}.png").write_bytes(runs[-1].figure)
     print(notebook_budget.budget_table(runs))
-    print(f"\nMeasured on: {machine_label()}" + (", starting from an empty cache (--cold)" if args.cold else ""))
+    print(f"\nMeasured on: {machine_label()}" + (", starting from an empty cache (--cold)" if args.cold else "")
+          + (", beside one busy program (--competitor)" if args.competitor else ""))
     if args.markdown:
         from minilib.course import readme
 

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 
 from minilib.attention import MultiHeadAttention
+from minilib.quant.affine import absmax_quantize
+from minilib.quant.int4 import pack_int4, unpack_int4
 from minilib.support.device import model_device
 
 # ------------------------------------------------------------------------------------------------
@@ -130,18 +132,15 @@ class QuantizedKVCache(KVCache):
 
     def quantize(self, x):
         """x (..., head_dim) → (codes, float16 scales (..., 1)); bits=4 codes packed (..., head_dim / 2)."""
-        scale = (x.abs().amax(dim=-1, keepdim=True) / self.qmax).to(torch.float16)
-        step = scale.to(x.dtype)
-        q = torch.where(step > 0, x / step, torch.zeros_like(x)).round().clamp(-self.qmax, self.qmax)
+        q, scale = absmax_quantize(x, self.bits, dim=-1, scale_dtype=torch.float16)   # chapter 07's quantizer
         if self.bits == 8:
-            return q.to(torch.int8), scale
-        nibbles = (q + 8).to(torch.uint8)                                       # [1, 15]
-        return nibbles[..., 0::2] | (nibbles[..., 1::2] << 4), scale
+            return q, scale
+        return pack_int4((q + 8).to(torch.uint8)), scale                        # codes + 8 ∈ [1, 15], two per byte
 
     def dequantize(self, codes, scale):
         """The inverse of :meth:`quantize`: (codes, scales) → (..., head_dim) in the cache's dtype."""
-        if self.bits == 4:   # unpack: low nibble = even index, high nibble = odd index
-            codes = torch.stack([codes & 0x0F, codes >> 4], dim=-1).flatten(-2).to(torch.int8) - 8
+        if self.bits == 4:
+            codes = unpack_int4(codes).to(torch.int8) - 8
         return codes.to(self.dtype) * scale.to(self.dtype)
 
     def update(self, layer, k, v):

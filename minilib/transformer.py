@@ -191,7 +191,7 @@ class Encoder(nn.Module):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, head_mask=None,
                 output_hidden_states=False, output_attentions=False):
         """input_ids, attention_mask: (batch, seq); head_mask: (n_layers, n_heads). → EncoderOutput."""
-        _check_token_ids(input_ids)
+        check_token_ids(input_ids)
         mask = padding_mask(attention_mask)
         x = self.embeddings(input_ids, token_type_ids)
         hidden_states, attentions = [x], []
@@ -302,7 +302,7 @@ class LanguageModel(nn.Module):
         cache (generating, chapter 13): a ``minilib.generation.KVCache`` holding the keys and values of
         the ``cache.length`` tokens before ``input_ids``; the new tokens' are appended to it.
         """
-        _check_token_ids(input_ids)
+        check_token_ids(input_ids)
         start = 0 if cache is None else cache.length
         x = self.embeddings(input_ids, start=start)
         for i, layer in enumerate(self.layers):
@@ -337,7 +337,7 @@ class Classifier(nn.Module):
         return self.head(self.dropout(pooled))
 
 
-def _check_token_ids(input_ids):
+def check_token_ids(input_ids):
     if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int, torch.int32):
         got = input_ids.dtype if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
         raise TypeError(f"input_ids must be an integer tensor of token ids (batch, seq), got {got}")

@@ -23,6 +23,7 @@ from minilib.support.bench import (
     compare,
     count_flops,
     linear_flops,
+    memory_bandwidth,
     model_size_bytes,
     param_count,
     peak_matmul_gflops,
@@ -97,6 +98,28 @@ def test_peak_matmul_gflops_is_a_positive_rate():
     assert peak_matmul_gflops(size=64, device="cpu", repeats=3) > 0
     with pytest.raises(ValueError, match="size must be a positive integer"):
         peak_matmul_gflops(size=0)
+
+
+@pytest.mark.parametrize("kind, bytes_per_run", [("read", 8e6), ("copy", 16e6)])
+def test_memory_bandwidth_divides_the_bytes_moved_by_the_median_run(monkeypatch, kind, bytes_per_run):
+    calls = []
+
+    def fake_time_fn(fn, warmup, repeats):   # runs the step once (so it must work) and says it took 0.5, 1 or 4 ms
+        calls.append(fn())
+        return Timing([0.5e-3, 1e-3, 4e-3])
+
+    monkeypatch.setattr(bench, "time_fn", fake_time_fn)
+    assert memory_bandwidth(8, kind=kind, device="cpu") == pytest.approx(bytes_per_run / 1e-3 / 1e9)
+    result = calls[0]
+    assert result.item() == 2e6 if kind == "read" else (result.shape == (2_000_000,) and bool((result == 1).all()))
+
+
+def test_memory_bandwidth_is_a_positive_rate_and_rejects_bad_arguments():
+    assert memory_bandwidth(4, device="cpu", repeats=2) > 0
+    with pytest.raises(ValueError, match="megabytes must be a positive integer"):
+        memory_bandwidth(0)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        memory_bandwidth(4, kind="triad")
 
 
 # ------------------------------------------------------------------------------------------- FLOPs
@@ -322,6 +345,19 @@ def test_notebook_budget_measures_time_and_kernel_memory(tmp_path, capsys):
     assert run.peak_bytes > 300e6
     assert run.cpu_seconds >= 1.0
     assert run.within_budget == (run.seconds <= 90 and run.peak_bytes <= 1.5e9)
+
+
+def test_competitor_runs_beside_the_notebooks_and_is_not_counted_as_theirs(tmp_path, capsys):
+    import psutil
+
+    sleepy = _write_notebook(tmp_path / "sleepy.ipynb", "import time\ntime.sleep(3)")
+    with notebook_budgets.busy_competitor() as competitor:
+        assert psutil.Process(competitor.pid).is_running()
+        run = notebook_budgets.run_notebook(sleepy)
+    assert competitor.poll() is not None                       # stopped with the block
+    assert run.cpu_seconds < 1.5                               # the competitor's 3 s of CPU are not the notebook's
+    assert main(["notebooks", str(sleepy), "--competitor"]) in (0, 1)
+    assert "beside one busy program (--competitor)" in capsys.readouterr().out
 
 
 def test_notebook_budget_saves_the_tagged_figure(tmp_path, capsys):

@@ -219,3 +219,42 @@ def test_character_vocabulary_does_not_change_with_pythons_documentation(monkeyp
     newer = data.char_lm_dataset(block_size=64)
     assert newer.vocab.itos[3:] == sorted(data.LM_ALPHABET)
     assert "$" not in newer.vocab.decode(newer.train.tensors[0].flatten())
+
+
+# ------------------------------------------------------------------------------------------------ Python's prose
+def test_prose_splits_are_fixed_by_name_and_hold_about_5_percent_each():
+    names = [f"module:pkg/m{i}.py" for i in range(4000)]
+    counts = collections.Counter(map(data.prose_split, names))
+    assert [data.prose_split(n) for n in names[:50]] == [data.prose_split(n) for n in names[:50]]
+    assert 0.04 < counts["validation"] / 4000 < 0.06 and 0.04 < counts["test"] / 4000 < 0.06
+
+
+@pytest.fixture(scope="module")
+def held_out_prose():
+    return {split: data.python_prose(split) for split in ("validation", "test")}
+
+
+def test_python_prose_is_topics_and_docstrings_without_test_suites(held_out_prose):
+    validation, test = held_out_prose["validation"], held_out_prose["test"]
+    assert not validation.keys() & test.keys() and all(data.prose_split(n) == "validation" for n in validation)
+    assert {name.split(":")[0] for name in validation} == {"topic", "module"}
+    assert not any(part in ("test", "tests", "site-packages") for name in {**validation, **test}
+                   for part in name.split(":")[1].split("/")[:-1])
+    assert 50_000 < sum(map(len, validation.values())) < 300_000       # 120 KB on Python 3.11
+    assert list(validation) == sorted(validation) and all(validation.values())
+
+
+def test_module_docstrings_reads_the_source_without_running_it(tmp_path):
+    source = tmp_path / "mod.py"
+    source.write_text('"""The module."""\nraise SystemExit("imported!")\n\n'
+                      'class A:\n    """A class.\n\n    Indented lines.\n    """\n\n'
+                      '    def f(self):\n        """A method."""\n\n'
+                      'async def g():\n    pass\n')
+    assert data.module_docstrings(source) == "The module.\n\nA class.\n\nIndented lines.\n\nA method."
+    (tmp_path / "old.py").write_text("print 'python 2'\n")
+    assert data.module_docstrings(tmp_path / "old.py") == ""
+
+
+def test_python_prose_bad_split():
+    with pytest.raises(ValueError, match=r"split must be one of \('train', 'validation', 'test'\), got 'dev'"):
+        data.python_prose("dev")

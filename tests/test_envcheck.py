@@ -54,9 +54,18 @@ def test_other_torch_version_is_a_warning():
 
 
 def test_threads_fewer_than_cores_is_a_warning():
-    assert envcheck.check_threads(threads=1, cpus=4).status == "warn"
-    assert "set_num_threads(4)" in envcheck.check_threads(threads=1, cpus=4).fix
-    assert envcheck.check_threads(threads=4, cpus=4).status == "ok"
+    assert envcheck.check_threads(threads=1, cpus=4, quota=None).status == "warn"
+    assert "set_num_threads(4)" in envcheck.check_threads(threads=1, cpus=4, quota=None).fix
+    assert envcheck.check_threads(threads=4, cpus=4, quota=None).status == "ok"
+
+
+def test_threads_report_the_quota_and_never_suggest_more_threads_than_it_allows(monkeypatch):
+    monkeypatch.setattr("minilib.support.threads.affinity_cpus", lambda: 16)   # a hub pod sees 16 host cores
+    check = envcheck.check_threads(threads=16, quota=1.5)
+    assert check.status == "warn" and "a CPU quota of 1.5 CPUs" in check.found and "2 CPUs usable" in check.found
+    assert "set_num_threads(2)" in check.fix
+    assert envcheck.check_threads(threads=2, quota=1.5).status == "ok"
+    assert "no CPU quota" in envcheck.check_threads(threads=16, quota=None).found
 
 
 def test_cache_dir_writable_and_not(tmp_path):

@@ -26,7 +26,8 @@ from minilib.quant import (
     quantize_rows,
     unpack_int4,
 )
-from minilib.quant.model import ProjectionSlice, SharedInputProjections
+from minilib.quant.affine import absmax_quantize
+from minilib.quant.model import ProjectionSlice, SharedInputProjections, fuse_for_inference, layer_stack
 from minilib.support.bench import model_size_bytes
 
 
@@ -203,7 +204,7 @@ def test_quant_linear_is_the_exact_integer_computation_and_close_to_f_linear():
     out = layer(x)
     # reference: dequantized operands multiplied in float64 (what the integers stand for)
     x_hat = dequantize(quantize(x.reshape(-1, 96), 8, axis=0)).double()
-    w_hat = dequantize(quantize(linear.weight, 8, axis=0)).double()
+    w_hat = dequantize(quantize(linear.weight, layer.weight_bits, axis=0)).double()   # 7 bits on AVX2-only CPUs
     reference = (x_hat @ w_hat.T + linear.bias.double()).reshape(3, 7, 40)
     assert torch.allclose(out.double(), reference, atol=1e-5)
     with torch.no_grad():
@@ -212,7 +213,7 @@ def test_quant_linear_is_the_exact_integer_computation_and_close_to_f_linear():
     assert layer.weight_q.dtype == torch.int8 and out.shape == (3, 7, 40)
 
 
-needs_u8s8 = pytest.mark.skipif(not quant.int8.u8s8_kernel_available(),
+needs_u8s8 = pytest.mark.skipif(quant.int8.u8s8_weight_bits() is None,
                                 reason="oneDNN's u8·s8 int8 kernel is not available on this machine (x86 CPUs only)")
 
 
@@ -233,7 +234,7 @@ def test_the_u8s8_kernel_gives_the_same_outputs_as_torch_int_mm(monkeypatch, bia
     x[1, 5] = 0.0
     layer = QuantLinear.from_linear(linear)
     fast = layer(x)
-    monkeypatch.setattr(quant.int8, "u8s8_kernel_available", lambda: False)
+    monkeypatch.setattr(quant.int8, "u8s8_kernel_available", lambda weight_bits=8: False)
     reference = layer(x)
     torch.testing.assert_close(fast, reference, rtol=1e-6, atol=1e-6)
     assert torch.equal(fast[1, 5], linear.bias.detach() if bias else torch.zeros(1536))
@@ -251,6 +252,23 @@ def test_the_packed_weights_follow_new_weights_and_copies():
     assert not torch.allclose(layer(x), before)
     copied = copy.deepcopy(layer)                        # the packed copy is not part of the module
     torch.testing.assert_close(copied(x), layer(x))
+
+
+def test_weight_bits_follow_the_cpu_and_eight_bits_run_exactly_everywhere(monkeypatch):
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 40)
+    x = torch.randn(6, 96)
+    assert QuantLinear.from_linear(linear).weight_bits == quant.int8.default_weight_bits() in (7, 8)
+    seven, eight = (QuantLinear.from_linear(linear, weight_bits=bits) for bits in (7, 8))
+    assert seven.weight_q.abs().max() <= 63 and eight.weight_q.abs().max() == 127
+    for layer in (seven, eight):                  # each on the kernel that multiplies its codes exactly here
+        x_q, x_scale = quantize_rows(x)
+        exact = (x_q.double() @ layer.weight_q.double().t()) * x_scale.double() * layer.weight_scale.double()
+        torch.testing.assert_close(layer(x).double(), exact + linear.bias.double(), rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(quant.int8, "_U8S8_WEIGHT_BITS", [7])     # an AVX2-only CPU
+    assert quant.int8.default_weight_bits() == 7 and not quant.int8.u8s8_kernel_available(8)
+    with pytest.raises(ValueError, match="weight_bits must be 8, 7 or None"):
+        QuantLinear(4, 4, weight_bits=4)
 
 
 def test_quant_linear_without_bias_and_bad_input():
@@ -273,6 +291,57 @@ def test_compiled_kernels_compute_the_same_numbers():
     acc = int8_matmul(x_q, x_q[:8].t())
     w_scale, bias = torch.rand(8), torch.randn(8)
     assert torch.allclose(kernels.rescale(acc, scale, w_scale, bias), quant.int8.rescale(acc, scale, w_scale, bias))
+
+
+def test_absmax_quantize_is_per_slice_symmetric_quantization():
+    x = _rows_of_different_scales()
+    x[2] = 0.0                                                  # an all-zero row: codes 0, no NaN
+    q, scale = absmax_quantize(x, 8, dim=-1)
+    reference = quantize(x, 8, symmetric=True, axis=0)
+    assert torch.equal(q, reference.q) and q.dtype == torch.int8 and not q[2].any()
+    columns, column_scale = absmax_quantize(x, 4, dim=0)        # one scale per column, 4 bits
+    assert column_scale.shape == (1, x.shape[1]) and columns.abs().max() <= 7
+    assert torch.equal(columns, quantize(x, 4, symmetric=True, axis=1).q)
+
+
+def test_absmax_quantize_float16_scales_stay_within_half_a_step_and_in_range():
+    x = torch.randn(64, 32) * torch.logspace(-3, 2, 64)[:, None]     # scales down to float16's subnormals
+    for bits in (8, 4):
+        q, scale = absmax_quantize(x, bits, scale_dtype=torch.float16)
+        assert scale.dtype == torch.float16 and q.abs().max() <= 2 ** (bits - 1) - 1
+        error = (x - q.float() * scale.float()).abs()
+        assert torch.all(error <= scale.float() / 2 * (1 + 1e-3) + 1e-12)
+
+
+def test_absmax_quantize_llama_cpp_rounds_halves_away_from_zero_and_unsigned_shifts_by_128():
+    x = torch.tensor([[-127.0, -2.5, 0.5, 1.5, 127.0]])        # scale 1: the ties show the rounding
+    assert absmax_quantize(x, 8)[0].tolist() == [[-127, -2, 0, 2, 127]]
+    assert absmax_quantize(x, 8, llama_cpp=True)[0].tolist() == [[-127, -3, 1, 2, 127]]
+    u8, _ = absmax_quantize(x, 8, unsigned=True)
+    assert u8.dtype == torch.uint8 and u8.tolist() == [[1, 126, 128, 130, 255]]
+
+
+def test_compiled_quantized_encoder_uses_fused_attention_and_matches_eager(tiny_classifier):
+    model = tiny_classifier(n_layers=2)
+    ids = torch.randint(1, 50, (3, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0                                             # a padded sequence
+    eager = quantize_model(model).eval()
+    compiled = quantize_model(model, compiled=True).eval()
+    attentions = {type(m).__name__: m.attention for m in compiled.modules() if hasattr(m, "attention")}
+    assert attentions == {"MultiHeadAttention": F.scaled_dot_product_attention}
+    assert [layer._compiled_call_impl is not None for layer in layer_stack(compiled)] == [True, True]
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled(ids, mask), eager(ids, mask), rtol=0.02, atol=0.02)
+        other = compiled(ids[:2, :9], mask[:2, :9])             # another shape: compiled once for all shapes
+    assert other.shape == (2, 2)
+
+
+def test_fuse_for_inference_switches_hugging_face_bert_to_sdpa(tiny_bert):
+    bert = tiny_bert()
+    bert.set_attn_implementation("eager")
+    fused = fuse_for_inference(quantize_model(bert))
+    assert fused.config._attn_implementation == "sdpa" and len(layer_stack(fused)) == bert.config.num_hidden_layers
 
 
 # ----------------------------------------------------------------------------------------------- int4
@@ -381,7 +450,7 @@ def test_fake_quant_linear_simulates_quant_linear():
     linear = nn.Linear(32, 16)
     x = torch.randn(6, 32)
     with torch.no_grad():
-        assert torch.allclose(FakeQuantLinear.from_linear(linear, 8, 8)(x), QuantLinear.from_linear(linear)(x), atol=1e-5)
+        assert torch.allclose(FakeQuantLinear.from_linear(linear, 8, 8)(x), QuantLinear.from_linear(linear, weight_bits=8)(x), atol=1e-5)
 
 
 def test_qat_recovers_what_2_bit_post_training_quantization_loses():
@@ -445,3 +514,26 @@ def test_real_sentences_are_english_prose():
     assert len(sentences) == 10 and all(s[0].isupper() and 6 <= len(s.split()) <= 40 for s in sentences)
     with pytest.raises(ValueError, match="asked for 1000000"):
         real_sentences(1_000_000)
+
+
+def test_profiles_sort_one_forward_into_kinds_of_work(tiny_classifier, tmp_path):
+    from minilib.experiments import ch07_quantization as experiment
+
+    assert experiment.operation_kind("aten::_int_mm") == "int8 GEMM"
+    assert experiment.operation_kind("MatMulInteger") == "int8 GEMM"
+    assert experiment.operation_kind("SkipLayerNormalization") == "LayerNorm"
+    assert experiment.operation_kind("aten::flip") == "other"
+    model = tiny_classifier()
+    ids = torch.randint(1, 50, (4, 16), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    fp32 = experiment.time_by_kind(lambda: model(ids, mask), repeats=2)
+    int8 = experiment.time_by_kind(lambda: quantize_model(model)(ids, mask), repeats=2)
+    assert fp32["float GEMM"] > 0 and "int8 GEMM" not in fp32 and int8["int8 GEMM"] > 0
+    table = experiment.profile_table({"fp32": fp32, "int8": int8})
+    assert table.splitlines()[0] == "| kind of work | fp32 | int8 |" and "**total (ms)**" in table
+    pytest.importorskip("onnxruntime")
+    from minilib.deploy.export import export_onnx
+
+    path = export_onnx(model, ids[:1], mask[:1], tmp_path / "tiny.onnx")
+    ort = experiment.onnx_time_by_kind(path, ids, mask, threads=1, repeats=2)
+    assert ort.get("float GEMM", 0) > 0 and not list(tmp_path.glob("*profile*"))   # its trace file is removed

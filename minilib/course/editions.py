@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from minilib.chapters import CHAPTERS
+from minilib.chapters import with_notebooks
 
 COURSE = Path(__file__).resolve().parents[2]
 STUDENT_EDITION = COURSE / "notebooks"
@@ -24,9 +24,9 @@ TEACHER_EDITION = STUDENT_EDITION / "solutions"
 
 def teacher_notebooks() -> list[Path]:
     """The teacher's edition, one notebook per chapter (:mod:`minilib.chapters`), in chapter order."""
-    return [TEACHER_EDITION / chapter.notebook for chapter in CHAPTERS]
+    return [TEACHER_EDITION / chapter.notebook for chapter in with_notebooks()]
 
 
 def student_notebooks() -> list[Path]:
     """The committed student edition, one notebook per chapter (:mod:`minilib.chapters`), in chapter order."""
-    return [STUDENT_EDITION / chapter.notebook for chapter in CHAPTERS]
+    return [STUDENT_EDITION / chapter.notebook for chapter in with_notebooks()]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import os
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -107,16 +106,26 @@ def check_torch_build(cuda_version: str | None = None, cuda_available: bool | No
                  + CPU_TORCH_INSTALL)
 
 
-def check_threads(threads: int | None = None, cpus: int | None = None) -> Check:
+def check_threads(threads: int | None = None, cpus: int | None = None, quota: float | None | str = "read") -> Check:
+    """PyTorch's thread count against the CPUs this process may use: its affinity mask capped by the cgroup CPU
+    quota (a Binder or hub pod sees the host's cores but may get only one core's worth of time), never the
+    host's count. Without arguments, reads them (:mod:`minilib.support.threads`)."""
+    from minilib.support import threads as course_threads
+
     if threads is None:
         import torch
 
         threads = torch.get_num_threads()
-    cpus = os.cpu_count() if cpus is None else cpus
-    found = f"{threads} torch threads on {cpus} CPU cores"
+    quota = course_threads.cpu_quota() if quota == "read" else quota
+    cpus = course_threads.usable_cpus(quota) if cpus is None else cpus
+    limit = "no CPU quota" if quota is None else f"a CPU quota of {quota:g} CPUs"
+    found = f"{threads} torch threads; {cpus} CPUs usable ({limit})"
     if threads < cpus:
-        return Check("threads", "warn", found, f"PyTorch uses fewer cores than it could (is OMP_NUM_THREADS set?); "
-                     f"for timings as in the course run `torch.set_num_threads({cpus})`")
+        return Check("threads", "warn", found, f"PyTorch uses fewer CPUs than it may (is OMP_NUM_THREADS or MINILIB_THREADS "
+                     f"set?); for timings as in the course run `torch.set_num_threads({cpus})`")
+    if threads > cpus:
+        return Check("threads", "warn", found, f"more threads than CPUs this process may use: each operation waits for "
+                     f"threads that have no CPU; run `torch.set_num_threads({cpus})`")
     return Check("threads", "ok", found)
 
 

@@ -9,6 +9,9 @@ machine wall time is inflated by waiting for a core, CPU time much less so.
 from __future__ import annotations
 
 import base64
+import contextlib
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -54,6 +57,8 @@ class _KernelSampler(threading.Thread):
         while not self._stop_event.wait(self.every):
             rss, cpu = 0, 0.0
             for child in me.children(recursive=True):
+                if child.pid in _COMPETITORS:   # the busy neighbour of --competitor is not the notebook's
+                    continue
                 try:
                     rss += child.memory_info().rss
                     times = child.cpu_times()
@@ -66,6 +71,23 @@ class _KernelSampler(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.join()
+
+
+_COMPETITORS: set[int] = set()   # process ids of busy_competitor's programs, left out of the measurements
+
+
+@contextlib.contextmanager
+def busy_competitor():
+    """Keep one CPU busy with another program while the block runs: a Python loop that never sleeps, as a
+    neighbour's training job on a shared hub would. ``python -m minilib notebooks --competitor`` uses it."""
+    competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    _COMPETITORS.add(competitor.pid)
+    try:
+        yield competitor
+    finally:
+        competitor.kill()
+        competitor.wait()
+        _COMPETITORS.discard(competitor.pid)
 
 
 def run_notebook(path, timeout: float = 600, sample_every: float = 0.05, env: dict | None = None) -> NotebookRun:

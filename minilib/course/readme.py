@@ -162,7 +162,12 @@ def _recorded(metrics: dict) -> str:
     for name, value in metrics.items():
         words = name.replace("_", " ")
         percent = any(word in words for word in ("accuracy", "exact match"))
-        parts.append(f"{words} {100 * value:.1f}%" if percent else f"{words} {value:.3g}")
+        if percent:
+            parts.append(f"{words} {100 * value:.1f}%")
+        elif float(value).is_integer():   # a count: every digit (8,192 tokens, not 8.19e+03)
+            parts.append(f"{words} {int(value):,}")
+        else:
+            parts.append(f"{words} {value:.3g}")
     return "; ".join(parts)
 
 

@@ -51,7 +51,8 @@ from minilib.support import cache
 
 REBUILD_COMMAND = "python -m minilib zoo rebuild"
 HALF_TOLERANCE = 0.002
-"""How far a float16 copy's metric (an accuracy in [0, 1]) may move from float32's for float16 to be shipped."""
+"""How far a float16 copy's metric may move from float32's for float16 to be shipped: 0.002 for a metric in
+[-1, 1] (an accuracy), 0.2% of it for a larger one (a perplexity)."""
 
 
 class ArtefactError(RuntimeError):
@@ -323,7 +324,7 @@ def _ship(artefact: Artefact, captured: dict, run_seconds: float) -> dict:
         metrics = artefact.metrics(captured["model"])
         half = _half(changed)
         half_metrics = artefact.metrics(_apply(captured["skeleton"](), half, artefact.name))
-        keep_half = all(abs(half_metrics[k] - metrics[k]) <= HALF_TOLERANCE for k in metrics)
+        keep_half = all(abs(half_metrics[k] - metrics[k]) <= HALF_TOLERANCE * max(1.0, abs(metrics[k])) for k in metrics)
         cache.save_tensors(path, half if keep_half else changed)
         metrics, dtype = (half_metrics, "float16") if keep_half else (metrics, "float32")
     else:

@@ -10,7 +10,10 @@ similarity of sentence embeddings to fp32's, on real English sentences).
 """
 from __future__ import annotations
 
+import json
 import re
+from collections import defaultdict
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -94,3 +97,122 @@ def latency(variants: dict[str, nn.Module], batch: int = 32, seq: int = 128, war
             model(input_ids=ids, attention_mask=mask)
         return compare({name: (lambda m=m: m(input_ids=ids, attention_mask=mask)) for name, m in variants.items()},
                        baseline=FP32, warmup=warmup, repeats=repeats)
+
+
+# ----------------------------------------------------------------------------- where the time goes
+OPERATION_KINDS = {   # kind of work: the operations (PyTorch's, ONNX Runtime's node types) that do it
+    "int8 GEMM": ("aten::_int_mm", "minilib::u8s8_linear", "quantized::linear_dynamic", "onednn::qlinear_pointwise",
+                  "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"),
+    "float GEMM": ("aten::addmm", "aten::mm", "aten::linear", "aten::matmul", "MatMul", "Gemm", "FusedMatMul"),
+    "attention (scores, softmax, weighted sum)": (
+        "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::scaled_dot_product_attention", "aten::bmm",
+        "aten::baddbmm", "aten::_softmax", "aten::softmax", "Softmax", "Attention", "MultiHeadAttention"),
+    "quantize activations": ("aten::aminmax", "aten::div", "aten::round", "aten::abs", "aten::amax",
+                             "DynamicQuantizeLinear", "quantized::quantize_per_tensor_dynamic"),
+    "LayerNorm": ("aten::native_layer_norm", "aten::layer_norm", "LayerNormalization", "SkipLayerNormalization",
+                  "SimplifiedLayerNormalization"),
+    "GELU": ("aten::gelu", "Gelu", "FastGelu", "BiasGelu", "Erf"),
+    "bias, residual and mask additions": ("aten::add", "aten::add_", "aten::addcmul", "aten::mul", "aten::mul_",
+                                          "aten::masked_fill", "aten::masked_fill_", "aten::all", "aten::eq",
+                                          "Add", "Mul", "Where"),
+    "copies and type conversions": ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous", "Cast",
+                                    "Transpose", "Concat"),
+    "fused loops (torch.compile)": ("## Call CompiledFxGraph", "Torch-Compiled Region", "CompiledFunction",
+                                    "cpp_fused"),
+}
+
+
+def operation_kind(name: str) -> str:
+    """The kind of work an operation named ``name`` does (a key of :data:`OPERATION_KINDS`), else "other"."""
+    for kind, names in OPERATION_KINDS.items():
+        if any(name == known or name.startswith(known) for known in names):
+            return kind
+    return "other"
+
+
+def time_by_kind(run, repeats: int = 3) -> dict[str, float]:
+    """Milliseconds per call of ``run()`` (one forward pass) spent in each kind of operation, from
+    ``torch.profiler``'s self CPU time (each operation's own time, without the operations it called), averaged
+    over ``repeats`` calls after one untimed call. Compiled code shows as fused loops plus the library kernels
+    (GEMMs, attention) that it calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        run()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(repeats):
+                run()
+    totals = defaultdict(float)
+    for event in prof.key_averages():
+        totals[operation_kind(event.key)] += event.self_cpu_time_total / 1e3 / repeats
+    return dict(totals)
+
+
+def onnx_time_by_kind(onnx_path, input_ids: torch.Tensor, attention_mask: torch.Tensor, threads: int,
+                      repeats: int = 3) -> dict[str, float]:
+    """The same as :func:`time_by_kind` for an ONNX file run by ONNX Runtime: milliseconds per call in each kind
+    of node, from ONNX Runtime's own profiler (node events, by operator type) after one untimed call."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling, options.intra_op_num_threads = True, threads
+    options.profile_file_prefix = str(Path(onnx_path).with_suffix("")) + "_profile"
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    feeds = {"input_ids": input_ids.long().numpy(), "attention_mask": attention_mask.long().numpy()}
+    session.run(None, feeds)
+    for _ in range(repeats):
+        session.run(None, feeds)
+    trace = Path(session.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
+    runs = [e for e in events if e.get("name") == "model_run"][1:]     # the timed calls
+    start = min(e["ts"] for e in runs)
+    totals = defaultdict(float)
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= start:
+            totals[operation_kind(event["args"]["op_name"])] += event["dur"] / 1e3 / repeats
+    return dict(totals)
+
+
+def profile_table(profiles: dict[str, dict[str, float]]) -> str:
+    """A Markdown table: one row per kind of work, one column per variant (ms per forward pass), and the total."""
+    kinds = [k for k in [*OPERATION_KINDS, "other"] if any(p.get(k, 0) > 0.05 for p in profiles.values())]
+    lines = ["| kind of work | " + " | ".join(profiles) + " |", "|---|" + "---:|" * len(profiles)]
+    for kind in kinds:
+        lines.append(f"| {kind} | " + " | ".join(f"{p.get(kind, 0):.0f}" for p in profiles.values()) + " |")
+    lines.append("| **total (ms)** | " + " | ".join(f"**{sum(p.values()):.0f}**" for p in profiles.values()) + " |")
+    return "\n".join(lines)
+
+
+def where_the_time_goes(batch: int = 8, seq: int = 128) -> str:
+    """Chapter 07's profile table on the fine-tuned MiniLM classifier: fp32, our int8 eager and compiled
+    (``quantize_model(..., compiled=True)``, compiling first) and ONNX Runtime's dynamic int8 (when installed),
+    milliseconds per forward pass by kind of work. ``python -m minilib.experiments.ch07_quantization`` prints it."""
+    import tempfile
+
+    from minilib.deploy.export import export_onnx
+    from minilib.experiments.library_rows import onnx_dynamic_int8
+    from minilib.experiments.teacher import sentiment_teacher
+    from minilib.support.optional import optional_row
+
+    teacher = sentiment_teacher().eval()
+    ids = torch.randint(1, 30522, (batch, seq), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    eager, compiled = quantize_model(teacher).eval(), quantize_model(teacher, compiled=True).eval()
+    profiles = {"fp32": time_by_kind(lambda: teacher(ids, mask)), "minilib int8": time_by_kind(lambda: eager(ids, mask)),
+                "minilib int8 + compile": time_by_kind(lambda: compiled(ids, mask))}
+    with tempfile.TemporaryDirectory(prefix="minilib-onnx-") as folder:
+        def ort_profile():
+            path = export_onnx(teacher, ids[:1], mask[:1], Path(folder) / "minilm_sentiment.onnx")
+            return onnx_time_by_kind(onnx_dynamic_int8(path), ids, mask, torch.get_num_threads())
+        ort = optional_row("ONNX Runtime int8", ort_profile, "pip install onnxruntime")
+        if isinstance(ort, dict):
+            profiles["ONNX Runtime int8"] = ort
+    return profile_table(profiles)
+
+
+if __name__ == "__main__":
+    from minilib.support.bench import machine_label
+
+    print(where_the_time_goes())
+    print(f"\nms per forward pass (batch 8, seq 128) on {machine_label()}")

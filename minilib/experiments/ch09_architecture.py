@@ -73,3 +73,34 @@ ARTEFACTS = {
                            "data": "sentiment_examples(seed=0, sizes=(4000, 500, 1000))"})
     for name in DESIGNS
 }
+
+
+def grouped_ffn_breakdown(d_model: int = 256, d_ff: int = 1024, groups: int = 4, tokens: int = 32 * 128,
+                          repeats: int = 10):
+    """Why a grouped FFN with 1/groups of the FLOPs is not 1/groups of the time: the FFN alone and its parts,
+    dense against grouped, timed interleaved on ``tokens`` vectors (untrained weights: time does not depend on
+    training). Returns a :class:`~minilib.support.bench.Comparison` against the dense FFN.
+
+    The grouped matrix products do 1/groups of the work, but in ``groups`` small products (an inner dimension of
+    d_model / groups) that run less efficiently than one large one; the GELU and the bias run on the whole hidden
+    layer in both designs; and the channel shuffle is one more copy of it, work the dense FFN never does.
+    """
+    import torch.nn.functional as F
+
+    from minilib.arch import GroupedFeedForward, channel_shuffle
+    from minilib.support.bench import compare
+    from minilib.transformer import FeedForward
+
+    torch.manual_seed(0)
+    x = torch.randn(tokens, d_model)
+    dense, grouped = FeedForward(d_model, d_ff).eval(), GroupedFeedForward(d_model, d_ff, groups).eval()
+    hidden = grouped.up(x)
+    dense_gemms = lambda: F.linear(F.linear(x, dense.up.weight), dense.down.weight)  # noqa: E731
+    grouped_gemms = lambda: grouped.down(grouped.up(x))                              # noqa: E731  (bias included)
+    with torch.inference_mode():
+        return compare({"dense FFN": lambda: dense(x), f"grouped FFN (g={groups})": lambda: grouped(x),
+                        "dense: the two matrix products": dense_gemms,
+                        "grouped: the two grouped products": grouped_gemms,
+                        "GELU on the hidden layer (both)": lambda: F.gelu(hidden),
+                        "channel shuffle (grouped only)": lambda: channel_shuffle(hidden, groups)},
+                       baseline="dense FFN", warmup=2, repeats=repeats)

@@ -16,7 +16,6 @@ compression change predictions more for some sentence patterns than for others?)
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import math
@@ -38,6 +37,7 @@ from minilib.support.bench import model_size_bytes, time_fn
 from minilib.support.cache import cached_model
 from minilib.support.data import sentiment_dataset
 from minilib.support.device import model_device, to_device
+from minilib.support.threads import threads
 from minilib.support.train import TrainConfig, accuracy, predict_logits, trim_padding
 from minilib.transformer import Classifier
 
@@ -49,15 +49,6 @@ TARGETS = {
 """The three deployment targets of chapter 12 (a phone, an edge device, the cloud). The cloud one has no latency limit: its score is throughput per core."""
 
 
-@contextlib.contextmanager
-def threads(n: int):
-    """Run the block with PyTorch using ``n`` threads, then restore the previous count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def resolve_target(target) -> Budget:

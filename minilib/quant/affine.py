@@ -115,6 +115,45 @@ def quantize(x: torch.Tensor, bits: int = 8, symmetric: bool = True, axis: int |
     return QuantizedTensor(q, scale, zero_point, bits, symmetric, axis)
 
 
+def roundf(x: torch.Tensor) -> torch.Tensor:
+    """C's ``roundf``: halves away from zero (``torch.round`` sends them to the even integer), written as llama.cpp's
+    reference code in the ``gguf`` package writes it, so that float32 ties come out the same."""
+    a = x.abs()
+    floored = a.floor()
+    return x.sign() * (floored + (2 * (a - floored)).floor())
+
+
+def absmax_quantize(x: torch.Tensor, bits: int = 8, dim: int = -1, scale_dtype: torch.dtype | None = None,
+                    llama_cpp: bool = False, unsigned: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric ("absmax") quantization with one scale per slice along ``dim``: a token's row of activations,
+    a block of 32 weights, a head's key vector. The one quantizer of chapters 07 and 13::
+
+        s = max|x| / (2^(b−1) − 1),      q = round(x / s) ∈ [−(2^(b−1) − 1), 2^(b−1) − 1]
+
+    Returns ``(q, s)``: ``q`` int8 like ``x``, ``s`` like ``x`` with ``dim`` of size 1. An all-zero slice gets
+    codes 0. One reduction (``aminmax``: no copy of ``|x|``) and one divide-and-round: as few passes over
+    memory as eager PyTorch allows.
+
+    - ``scale_dtype``: the precision ``s`` is stored in (float16 for a quantized KV cache); the codes are then
+      computed with the stored value, so ``s · q`` is within half a step of ``x``.
+    - ``llama_cpp``: llama.cpp's q8_0 arithmetic, ``q = roundf(x · (1/s))`` (multiply by the reciprocal, round
+      halves away from zero), for codes bit for bit equal to its own.
+    - ``unsigned``: the codes plus 2^(b−1) as uint8 (1 … 255 for 8 bits), for x86's u8·s8 int8 kernel.
+    """
+    q_max = qrange(bits)[1]
+    low, high = torch.aminmax(x, dim=dim, keepdim=True)
+    scale = torch.maximum(high, -low) / q_max                         # s = max|x| / q_max
+    if scale_dtype is not None:
+        scale = scale.to(scale_dtype)
+    step = scale.to(x.dtype).clamp_min(torch.finfo(x.dtype).tiny)      # all zeros: 0 / tiny = 0, never 0 / 0
+    q = roundf(x * (1 / step)) if llama_cpp else torch.div(x, step).round_()
+    if scale_dtype is not None:                                        # a rounded-down stored s can push |q| past q_max
+        q = q.clamp_(-q_max, q_max)
+    if unsigned:
+        return q.add_(q_max + 1).to(torch.uint8), scale
+    return q.to(torch.int8), scale
+
+
 def dequantize(qt: QuantizedTensor) -> torch.Tensor:
     """Back to float32: ``x̂ = s · (q − z)``."""
     if not isinstance(qt, QuantizedTensor):

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minilib.quant.affine import absmax_quantize
+from minilib.quant.int4 import pack_int4, unpack_int4
 from minilib.quant.swap import linear_layer_names, replace_linears
 
 BLOCK = 32
@@ -59,13 +61,6 @@ def _check(w: torch.Tensor, fmt: str) -> None:
                          f"(weight shape {tuple(w.shape)})")
 
 
-def _roundf(x: torch.Tensor) -> torch.Tensor:
-    """C's roundf (halves away from zero), written as gguf writes it so that float32 ties come out the same."""
-    a = x.abs()
-    floored = a.floor()
-    return x.sign() * (floored + (2 * (a - floored)).floor())
-
-
 def _reciprocal(d: torch.Tensor) -> torch.Tensor:
     """1/d, and 0 where d = 0 (a block of zeros gets codes 0)."""
     return torch.where(d == 0, torch.zeros_like(d), 1 / d)
@@ -76,23 +71,29 @@ def quantize_blocks(w: torch.Tensor, fmt: str) -> BlockQuantized:
     """(out, in) float weight → :class:`BlockQuantized` in ``fmt`` ("q8_0" or "q4_0"); ``in`` a multiple of 32."""
     _check(w, fmt)
     blocks = w.detach().float().reshape(w.shape[0], -1, BLOCK)                 # (out, in/32, 32)
-    if fmt == "q8_0":
-        d = blocks.abs().amax(dim=-1, keepdim=True) / 127
-        codes = _roundf(blocks * _reciprocal(d)).to(torch.int8).reshape(w.shape)
+    if fmt == "q8_0":   # chapter 07's absmax quantizer on each block, with llama.cpp's arithmetic
+        codes, d = absmax_quantize(blocks, 8, dim=-1, llama_cpp=True)
+        codes = codes.reshape(w.shape)
     else:
         largest = blocks.gather(-1, blocks.abs().argmax(dim=-1, keepdim=True))  # signed, (out, in/32, 1)
         d = largest / -8
         nibbles = torch.trunc(blocks * _reciprocal(d) + 8.5).clamp(0, 15).to(torch.uint8)
-        codes = (nibbles[..., :16] | (nibbles[..., 16:] << 4)).reshape(w.shape[0], -1)   # (out, in/2)
+        codes = pack_int4(_gguf_order(nibbles)).reshape(w.shape[0], -1)          # (out, in/2)
     return BlockQuantized(codes, d.squeeze(-1).to(torch.float16), fmt)
+
+
+def _gguf_order(nibbles: torch.Tensor) -> torch.Tensor:
+    """(..., 32) → (..., 32) as j, j + 16, j + 1, j + 17, ...: pack_int4 then puts code j in the low nibble of
+    byte j and code j + 16 in its high nibble, gguf's layout."""
+    return torch.stack([nibbles[..., :16], nibbles[..., 16:]], dim=-1).flatten(-2)
 
 
 def block_codes(q: BlockQuantized) -> torch.Tensor:
     """The signed integer codes, int8 (out, in): q8_0 as stored, q4_0 unpacked to [-8, 7]."""
     if q.fmt == "q8_0":
         return q.codes
-    packed = q.codes.reshape(q.codes.shape[0], -1, BLOCK // 2)                 # (out, in/32, 16)
-    nibbles = torch.cat([packed & 0x0F, packed >> 4], dim=-1)                  # (out, in/32, 32)
+    pairs = unpack_int4(q.codes.reshape(q.codes.shape[0], -1, BLOCK // 2))     # (out, in/32, 32): j, j + 16, ...
+    nibbles = pairs.unflatten(-1, (BLOCK // 2, 2)).transpose(-1, -2).flatten(-2)   # back to 0, 1, ..., 31
     return (nibbles.to(torch.int8) - 8).reshape(q.codes.shape[0], -1)
 
 

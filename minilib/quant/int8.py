@@ -22,7 +22,9 @@ pays for that mismatch: here it is barely faster than a float32 matmul. Shifting
 (``x_q + 128`` fits in a uint8) and telling the kernel about that zero point lets oneDNN's u8·s8 kernel run
 at full speed: it subtracts ``128 · Σ_k W_q[n, k]`` itself, so the sums are exactly the same. On an x86 CPU
 with PyTorch's oneDNN, :class:`QuantLinear` uses that kernel (:func:`u8s8_kernel_available`); elsewhere
-``torch._int_mm``.
+``torch._int_mm``. Only VNNI and AMX sum the products in 32 bits: on x86 CPUs with AVX2 alone (many laptops)
+the kernel is exact only for 7-bit weights (:func:`u8s8_weight_bits`), so there the weights get 7 bits, and
+``torch._int_mm``'s reference kernel, tens of times slower than a float32 matmul, is never used.
 """
 from __future__ import annotations
 
@@ -35,28 +37,22 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from minilib.quant.affine import quantize
+from minilib.quant.affine import absmax_quantize, quantize
 
-INT8_MAX = 127
+INT8_BITS = 8
 U8_ZERO_POINT = 128  # int8 codes + 128 are uint8 codes: what x86's u8·s8 instructions multiply
 
 
 def quantize_rows(x: torch.Tensor, unsigned: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 quantization with one scale per row (per token).
+    """Symmetric int8 quantization with one scale per row (per token): :func:`~minilib.quant.affine.absmax_quantize`
+    along the last dimension.
 
     x: ``(tokens, features)`` float. Returns ``x_q`` ``(tokens, features)`` int8 and ``scale`` ``(tokens, 1)``
     with ``scale = max_k |x[m, k]| / 127`` and ``x_q = round(x / scale)``: the same numbers as
     ``quantize(x, 8, symmetric=True, axis=0)``, computed in fewer passes over memory.
     ``unsigned=True`` returns the same codes plus 128 as uint8 (1 … 255), for the u8·s8 kernel.
     """
-    tiny = torch.finfo(torch.float32).tiny
-    low, high = torch.aminmax(x, dim=-1, keepdim=True)  # one read of x, and no (M, K) copy of |x|
-    max_abs = torch.maximum(high, -low)
-    scale = (max_abs / INT8_MAX).clamp_min(tiny)
-    x_q = torch.div(x, scale).round_()  # |x / scale| ≤ 127 by construction: no clamp needed
-    if unsigned:
-        return x_q.add_(U8_ZERO_POINT).to(torch.uint8), scale
-    return x_q.to(torch.int8), scale
+    return absmax_quantize(x, INT8_BITS, dim=-1, unsigned=unsigned)
 
 
 def rescale(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -124,13 +120,13 @@ def u8s8_linear(x_u8: torch.Tensor, packed_weight, w_scale: torch.Tensor) -> tor
                                               1.0, 0, torch.float32, "none", [], "")
 
 
-@functools.cache
-def u8s8_kernel_available() -> bool:
-    """Whether oneDNN's u8·s8 int8 kernel runs here (x86 CPUs with PyTorch's oneDNN), tried once on a small
-    example against the exact integer product."""
+def _u8s8_is_exact(weight_max: int) -> bool:
+    """Whether oneDNN's u8·s8 kernel gives the exact integer sums for activation codes 1 … 255 and weights up to
+    ``±weight_max``, tried on a small example that includes the worst case (largest codes side by side)."""
     generator = torch.Generator().manual_seed(0)
-    w_q = torch.randint(-127, 128, (8, 40), dtype=torch.int8, generator=generator)
+    w_q = torch.randint(-weight_max, weight_max + 1, (8, 40), dtype=torch.int8, generator=generator)
     x_q = torch.randint(-127, 128, (5, 40), dtype=torch.int8, generator=generator)
+    w_q[0], x_q[0] = weight_max, 127                 # every pair of products at its largest
     try:
         packed = torch.ops.onednn.qlinear_prepack(w_q, None)
         got = u8s8_linear((x_q.short() + U8_ZERO_POINT).to(torch.uint8), packed, torch.ones(8))
@@ -139,7 +135,62 @@ def u8s8_kernel_available() -> bool:
     return torch.equal(got, (x_q.long() @ w_q.long().t()).float())
 
 
-_PACKED_WEIGHTS = weakref.WeakKeyDictionary()  # QuantLinear → (weight version, oneDNN's packed weight)
+_U8S8_WEIGHT_BITS: list[int | None] = []   # filled by the first call: the probe runs once per process
+
+
+def u8s8_weight_bits() -> int | None:
+    """How many bits of weight oneDNN's u8·s8 kernel multiplies exactly here: 8 on x86 CPUs with VNNI or AMX,
+    7 on x86 CPUs with AVX2 alone, None where it does not run (not x86, no oneDNN).
+
+    Without VNNI the kernel uses AVX2's ``vpmaddubsw``, which adds each pair of u8·s8 products into 16 bits and
+    saturates past 32767: 255·127·2 does not fit, 255·64·2 does. So on those CPUs the weights get 7 bits
+    (codes −63 … 63), as fbgemm (torch.ao) gives the activations 7 bits for the same reason (``reduce_range``).
+    """
+    if not _U8S8_WEIGHT_BITS:
+        _U8S8_WEIGHT_BITS.append(8 if _u8s8_is_exact(127) else 7 if _u8s8_is_exact(63) else None)
+    return _U8S8_WEIGHT_BITS[0]
+
+
+def u8s8_kernel_available(weight_bits: int = 8) -> bool:
+    """Whether oneDNN's u8·s8 kernel multiplies ``weight_bits``-bit weights exactly here (see :func:`u8s8_weight_bits`)."""
+    bits = u8s8_weight_bits()
+    return bits is not None and weight_bits <= bits
+
+
+def default_weight_bits() -> int:
+    """The weight bits :class:`QuantLinear` uses unless told: what this CPU's fastest exact kernel multiplies."""
+    return u8s8_weight_bits() or 8
+
+
+_PACKED_WEIGHTS: dict = {}   # id of an int8 weight tensor → (weak reference to it, its version, oneDNN's packed copy)
+
+
+@torch.library.custom_op("minilib::u8s8_linear", mutates_args=())
+def u8s8_linear_op(x_u8: torch.Tensor, weight_q: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    """:func:`u8s8_linear` as one PyTorch operation that takes the plain ``(N, K)`` int8 weight.
+
+    oneDNN's packed copy of the weight is made on first use and again whenever the weight changes (a new
+    tensor, or new values written into it), and kept beside the weight, not in the module: so a model with
+    these layers can be copied, saved, loaded and compiled like any other. ``torch.compile`` sees one opaque
+    operation, a GEMM, and fuses what comes before and after it.
+    """
+    version = 0 if weight_q.is_inference() else weight_q._version   # a weight made under inference_mode has none
+    cached = _PACKED_WEIGHTS.get(id(weight_q))
+    if cached is None or cached[0]() is not weight_q or cached[1] != version:
+        limit = 2 ** ((u8s8_weight_bits() or 8) - 1)
+        if weight_q.abs().max() > limit:   # e.g. 8-bit codes saved on a VNNI CPU, loaded on an AVX2 one
+            raise ValueError(f"this CPU's u8·s8 kernel multiplies weights up to ±{limit} exactly, got codes up to "
+                             f"±{int(weight_q.abs().max())}: quantize the layer here (QuantLinear.from_linear)")
+        key = id(weight_q)
+        forget = lambda _, key=key: _PACKED_WEIGHTS.pop(key, None)   # noqa: E731  (the weight is gone)
+        cached = weakref.ref(weight_q, forget), version, torch.ops.onednn.qlinear_prepack(weight_q, None)
+        _PACKED_WEIGHTS[key] = cached
+    return u8s8_linear(x_u8, cached[2], w_scale)
+
+
+@u8s8_linear_op.register_fake
+def _(x_u8, weight_q, w_scale):   # the output's shape and type, for torch.compile's tracing
+    return x_u8.new_empty((x_u8.shape[0], weight_q.shape[0]), dtype=torch.float32)
 
 
 @dataclass(frozen=True)
@@ -183,20 +234,26 @@ class QuantLinear(nn.Module):
     output ``(..., out)`` float32.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, compiled: bool = False):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, compiled: bool = False,
+                 weight_bits: int | None = None):
         super().__init__()
+        if weight_bits not in (None, 7, 8):
+            raise ValueError(f"weight_bits must be 8, 7 or None (this CPU's choice), got {weight_bits!r}")
         self.in_features, self.out_features, self.compiled = in_features, out_features, compiled
+        self.weight_bits = weight_bits or default_weight_bits()
         self.register_buffer("weight_q", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out_features))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, compiled: bool = False) -> "QuantLinear":
-        """Quantize a float ``nn.Linear``: ``W_q = round(W / s_w)`` with ``s_w[n] = max_k |W[n, k]| / 127``."""
+    def from_linear(cls, linear: nn.Linear, compiled: bool = False, weight_bits: int | None = None) -> "QuantLinear":
+        """Quantize a float ``nn.Linear``: ``W_q = round(W / s_w)`` with ``s_w[n] = max_k |W[n, k]| / 127``
+        (``/ 63`` with ``weight_bits=7``; by default this CPU's choice, :func:`default_weight_bits`)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"QuantLinear.from_linear expects an nn.Linear, got {type(linear).__name__}")
-        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, compiled=compiled)
-        qw = quantize(linear.weight, bits=8, symmetric=True, axis=0)
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, compiled=compiled,
+                    weight_bits=weight_bits)
+        qw = quantize(linear.weight, bits=layer.weight_bits, symmetric=True, axis=0)
         layer.weight_q.copy_(qw.q)
         layer.weight_scale.copy_(qw.scale.flatten())
         if linear.bias is not None:
@@ -209,7 +266,7 @@ class QuantLinear(nn.Module):
             raise ValueError(f"QuantLinear expects input (..., {self.in_features}), got {tuple(x.shape)}")
         rows = x.reshape(-1, self.in_features).float()
         kernels = compiled_kernels() if self.compiled else EAGER_KERNELS
-        if rows.device.type == "cpu" and u8s8_kernel_available():
+        if rows.device.type == "cpu" and u8s8_kernel_available(self.weight_bits):
             return self._forward_u8s8(rows, kernels.quantize).reshape(*x.shape[:-1], self.out_features)
         x_q, x_scale = kernels.quantize(rows)  # (M, K) int8, (M, 1)
         acc = int8_matmul(x_q, self.weight_q.t())  # Σ_k x_q[m,k] · W_q[n,k], exact int32 (M, N)
@@ -219,17 +276,10 @@ class QuantLinear(nn.Module):
     def _forward_u8s8(self, rows: torch.Tensor, quantize_fn=quantize_rows) -> torch.Tensor:
         """The same integer sums on x86's u8·s8 kernel (see the module's docstring): rows (M, K) → (M, N)."""
         x_u8, x_scale = quantize_fn(rows, unsigned=True)  # (M, K) uint8 = x_q + 128, (M, 1)
-        out = u8s8_linear(x_u8, self._packed_weight(), self.weight_scale)  # Σ_k x_q · W_q · s_w[n], (M, N)
+        out = u8s8_linear_op(x_u8, self.weight_q, self.weight_scale)  # Σ_k x_q · W_q · s_w[n], (M, N)
         return _scale_rows_add_bias(out, x_scale, self.bias)  # · s_x[m] + b[n]
 
-    def _packed_weight(self):
-        """oneDNN's copy of ``weight_q`` in its own layout, packed on first use and again if the weights change."""
-        version = (self.weight_q.data_ptr(), self.weight_q._version)
-        cached = _PACKED_WEIGHTS.get(self)
-        if cached is None or cached[0] != version:
-            cached = version, torch.ops.onednn.qlinear_prepack(self.weight_q, None)
-            _PACKED_WEIGHTS[self] = cached
-        return cached[1]
-
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8{', compiled' if self.compiled else ''}"
+        bits = "int8" if self.weight_bits == 8 else f"int8 activations, {self.weight_bits}-bit weights"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"{bits}{', compiled' if self.compiled else ''}")

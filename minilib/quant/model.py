@@ -8,6 +8,13 @@ The Q, K and V projections of self-attention all read the same ``x``. Quantized 
 quantized three times and three small GEMMs run. :class:`SharedInputProjections` stacks the three int8
 weights into one ``(3·d, d)`` matrix: ``x`` is quantized once and one larger GEMM runs (fewer passes over
 memory, better GEMM efficiency); each projection then receives its third of the result.
+
+``compiled=True`` fuses what ONNX Runtime fuses (:func:`fuse_for_inference`): attention runs through PyTorch's
+fused ``scaled_dot_product_attention`` (no score matrix written to memory; the lessons that need the attention
+weights use the unfused model), and ``torch.compile`` turns each encoder layer into a few loops around its
+int8 GEMMs: the LayerNorm, the GELU, the bias and residual additions, the activations' quantization (min/max,
+scale, round, shift to uint8: one pass per row) and the rescale after each GEMM each stop being a separate pass
+over memory.
 """
 from __future__ import annotations
 
@@ -15,7 +22,9 @@ import copy
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from minilib.attention import MultiHeadAttention, scaled_dot_product_attention
 from minilib.quant.int4 import Int4Linear
 from minilib.quant.int8 import QuantLinear
 from minilib.quant.swap import linear_layer_names, replace_linears, skipped
@@ -97,7 +106,8 @@ def quantize_model(model: nn.Module, bits: int = 8, skip=(), fuse_qkv: bool = Tr
 
     bits=8: :class:`QuantLinear` (int8 per-channel weights, dynamic int8 per-token activations, int8 GEMM);
     with ``fuse_qkv`` the Q/K/V projections of each attention block share one quantization and one GEMM;
-    ``compiled`` fuses the quantize and rescale steps with ``torch.compile`` (falls back to eager if unavailable).
+    ``compiled`` fuses each layer with ``torch.compile`` and PyTorch's fused attention (:func:`fuse_for_inference`;
+    the first call compiles, tens of seconds).
     bits=4: :class:`Int4Linear` (weight-only, group-wise scales with ``group_size`` inputs per group).
     skip: layer names or ``fnmatch`` patterns to keep in float, e.g. ``("head", "*.pooler.*")``.
     Returns the quantized model (a copy unless ``inplace``); call ``.eval()`` on it for inference.
@@ -107,11 +117,39 @@ def quantize_model(model: nn.Module, bits: int = 8, skip=(), fuse_qkv: bool = Tr
     skip = (skip,) if isinstance(skip, str) else tuple(skip)
     targets = linear_layer_names(model, skip)
     model = model if inplace else copy.deepcopy(model)
-    if bits == 8 and fuse_qkv:
+    if bits == 4:
+        return replace_linears(model, targets, lambda layer: Int4Linear.from_linear(layer, group_size))
+    if fuse_qkv:
         for module, names in _qkv_groups(model, skip):
-            shared = SharedInputProjections.from_linears([getattr(module, n) for n in names], compiled)
+            shared = SharedInputProjections.from_linears([getattr(module, n) for n in names])
             for index, n in enumerate(names):
                 setattr(module, n, ProjectionSlice(shared, index))
-    if bits == 8:
-        return replace_linears(model, targets, lambda layer: QuantLinear.from_linear(layer, compiled))
-    return replace_linears(model, targets, lambda layer: Int4Linear.from_linear(layer, group_size))
+    model = replace_linears(model, targets, QuantLinear.from_linear)
+    return fuse_for_inference(model) if compiled else model
+
+
+def fuse_for_inference(model: nn.Module) -> nn.Module:
+    """Fuse ``model`` (float or quantized) for inference, in place: PyTorch's fused attention, then
+    ``torch.compile`` on each layer of its stack (:func:`layer_stack`).
+
+    Attention: a Hugging Face model switches to its ``"sdpa"`` implementation; a ``minilib``
+    :class:`~minilib.attention.MultiHeadAttention` with the plain formula calls
+    ``torch.nn.functional.scaled_dot_product_attention`` instead (the same result; ``output_attentions=True``
+    then raises, since a fused kernel never holds the weights). Each layer is compiled once for all shapes
+    (``dynamic=True``): the layers share their code, so the six layers of MiniLM compile once, on the first call.
+    """
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("sdpa")
+    for module in model.modules():
+        if isinstance(module, MultiHeadAttention) and module.attention is scaled_dot_product_attention:
+            module.attention = F.scaled_dot_product_attention
+    for layer in layer_stack(model):
+        layer.compile(dynamic=True)
+    return model
+
+
+def layer_stack(model: nn.Module) -> list[nn.Module]:
+    """The layers of the model's largest stack of layers of one kind (an ``nn.ModuleList``): ``Encoder.layers``,
+    Hugging Face BERT's ``encoder.layer``. Empty for a model without one."""
+    stacks = [list(m) for m in model.modules() if isinstance(m, nn.ModuleList) and len({type(c) for c in m}) == 1]
+    return max(stacks, key=len, default=[])

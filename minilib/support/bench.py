@@ -13,8 +13,9 @@ Timing follows three rules, the course's way of measuring a claim:
     result.ratio("fused")   # baseline median / fused median: "× faster"
 
 Counting: :func:`attention_flops` and :func:`linear_flops` are the formulas, :func:`count_flops` counts a
-model's forward pass (one multiply-add = 2 FLOPs, the usual convention); :func:`peak_matmul_gflops` measures
-what this machine can do, the "limit" later chapters compare against. Weighing: :func:`param_count`,
+model's forward pass (one multiply-add = 2 FLOPs, the usual convention); :func:`peak_matmul_gflops` and
+:func:`memory_bandwidth` measure what this machine can do, the two roofs of the roofline that later chapters
+compare against (arithmetic from chapter 00 on, bytes per second in chapters 13 and 14). Weighing: :func:`param_count`,
 :func:`model_size_bytes` and :func:`peak_memory`.
 
 ``python -m minilib bench`` prints the course's headline comparisons (:class:`Headline` rows, see
@@ -40,7 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from minilib.support.device import get_device, model_device
 
 __all__ = [
-    "Timing", "time_fn", "Comparison", "compare", "Headline", "machine_label", "peak_matmul_gflops",
+    "Timing", "time_fn", "Comparison", "compare", "Headline", "machine_label", "peak_matmul_gflops", "memory_bandwidth",
     "attention_flops", "linear_flops", "count_flops", "param_count", "model_size_bytes", "peak_memory",
 ]
 
@@ -133,7 +134,7 @@ class Comparison:
 
     def _repr_html_(self) -> str:
         header = ("variant", "median", "IQR", f"× faster than {self.baseline}")
-        return _html_table(header, self.rows()) + f"<p><small>{html.escape(self.machine)}</small></p>"
+        return html_table(header, self.rows()) + f"<p><small>{html.escape(self.machine)}</small></p>"
 
 
 def compare(variants: dict[str, Callable[[], object]], baseline: str | None = None,
@@ -270,6 +271,40 @@ def peak_matmul_gflops(size: int = 1024, dtype: torch.dtype = torch.float32, dev
     b = torch.randn(size, size, dtype=dtype, device=device)
     timing = time_fn(lambda: a @ b, warmup=2, repeats=repeats)
     return 2 * size**3 / timing.best / 1e9
+
+
+BANDWIDTH_KINDS = ("read", "copy")
+
+
+def memory_bandwidth(megabytes: int = 256, kind: str = "read", device=None, repeats: int = 10) -> float:
+    """Measured memory bandwidth of this machine in GB/s (10⁹ bytes per second): the second roof of the roofline.
+
+    A STREAM-like measurement (McCalpin, 1995) on float32 arrays of ``megabytes`` MB each, far larger than the
+    caches (a laptop's last-level cache holds a few MB, a server's tens to hundreds), so every byte comes
+    from main memory:
+
+    - ``kind="read"``: ``a.sum()`` reads the array once (bytes = its size): what a layer does with its weights
+      when it generates one token, so "bytes ÷ this bandwidth" predicts the time per token of a large model;
+    - ``kind="copy"``: ``b.copy_(a)`` reads one array and writes the other (bytes = twice the size, as STREAM's
+      Copy counts them; the CPU may move a third more behind the scenes to fetch the lines it writes).
+
+    Returns the bytes moved divided by the **median** of ``repeats`` timed runs (after one warm-up): memory
+    traffic is shared with every other program, so the typical run, not the luckiest, is the honest figure.
+    ``device`` defaults to the course's device.
+    """
+    if not isinstance(megabytes, int) or isinstance(megabytes, bool) or megabytes < 1:
+        raise ValueError(f"megabytes must be a positive integer (the size of each array in MB), got {megabytes!r}")
+    if kind not in BANDWIDTH_KINDS:
+        raise ValueError(f"kind must be one of {BANDWIDTH_KINDS}, got {kind!r}")
+    device = get_device() if device is None else torch.device(device)
+    a = torch.ones(megabytes * 10**6 // 4, dtype=torch.float32, device=device)    # 4 bytes per float32
+    if kind == "read":
+        moved, step = a.nbytes, a.sum
+    else:
+        b = torch.empty_like(a)
+        moved, step = 2 * a.nbytes, lambda: b.copy_(a)
+    timing = time_fn(step, warmup=1, repeats=repeats)
+    return moved / timing.median / 1e9
 
 
 # ------------------------------------------------------------------------------------------ FLOPs
@@ -417,7 +452,8 @@ def text_table(header, rows) -> str:
     return "\n".join([line(header), line("-" * w for w in widths), *(line(row) for row in rows)])
 
 
-def _html_table(header, rows) -> str:
+def html_table(header, rows) -> str:
+    """:func:`text_table`'s table in HTML, for a notebook's display."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

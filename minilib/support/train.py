@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from minilib.support.device import get_device, model_device, return_freed_memory, to_device
+from minilib.support.threads import threads, training_threads
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -280,15 +281,32 @@ def fit(model: nn.Module, train_data: Dataset, config: TrainConfig = TrainConfig
 
     After each optimiser step every callback is called with a :class:`Step`; after each epoch ``val_data`` (if
     given) is scored with the config's ``loss_fn`` and ``metric_fn``. Returns the :class:`History`. The model ends in
-    eval mode on the config's device; every helper that takes it with data moves the data there.
+    eval mode on the config's device; every helper that takes it with data moves the data there. On the CPU a small
+    model trains on one thread (:func:`minilib.support.threads.training_threads`: many small operations, which a
+    second thread slows down on a shared or busy CPU).
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig (e.g. TrainConfig(epochs=3, lr=1e-3)), got "
                         f"{type(config).__name__}")
     if not hasattr(train_data, "__len__") or len(train_data) == 0:
         raise ValueError(f"train_data must be a non-empty dataset, got {type(train_data).__name__}")
-    set_seed(config.seed)
     device = torch.device(config.device) if config.device is not None else get_device()
+    examples = config.batch_size * _example_tokens(train_data)
+    n_threads = training_threads(model, examples) if device.type == "cpu" else None
+    with threads(n_threads or torch.get_num_threads()):
+        return _fit(model, train_data, config, device, val_data, callbacks)
+
+
+def _example_tokens(data: Dataset) -> int:
+    """Tokens in one example: the size of its first tensor (its input ids), or 1 for anything else."""
+    first = data[0]
+    first = first[0] if isinstance(first, (tuple, list)) else first
+    return first.numel() if isinstance(first, torch.Tensor) else 1
+
+
+def _fit(model: nn.Module, train_data: Dataset, config: TrainConfig, device: torch.device,
+         val_data: Dataset | None, callbacks: Sequence[Callable[[Step], object]]) -> History:
+    set_seed(config.seed)
     model.to(device)
     loader = DataLoader(train_data, batch_size=config.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(config.seed))

@@ -9,61 +9,73 @@ import torch
 import torch.nn.functional as F
 
 import minilib.distill as distill
-from minilib.course.checks.core import exercise, expect_close, expect_equal, padded_batch, with_gradients
-from minilib.course.checks.guards import forbidden_calls
+from minilib.course.checks.core import as_number, exercise, expect_close, expect_equal, padded_batch, with_gradients
+from minilib.course.checks.guards import COURSE, guarded
+
+_DISTILL = [distill, COURSE]
 
 
 @exercise(points=1)
 def check_temperature_softmax(fn):
     """softmax(z / T) on hand-made logits, at T = 1 and T = 4."""
-    with forbidden_calls(fn, [(distill, "soft_targets")],
-                         "divide by T and take the softmax yourself: minilib.distill.soft_targets is the answer"):
-        logits = torch.tensor([[math.log(4.0), 0.0], [2.0, 2.0]])
-        expect_close("T = 1 on logits [[ln 4, 0], [2, 2]]", fn(logits, 1.0), torch.tensor([[0.8, 0.2], [0.5, 0.5]]),
-                     hint="at T = 1 this is the ordinary softmax over the last dimension")
-        softened = torch.tensor([[4 ** 0.25 / (4 ** 0.25 + 1), 1 / (4 ** 0.25 + 1)], [0.5, 0.5]])
-        expect_close("T = 4 on logits [[ln 4, 0], [2, 2]]", fn(logits, 4.0), softened,
-                     hint="divide the logits by T before the softmax: a higher T gives a flatter distribution")
+    logits = torch.tensor([[math.log(4.0), 0.0], [2.0, 2.0]])
+    with guarded(fn, _DISTILL, "divide by T and take the softmax yourself: minilib.distill.soft_targets is the answer"):
+        cold, warm = fn(logits, 1.0), fn(logits, 4.0)
+    expect_close("T = 1 on logits [[ln 4, 0], [2, 2]]", cold, torch.tensor([[0.8, 0.2], [0.5, 0.5]]),
+                 hint="at T = 1 this is the ordinary softmax over the last dimension")
+    softened = torch.tensor([[4 ** 0.25 / (4 ** 0.25 + 1), 1 / (4 ** 0.25 + 1)], [0.5, 0.5]])
+    expect_close("T = 4 on logits [[ln 4, 0], [2, 2]]", warm, softened,
+                 hint="divide the logits by T before the softmax: a higher T gives a flatter distribution")
 
 
 @exercise(points=3)
 def check_kd_loss(fn):
     """α · T² · KL(teacher ‖ student) at temperature T + (1 − α) · cross-entropy, on a hand case and random ones."""
-    with forbidden_calls(fn, [(distill, "distillation_loss")],
-                         "put the loss together yourself (kl_div and cross_entropy are fine): minilib.distill.distillation_loss is the answer"):
-        student, teacher, labels = torch.zeros(1, 2), torch.tensor([[2 * math.log(3.0), 0.0]]), torch.tensor([1])
-        # at T = 2 the teacher's soft targets are [3/4, 1/4], the student's [1/2, 1/2]
-        kl = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
-        expect_close("teacher only (α = 1, T = 2) on a hand case", fn(student, teacher, labels, 2.0, 1.0),
-                     torch.tensor(4 * kl), hint="KL(p_teacher ‖ p_student) at temperature T, multiplied by T² = 4")
-        expect_close("labels only (α = 0)", fn(student, teacher, labels, 2.0, 0.0), torch.tensor(math.log(2.0)),
-                     hint="with α = 0 the loss is the ordinary cross-entropy with the labels, at temperature 1")
-        generator = torch.Generator().manual_seed(6)
-        student, teacher = torch.randn(8, 3, generator=generator), 3 * torch.randn(8, 3, generator=generator)
-        labels = torch.randint(0, 3, (8,), generator=generator)
-        for temperature, alpha in [(1.0, 0.5), (4.0, 0.3)]:
-            soft = F.kl_div(F.log_softmax(student / temperature, -1), F.log_softmax(teacher / temperature, -1),
-                            reduction="batchmean", log_target=True)
-            expected = alpha * temperature ** 2 * soft + (1 - alpha) * F.cross_entropy(student, labels)
-            expect_close(f"random batch of 8 × 3 logits, T = {temperature}, α = {alpha}",
-                         fn(student, teacher, labels, temperature, alpha), expected,
-                         hint="average the KL over the batch (sum over classes, mean over examples)")
+    hint = "put the loss together yourself (kl_div and cross_entropy are fine): minilib.distill.distillation_loss is the answer"
+    student, teacher, labels = torch.zeros(1, 2), torch.tensor([[2 * math.log(3.0), 0.0]]), torch.tensor([1])
+    # at T = 2 the teacher's soft targets are [3/4, 1/4], the student's [1/2, 1/2]
+    kl = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    generator = torch.Generator().manual_seed(6)
+    random = torch.randn(8, 3, generator=generator), 3 * torch.randn(8, 3, generator=generator)
+    random_labels = torch.randint(0, 3, (8,), generator=generator)
+    settings = [(1.0, 0.5), (4.0, 0.3)]
+    with guarded(fn, _DISTILL, hint):
+        teacher_only, labels_only = fn(student, teacher, labels, 2.0, 1.0), fn(student, teacher, labels, 2.0, 0.0)
+        got = [fn(*random, random_labels, temperature, alpha) for temperature, alpha in settings]
+    expect_close("teacher only (α = 1, T = 2) on a hand case", teacher_only, torch.tensor(4 * kl),
+                 hint="KL(p_teacher ‖ p_student) at temperature T (the teacher's probabilities weight the log-ratio), "
+                      "multiplied by T² = 4")
+    expect_close("labels only (α = 0)", labels_only, torch.tensor(math.log(2.0)),
+                 hint="with α = 0 the loss is the ordinary cross-entropy with the labels, at temperature 1")
+    for (temperature, alpha), answer in zip(settings, got):
+        soft = F.kl_div(F.log_softmax(random[0] / temperature, -1), F.log_softmax(random[1] / temperature, -1),
+                        reduction="batchmean", log_target=True)
+        expected = alpha * temperature ** 2 * soft + (1 - alpha) * F.cross_entropy(random[0], random_labels)
+        expect_close(f"random batch of 8 × 3 logits, T = {temperature}, α = {alpha}", answer, expected,
+                     hint="average the KL over the batch (sum over classes, mean over examples), and take the "
+                          "cross-entropy at temperature 1")
 
 
 @exercise(points=2)
 def check_masked_cosine_loss(fn):
     """1 − cos(student, teacher) averaged over real tokens only."""
-    with forbidden_calls(fn, [(distill, "hidden_state_loss")],
-                         "average 1 − cos over the real tokens yourself: minilib.distill.hidden_state_loss is the answer"):
-        student = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])  # (batch 1, seq 3, width 2)
-        teacher = torch.tensor([[[2.0, 0.0], [1.0, 0.0], [-1.0, 0.0]]])
-        mask = torch.tensor([[1, 1, 0]])  # the third token is padding
-        expect_close("two real tokens: same direction (0) and orthogonal (1), padding ignored",
-                     fn(student, teacher, mask), torch.tensor(0.5),
-                     hint="per token 1 − cos; then average over the tokens whose mask is 1")
-        expect_close("no padding (the third pair points in opposite-ish directions)", fn(student, teacher, torch.ones(1, 3)),
-                     torch.tensor((0 + 1 + 1 + 2 ** -0.5) / 3),
-                     hint="with every mask entry 1 it is the plain mean over tokens")
+    student = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])  # (batch 1, seq 3, width 2)
+    teacher = torch.tensor([[[2.0, 0.0], [1.0, 0.0], [-1.0, 0.0]]])
+    mask = torch.tensor([[1, 1, 0]])  # the third token is padding
+    generator = torch.Generator().manual_seed(6)
+    hidden = torch.randn(3, 7, 16, generator=generator), torch.randn(3, 7, 16, generator=generator)
+    random_mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
+    with guarded(fn, _DISTILL, "average 1 − cos over the real tokens yourself: minilib.distill.hidden_state_loss "
+                               "is the answer"):
+        padded, unpadded = fn(student, teacher, mask), fn(student, teacher, torch.ones(1, 3, dtype=torch.long))
+        batch = fn(*hidden, random_mask)
+    expect_close("two real tokens: same direction (0) and orthogonal (1), padding ignored", padded, torch.tensor(0.5),
+                 hint="per token 1 − cos; then average over the tokens whose mask is 1")
+    expect_close("no padding (the third pair points in opposite-ish directions)", unpadded,
+                 torch.tensor((0 + 1 + 1 + 2 ** -0.5) / 3), hint="with every mask entry 1 it is the plain mean over tokens")
+    per_token = 1 - F.cosine_similarity(*hidden, dim=-1)
+    expect_close("3 sentences of 7, 4 and 2 real tokens", batch, per_token[random_mask.bool()].mean(),
+                 hint="average over all real tokens of the batch together, not sentence by sentence")
 
 
 # --- the "build it" exercise ------------------------------------------------------------
@@ -86,7 +98,6 @@ def _distillation_models(seed: int):
 @with_gradients
 def check_distillation_step(fn):
     """One step of your distillation training: same loss, same student gradients and update as the reference."""
-    import minilib.distill as distill
     temperature, alpha = 4.0, 0.7
     teacher, student, batch = _distillation_models(6)
     reference = copy.deepcopy(student)
@@ -100,12 +111,10 @@ def check_distillation_step(fn):
 
     for p in student.parameters():  # gradients left over from an earlier step: a step must start from zero
         p.grad = torch.ones_like(p)
-    targets = [(distill, "distillation_loss"), (distill, "soft_targets"), (distill, "Distiller"),
-               (distill, "_label_loss")]
-    with forbidden_calls(fn, targets, "write the loss yourself: α·T²·KL(p_teacher^T ‖ p_student^T) + (1 − α)·CE"):
+    with guarded(fn, [distill, COURSE], "write the loss yourself: α·T²·KL(p_teacher^T ‖ p_student^T) + (1 − α)·CE"):
         got_loss = fn(student, teacher, batch, torch.optim.SGD(student.parameters(), lr=0.5), temperature, alpha)
-    expect_close(f"the loss returned (T = {temperature}, α = {alpha})", torch.as_tensor(float(got_loss)),
-                 loss.detach(), atol=1e-5,
+    expect_close(f"the loss returned (T = {temperature}, α = {alpha})",
+                 torch.tensor(as_number("the loss your step returns", got_loss)), loss.detach(), atol=1e-5,
                  hint="KL(p_teacher ‖ p_student) at temperature T, summed over classes and averaged over the batch "
                       "(F.kl_div(..., reduction='batchmean'), not 'mean'), times T², weighted by α; plus (1 − α) "
                       "times the cross-entropy with the labels at T = 1")

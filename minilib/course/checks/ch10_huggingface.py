@@ -11,8 +11,16 @@ from pathlib import Path
 
 import torch
 
-from minilib.course.checks.core import CheckFailed, exercise, expect_close, expect_equal, padded_batch, with_gradients
-from minilib.course.checks.guards import forbidden_calls
+from minilib.course.checks.core import (
+    CheckFailed,
+    exercise,
+    expect_close,
+    expect_equal,
+    expect_number,
+    padded_batch,
+    with_gradients,
+)
+from minilib.course.checks.guards import COURSE, guarded
 
 LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 TEXTS = ["This is a great movie!", "Not bad at all.", "Boring, far too long.", "I loved the music but not the plot.",
@@ -76,9 +84,9 @@ def check_freeze_all_but_top(fn):
         expect_equal(f"parameters left trainable with n_top={n_top} (names, sorted)", sorted(got), sorted(expected),
                      hint="freeze everything first; then unfreeze pooler, classifier and the last n_top layers "
                           "(careful: layer[-0:] is every layer)")
-        expect_equal(f"returned count with n_top={n_top}", count,
-                     sum(p.numel() for p in model.parameters() if p.requires_grad),
-                     hint="count the elements (p.numel()) of the parameters with requires_grad")
+        expect_number(f"returned count with n_top={n_top}", count,
+                      sum(p.numel() for p in model.parameters() if p.requires_grad),
+                      hint="count the elements (p.numel()) of the parameters with requires_grad")
 
 
 @exercise(points=2)
@@ -103,7 +111,11 @@ def check_onnx_logits(fn):
 # --- the "build it" exercise ------------------------------------------------------------
 
 def _tiny_bert_classifier():
-    """A small randomly initialised BertForSequenceClassification without dropout, and four labelled batches."""
+    """A small randomly initialised BertForSequenceClassification without dropout, and four labelled batches.
+
+    The head's weights are of size ~1 (not BERT's 0.02), so that AdamW's weight decay (lr · 0.01 · w a step) is
+    far above the comparison's tolerance: Adam, which has none, is told apart.
+    """
     from transformers import BertConfig, BertForSequenceClassification
     torch.manual_seed(10)
     config = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -111,6 +123,9 @@ def _tiny_bert_classifier():
                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     model = BertForSequenceClassification(config)
     generator = torch.Generator().manual_seed(10)
+    with torch.no_grad():
+        for p in [*model.bert.pooler.parameters(), *model.classifier.parameters()]:
+            p.normal_(0, 1, generator=generator)
     batches = []
     for _ in range(4):
         input_ids, attention_mask = padded_batch(generator, 120, batch=8, seq=12, n_full=4, length=9)
@@ -118,31 +133,47 @@ def _tiny_bert_classifier():
     return model, batches
 
 
+def _train_head(model, batches, optimizer_class, lr):
+    """The check's own pass: a copy of ``model`` whose head alone trains, one step per batch."""
+    trained = copy.deepcopy(model)
+    head = [*trained.bert.pooler.parameters(), *trained.classifier.parameters()]
+    optimizer = optimizer_class(head, lr=lr)
+    for input_ids, attention_mask, labels in batches:
+        optimizer.zero_grad()
+        trained(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
+        optimizer.step()
+    return trained
+
+
+def _same_parameters(model, other) -> bool:
+    return all(torch.allclose(a, b, atol=1e-6) for a, b in zip(model.parameters(), other.parameters()))
+
+
 @exercise(points=4)
 @with_gradients
 def check_fine_tune_head_and_export(fn):
     """Only the head trains, exactly as AdamW on the model's loss would; the ONNX file gives the model's logits."""
-    import tempfile
-    from pathlib import Path
-
     import onnxruntime
 
     import minilib.deploy.export as export
     import minilib.support.train as train
     model, batches = _tiny_bert_classifier()
-    reference = copy.deepcopy(model)
-    head = [*reference.bert.pooler.parameters(), *reference.classifier.parameters()]
-    optimizer = torch.optim.AdamW(head, lr=1e-3)
-    for input_ids, attention_mask, labels in batches:
-        optimizer.zero_grad()
-        reference(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
-        optimizer.step()
-    targets = [(export, "export_onnx"), (export, "LogitsOnly"), (train, "fit")]
-    with tempfile.TemporaryDirectory() as folder, forbidden_calls(
-            fn, targets, "write the training loop and the export yourself: this is what minilib.deploy.export and "
-                         "minilib.support.train do for the chapter"):
-        path = Path(fn(model, batches, Path(folder) / "head.onnx", lr=1e-3))
+    lr = 1e-2
+    reference, with_adam = _train_head(model, batches, torch.optim.AdamW, lr), _train_head(model, batches, torch.optim.Adam, lr)
+    with tempfile.TemporaryDirectory() as folder, guarded(
+            fn, [export, train, COURSE, "optimum"], "write the training loop and the export yourself: this is what "
+                                                   "minilib.deploy.export and minilib.support.train do for the chapter",
+            record=False):
+        path = fn(model, batches, Path(folder) / "head.onnx", lr=lr)
+        if not isinstance(path, (str, Path)) or not Path(path).is_file():
+            raise CheckFailed("the path your function returns", "the path of the ONNX file it wrote",
+                              repr(path), "return the path you exported to (the `path` argument)")
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    if _same_parameters(model, with_adam) and not _same_parameters(model, reference):
+        raise CheckFailed("the head trained as torch.optim.Adam would", "AdamW's update", "Adam's update",
+                          "use torch.optim.AdamW: it decays the weights (weight_decay=0.01 by default, lr · 0.01 · w "
+                          "a step, apart from the gradient); Adam has no weight decay by default, and its "
+                          "weight_decay is an L2 term inside the gradient, not the same thing")
     for (name, ours), theirs in zip(model.named_parameters(), reference.parameters()):
         trains = name.startswith(("bert.pooler.", "classifier."))
         expect_close(f"{name} after the pass ({'trained' if trains else 'frozen'})", ours.detach(), theirs.detach(),

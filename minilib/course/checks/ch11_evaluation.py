@@ -11,31 +11,27 @@ import torch.nn.functional as F
 
 import minilib.metrics as metrics
 import minilib.picker as picker
-from minilib.course.checks.core import CheckFailed, exercise, expect_close, expect_equal
-from minilib.course.checks.guards import forbidden_calls
+from minilib.course.checks.core import exercise, expect_equal, expect_number
+from minilib.course.checks.guards import COURSE, guarded
 
-
-def _number(what: str, got) -> torch.Tensor:
-    """``got`` as a 0-d float tensor, or a CheckFailed saying a number was expected."""
-    try:
-        return torch.tensor(float(got))
-    except (TypeError, ValueError):
-        raise CheckFailed(what, "a number", f"{type(got).__name__}: {got!r}") from None
+_METRICS = [metrics, picker, COURSE, "sacrebleu", "rouge_score", "nltk", "evaluate", "torchmetrics"]
 
 
 @exercise(points=2)
 def check_perplexity_from_logits(fn):
     """exp(mean cross-entropy): uniform logits give the vocabulary size; a hand case; random logits."""
-    expect_close("uniform logits over 10 tokens", _number("uniform", fn(torch.zeros(5, 10), torch.arange(5))),
-                 torch.tensor(10.0), hint="a model that hesitates between V tokens equally has perplexity V")
     logits = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.5, 0.25, 0.25]]))
-    expected = math.exp(-(math.log(0.5) + math.log(0.25)) / 2)  # the targets get p = 0.5 and p = 0.25
-    expect_close("two tokens predicted with p = 0.5 and p = 0.25", _number("hand", fn(logits, torch.tensor([0, 2]))),
-                 torch.tensor(expected), hint="average the negative log-probabilities first, then take exp")
     generator = torch.Generator().manual_seed(11)
-    logits, targets = 3 * torch.randn(20, 7, generator=generator), torch.randint(0, 7, (20,), generator=generator)
-    expect_close("20 random tokens, vocabulary 7", _number("random", fn(logits, targets)),
-                 torch.exp(F.cross_entropy(logits, targets)), hint="log-softmax the logits (they are not probabilities)")
+    random, targets = 3 * torch.randn(20, 7, generator=generator), torch.randint(0, 7, (20,), generator=generator)
+    with guarded(fn, _METRICS, "take exp of the mean cross-entropy yourself"):
+        uniform, hand, got = fn(torch.zeros(5, 10), torch.arange(5)), fn(logits, torch.tensor([0, 2])), fn(random, targets)
+    expect_number("uniform logits over 10 tokens", uniform, 10.0, rel=1e-5,
+                  hint="a model that hesitates between V tokens equally has perplexity V")
+    expected = math.exp(-(math.log(0.5) + math.log(0.25)) / 2)  # the targets get p = 0.5 and p = 0.25
+    expect_number("two tokens predicted with p = 0.5 and p = 0.25", hand, expected, rel=1e-5,
+                  hint="average the negative log-probabilities first, then take exp")
+    expect_number("20 random tokens, vocabulary 7", got, torch.exp(F.cross_entropy(random, targets)).item(), rel=1e-5,
+                  hint="log-softmax the logits (they are not probabilities)")
 
 
 @exercise(points=2)
@@ -49,45 +45,53 @@ def check_clipped_matches(fn):
          "n-grams are tuples of n consecutive tokens: ('the','cat') ×2 clipped to 1, ('cat','the') ×0"),
         ("a b".split(), "a b c".split(), 3, (0, 0), "a 2-token hypothesis has no 3-grams"),
     ]
-    for hyp, ref, n, expected, hint in cases:
-        got = fn(hyp, ref, n)
-        expect_equal(f"clipped_matches({hyp}, {ref}, n={n})", tuple(got) if isinstance(got, (list, tuple)) else got,
-                     expected, hint=hint)
+    with guarded(fn, _METRICS, "count and clip the n-grams yourself (collections.Counter is fine)"):
+        got = [fn(list(hyp), list(ref), n) for hyp, ref, n, _, _ in cases]
+    for (hyp, ref, n, expected, hint), answer in zip(cases, got):
+        expect_equal(f"clipped_matches({hyp}, {ref}, n={n})", answer, expected, hint=hint)
 
 
 @exercise(points=1)
 def check_brevity_penalty(fn):
     """BP = 1 when the hypothesis is longer than the reference, else exp(1 − r/c); 0 for an empty hypothesis."""
-    for c, r, expected in [(12, 10, 1.0), (10, 10, 1.0), (5, 10, math.exp(1 - 10 / 5)), (9, 10, math.exp(1 - 10 / 9)),
-                           (0, 4, 0.0)]:
-        expect_close(f"brevity_penalty(hyp_len={c}, ref_len={r})", _number("bp", fn(c, r)), torch.tensor(expected),
-                     hint="only short hypotheses are penalised: exp(1 − ref_len / hyp_len); no tokens at all scores 0")
+    cases = [(12, 10, 1.0), (10, 10, 1.0), (5, 10, math.exp(1 - 10 / 5)), (9, 10, math.exp(1 - 10 / 9)), (0, 4, 0.0)]
+    with guarded(fn, _METRICS, "write the penalty yourself"):
+        got = [fn(c, r) for c, r, _ in cases]
+    for (c, r, expected), answer in zip(cases, got):
+        expect_number(f"brevity_penalty(hyp_len={c}, ref_len={r})", answer, expected, rel=1e-5,
+                      hint="only short hypotheses are penalised: exp(1 − ref_len / hyp_len); no tokens at all scores 0")
 
 
 @exercise(points=2)
 def check_lcs_length(fn):
     """Longest common *subsequence* (gaps allowed), not the longest common substring."""
-    with forbidden_calls(fn, [(metrics, "lcs_length"), (metrics, "rouge_l")],
-                         "write the dynamic programme yourself: minilib.metrics.lcs_length is the answer"):
-        cases = [("police killed the gunman".split(), "the gunman killed police".split(), 2),
-                 (list("abcbdab"), list("bdcaba"), 4), ([], list("abc"), 0), (list("abc"), list("abc"), 3),
-                 (list("axbxc"), list("abc"), 3)]
-        for a, b, expected in cases:
-            expect_equal(f"lcs_length({a}, {b})", fn(a, b), expected,
-                         hint="dynamic programming: L[i][j] = L[i-1][j-1] + 1 if a[i] == b[j] else max(L[i-1][j], L[i][j-1]); "
-                              "the matched tokens need not be next to each other")
+    cases = [("police killed the gunman".split(), "the gunman killed police".split(), 2),
+             (list("abcbdab"), list("bdcaba"), 4), ([], list("abc"), 0), (list("abc"), list("abc"), 3),
+             (list("axbxc"), list("abc"), 3)]
+    with guarded(fn, _METRICS, "write the dynamic programme yourself: minilib.metrics.lcs_length (and rouge_score) "
+                               "is the answer"):
+        got = [fn(list(a), list(b)) for a, b, _ in cases]
+    for (a, b, expected), answer in zip(cases, got):
+        expect_number(f"lcs_length({a}, {b})", answer, expected,
+                      hint="dynamic programming: L[i][j] = L[i-1][j-1] + 1 if a[i] == b[j] else max(L[i-1][j], "
+                           "L[i][j-1]); the matched tokens need not be next to each other")
 
 
 @exercise(points=2)
 def check_pareto_points(fn):
     """The (latency, accuracy) points no other point beats on both, sorted by latency."""
-    with forbidden_calls(fn, [(picker, "pareto_front")],
-                         "compare the points yourself: minilib.picker.pareto_front is the answer"):
-        points = [(10.0, 0.80), (20.0, 0.90), (15.0, 0.78), (30.0, 0.90), (40.0, 0.95), (5.0, 0.70)]
-        expect_equal("front of 6 models", list(fn(points)), [(5.0, 0.70), (10.0, 0.80), (20.0, 0.90), (40.0, 0.95)],
-                     hint="drop a point when another is at least as fast AND at least as accurate, and better on one of them")
-        expect_equal("two identical points", list(fn([(1.0, 0.5), (1.0, 0.5)])), [(1.0, 0.5), (1.0, 0.5)],
-                     hint="an equal point does not dominate: it must be strictly better on one axis")
+    points = [(10.0, 0.80), (20.0, 0.90), (15.0, 0.78), (30.0, 0.90), (40.0, 0.95), (5.0, 0.70)]
+    twins = [tuple(pair) for pair in ([1.0, 0.5], [1.0, 0.5])]  # equal, and two objects (as two measured models)
+    crowd = [tuple(pair) for pair in ([3.0, 0.6], [2.0, 0.6], [2.0, 0.6], [2.0, 0.55], [1.0, 0.4])]
+    with guarded(fn, _METRICS, "compare the points yourself: minilib.picker.pareto_front is the answer"):
+        got = fn(list(points)), fn(list(twins)), fn(list(crowd))
+    expect_equal("front of 6 models", got[0], [(5.0, 0.70), (10.0, 0.80), (20.0, 0.90), (40.0, 0.95)],
+                 hint="drop a point when another is at least as fast AND at least as accurate, and better on one of them")
+    expect_equal("two identical points (two models measured alike)", got[1], [(1.0, 0.5), (1.0, 0.5)],
+                 hint="an equal point does not dominate: it must be strictly better on one axis (and compare "
+                      "values, not objects: `q is not p` does not tell two equal measurements apart)")
+    expect_equal("5 models, two of them equal", got[2], [(1.0, 0.4), (2.0, 0.6), (2.0, 0.6)],
+                 hint="(3.0, 0.6) is dominated by the faster (2.0, 0.6); the two equal (2.0, 0.6) both stay")
 
 
 # --- the "build it" exercise ------------------------------------------------------------
@@ -98,7 +102,6 @@ def check_corpus_bleu(fn):
     import sacrebleu
     import sacrebleu.metrics.bleu as sacrebleu_bleu
 
-    import minilib.metrics as metrics
     corpora = {
         "three sentences, one of them 3 tokens long (no 4-grams)": (
             ["the cat sat on the mat today", "a dog runs", "it is raining in paris again"],
@@ -109,13 +112,13 @@ def check_corpus_bleu(fn):
         "no 4-gram matches anywhere (BLEU is 0, not an error)": (
             ["good film", "bad plot but nice music"], ["a good film", "the plot was bad"]),
     }
-    targets = [(metrics, "bleu"), (sacrebleu, "corpus_bleu"), (sacrebleu, "BLEU"), (sacrebleu_bleu, "BLEU")]
+    hint = ("sum the clipped matches and totals over the corpus yourself (your clipped_matches and brevity_penalty of "
+            "11.2 and 11.3 are your own code)")
     for what, (hypotheses, references) in corpora.items():
         expected = sacrebleu_bleu.BLEU(tokenize="none", smooth_method="none").corpus_score(hypotheses, [references]).score
-        with forbidden_calls(fn, targets, "sum the clipped matches and totals over the corpus yourself (your "
-                                          "clipped_matches and brevity_penalty of 11.2 and 11.3 are your own code)"):
-            got = fn(hypotheses, references)
-        expect_close(f"{what}, against sacrebleu", torch.tensor(float(got)), torch.tensor(expected), atol=1e-4,
-                     hint="corpus BLEU sums each order's clipped matches and n-gram totals over all sentences "
-                          "before dividing (not an average of sentence scores), takes the geometric mean of "
-                          "p_1 … p_4, and one brevity penalty from the total lengths; ×100")
+        with guarded(fn, [*_METRICS, sacrebleu, sacrebleu_bleu], hint):
+            got = fn(list(hypotheses), list(references))
+        expect_number(f"{what}, against sacrebleu", got, expected, abs_=1e-4,
+                      hint="corpus BLEU sums each order's clipped matches and n-gram totals over all sentences "
+                           "before dividing (not an average of sentence scores), takes the geometric mean of "
+                           "p_1 … p_4, and one brevity penalty from the total lengths; ×100")

@@ -1,7 +1,9 @@
 """Chapter 07's claims, on the real MiniLM (batch 32, sequence 128, ratios measured interleaved in one run):
 
 * speed: ``minilib`` int8 (per-channel weights, per-token activations, real int8 GEMM) at least 1.5× faster
-  than fp32; the goal is to match PyTorch's ``quantize_dynamic`` (about 2× here);
+  than fp32, and at least as fast as PyTorch's ``quantize_dynamic``. Every PyTorch row uses PyTorch's fused
+  attention (transformers' default ``"sdpa"``), so the ratios measure quantization, not attention; the
+  compiled row (``quantize_model(..., compiled=True)``) also fuses each layer with ``torch.compile``;
 * fidelity: sentence-embedding cosine similarity to fp32 at least 0.99 on real sentences (PyTorch's
   per-tensor ``quantize_dynamic`` gets about 0.93);
 * size: linear-layer weights about 4× smaller in int8 and at least 7× smaller in int4;
@@ -11,7 +13,8 @@
   least as fast, at cosine ≥ 0.99. torchao's int8 weight-only and int4 weight-only rows are reported in the
   details; without torchao they say "not available here" and the comparison is not counted as missed;
 * the deployment picture of chapter 10, on the fine-tuned MiniLM classifier: ONNX Runtime's dynamic int8 faster
-  than PyTorch fp32, with ONNX Runtime fp32 and our int8 beside it (without onnxruntime: "not available here").
+  than PyTorch fp32, with ONNX Runtime fp32 and our int8 beside it, and our compiled int8 at least as fast as
+  ONNX Runtime's int8 (without onnxruntime: "not available here").
 """
 import tempfile
 from pathlib import Path
@@ -49,7 +52,7 @@ from minilib.support.train import accuracy, set_seed
 
 BATCH, SEQ = 32, 128
 SPEED_TARGET = 1.5        # × faster than fp32
-MATCH_TORCH_AO = 0.9      # our speed-up / torch.ao's: "matches" within 10%
+MATCH_TORCH_AO = 1.0      # our speed-up / torch.ao's: at least as fast
 COSINE_TARGET = 0.99
 INT8_SIZE_TARGET, INT4_SIZE_TARGET = 3.9, 7.0   # per-row scales and the float bias cost a little of the ideal 4×
 ACCURACY_DROP_TARGET = 1.0                      # points
@@ -57,11 +60,12 @@ MATCH_TORCHAO = 1.0       # our speed-up / torchao int8 dynamic's: at least as f
 TORCHAO_ROWS = (TORCHAO_INT8_DYNAMIC, TORCHAO_INT8_WEIGHTS, TORCHAO_INT4_WEIGHTS)
 ORT_FP32, ORT_INT8 = "ONNX Runtime fp32", "ONNX Runtime int8 (dynamic)"
 ORT_TARGET = 1.0          # × faster than PyTorch fp32: int8 must at least pay for itself
+MATCH_ORT = 1.0           # our compiled int8's speed / ONNX Runtime int8's: at least as fast
 
 
 def headlines():
     set_seed(0)
-    bert, tokenizer = load_minilm()
+    bert, tokenizer = load_minilm(attn_implementation="sdpa")   # the fused attention every row then shares
     teacher = sentiment_teacher().eval()      # MiniLM fine-tuned on the sentiment task: accuracy and deployment rows
     variants = quantized_variants(bert, compiled=True, torchao=True)
     timing = latency(_without_slow_int4(variants), BATCH, SEQ, warmup=1, repeats=7)
@@ -74,7 +78,7 @@ def headlines():
     return [
         Headline.at_least(f"MiniLM int8 ({fastest}) × faster than fp32 ({shape})", timing.ratio(fastest), SPEED_TARGET,
                           "×", ratios),
-        Headline.at_least("… speed-up relative to torch.ao quantize_dynamic's (goal: match)",
+        Headline.at_least(f"MiniLM int8 ({fastest}) speed / torch.ao quantize_dynamic's (goal ≥ 1)",
                           timing.ratio(fastest) / timing.ratio(TORCH_AO), MATCH_TORCH_AO, "×", f"torch.ao: {timing.ratio(TORCH_AO):.2f}×"),
         Headline.at_least("MiniLM int8 sentence-embedding cosine to fp32 (worst of 64 sentences)", cosines[INT8],
                           COSINE_TARGET, "",
@@ -85,7 +89,7 @@ def headlines():
                           "the embeddings (47 MB) stay float in every variant"),
         _torchao_headline(variants, timing, cosines, sizes, fastest),
         *_sentiment_headlines(teacher),
-        _onnx_runtime_headline(teacher),
+        *_onnx_runtime_headlines(teacher),
     ]
 
 
@@ -124,21 +128,25 @@ def _sentiment_headlines(teacher):
                              detail)]
 
 
-def _onnx_runtime_headline(teacher):
-    """Chapter 10's deployment rows: the fine-tuned MiniLM classifier in PyTorch (fp32, our int8) and exported to
-    ONNX, run by ONNX Runtime in fp32 and after its dynamic int8 quantization; timed interleaved on one batch."""
+def _onnx_runtime_headlines(teacher):
+    """Chapter 10's deployment rows: the fine-tuned MiniLM classifier in PyTorch (fp32, our int8 eager and compiled)
+    and exported to ONNX, run by ONNX Runtime in fp32 and after its dynamic int8 quantization; timed interleaved
+    on one batch. Two rows: ONNX Runtime int8 against PyTorch fp32, and our compiled int8 against ONNX Runtime int8."""
     name = f"ONNX Runtime int8 × faster than PyTorch fp32 (fine-tuned MiniLM, batch {BATCH}, seq {SEQ})"
+    ours_name = f"minilib int8 + compile speed / ONNX Runtime int8's (fine-tuned MiniLM, batch {BATCH}, seq {SEQ})"
     example = torch.ones(1, SEQ, dtype=torch.long)          # only traced by the exporter: any ids will do
     with tempfile.TemporaryDirectory(prefix="minilib-onnx-") as folder:
         onnx_rows = optional_row("ONNX Runtime", lambda: _onnx_runners(teacher, example, Path(folder)), ORT_HINT)
         if isinstance(onnx_rows, Unavailable):
-            return Headline.unavailable(name, ORT_TARGET, "×", "≥", str(onnx_rows))
-        runners = {FP32: teacher, INT8: quantize_model(teacher).eval(), **onnx_rows}
+            return [Headline.unavailable(row, target, "×", "≥", str(onnx_rows))
+                    for row, target in ((name, ORT_TARGET), (ours_name, MATCH_ORT))]
+        runners = {FP32: teacher, INT8: quantize_model(teacher).eval(),
+                   INT8_COMPILED: quantize_model(teacher, compiled=True).eval(), **onnx_rows}
         timing = latency(runners, BATCH, SEQ, warmup=1, repeats=7)
     detail = ", ".join(f"{label} {timing.ratio(label):.2f}×" for label in runners)
-    ours = timing.ratio(INT8) / timing.ratio(ORT_INT8)
-    return Headline.at_least(name, timing.ratio(ORT_INT8), ORT_TARGET, "×",
-                             f"{detail}; our int8 runs at {ours:.2f}× ONNX Runtime int8's speed")
+    return [Headline.at_least(name, timing.ratio(ORT_INT8), ORT_TARGET, "×", detail),
+            Headline.at_least(ours_name, timing.ratio(INT8_COMPILED) / timing.ratio(ORT_INT8), MATCH_ORT, "×",
+                              f"eager: {timing.ratio(INT8) / timing.ratio(ORT_INT8):.2f}×; {detail}")]
 
 
 def _onnx_runners(model, example_ids, folder: Path) -> dict:

@@ -1,0 +1,74 @@
+"""Chapter 14's rotary exercise: correct answers written differently pass; stubs, mistakes and shortcuts fail."""
+import math
+
+import pytest
+import torch
+
+from minilib.course.checks import check_rotary
+
+
+def _angles(x, positions, base, exponent=2.0):
+    half = x.shape[-1] // 2
+    theta = base ** (-exponent * torch.arange(half, dtype=torch.float32) / x.shape[-1])
+    return positions.float()[:, None] * theta                                  # (seq, d/2)
+
+
+def rotate_halves(x, positions, base=10000.0, sign=1.0, exponent=2.0):
+    """The reference answer, with switches for two plausible mistakes."""
+    angles = _angles(x, positions, base, exponent)
+    cos, sin = angles.cos().repeat(1, 2), sign * angles.sin().repeat(1, 2)
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+
+
+def rotate_with_complex_numbers(x, positions, base=10000.0):
+    """Another correct answer: pair (i, i + d/2) as a complex number, multiplied by e^{i m θ_i} (in float64)."""
+    half = x.shape[-1] // 2
+    theta = torch.exp(-math.log(base) * torch.arange(0, x.shape[-1], 2, dtype=torch.float64) / x.shape[-1])
+    turn = torch.polar(torch.ones(len(positions), half, dtype=torch.float64), positions.double()[:, None] * theta)
+    z = torch.complex(x[..., :half].double(), x[..., half:].double()) * turn
+    return torch.cat([z.real, z.imag], dim=-1).to(x.dtype)
+
+
+def rotate_interleaved(x, positions, base=10000.0):
+    """The RoPE paper's layout: pairs (2i, 2i + 1)."""
+    angles = _angles(x, positions, base)
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack([even * angles.cos() - odd * angles.sin(), odd * angles.cos() + even * angles.sin()], -1).flatten(-2)
+
+
+def test_correct_answers_pass(stub):
+    assert check_rotary(rotate_halves)
+    assert check_rotary(rotate_with_complex_numbers)
+    assert not check_rotary(stub)
+
+
+@pytest.mark.parametrize("mistake, named", [
+    (rotate_interleaved, "2i and 2i+1"),
+    (lambda x, p, base: rotate_halves(x, p, base, sign=-1.0), "turns the wrong way"),
+    (lambda x, p, base: rotate_halves(x, p, base, exponent=1.0), "factor 2"),
+    (lambda x, p, base: rotate_halves(x, torch.arange(len(p)), base), "positions you are given"),
+    (lambda x, p, base: rotate_halves(x, p), "base^(-2i/d)"),                         # base ignored: always 10000
+    (lambda x, p, base: x, "pair i is dimensions i and i + d/2"),
+    (lambda x, p, base: rotate_halves(x, p, base)[..., :-1], "a tensor of x's shape"),
+])
+def test_mistakes_fail_and_are_named(mistake, named, capsys):
+    assert not check_rotary(mistake)
+    assert named in capsys.readouterr().out
+
+
+def test_the_library_is_refused(capsys):
+    from transformers.models.llama import modeling_llama
+
+    from minilib.rotary import RotaryEmbedding, apply_rotary
+
+    def with_ours(x, positions, base):
+        return apply_rotary(x, *RotaryEmbedding(x.shape[-1], base)(positions))
+
+    def with_hugging_face(x, positions, base):
+        cos, sin = (t.repeat(1, 2) for t in (_angles(x, positions, base).cos(), _angles(x, positions, base).sin()))
+        return modeling_llama.apply_rotary_pos_emb(x, x, cos, sin, unsqueeze_dim=0)[0]
+
+    for shortcut, label in ((with_ours, "minilib.rotary"), (with_hugging_face, "apply_rotary_pos_emb")):
+        assert not check_rotary(shortcut)
+        assert label in capsys.readouterr().out
