@@ -40,6 +40,7 @@ ARTEFACTS: list[Artefact] = [
     *ch12_capstone.ARTEFACTS,                      # chapter 12's distilled and pruned students
     *ch13_fast_generation.ARTEFACTS.values(),      # chapter 13's decoder, its draft and its grouped-query version
     ch14_modern_decoders.TOKENIZER,                # chapter 14's BPE tokenizer
+    ch14_modern_decoders.DECODER,                  # chapter 14's Llama-style decoder
 ]
 """Every shipped artefact, in the order ``rebuild`` makes them (upstream ones first)."""
 
