@@ -17,6 +17,7 @@ from minilib.support.train import (
     lm_loss,
     lr_multiplier,
     make_optimizer,
+    mean_loss,
     predict_logits,
     seq2seq_loss,
     set_seed,
@@ -261,3 +262,22 @@ def test_init_weights_gives_a_first_loss_near_uniform():
     assert abs(after - math.log(50)) < 0.1 < abs(before - math.log(50))  # uniform guess: loss = log(vocab)
     assert all(m.bias.abs().max() == 0 for m in model.modules() if isinstance(m, nn.Linear) and m.bias is not None)
     assert model.embeddings.token.weight.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt(module, args):
+    raise _Interrupted
+
+
+def test_an_interrupted_evaluation_leaves_a_training_model_training(task):
+    """mean_loss and predict_logits switch to eval mode; an error (or a learner's stop) must not leave it there."""
+    val = task[1]
+    for evaluate_with in (lambda m: mean_loss(m, val), lambda m: predict_logits(m, val)):
+        model = BagOfWords().train()
+        model.register_forward_pre_hook(_interrupt)
+        with pytest.raises(_Interrupted):
+            evaluate_with(model)
+        assert model.training

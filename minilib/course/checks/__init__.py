@@ -96,6 +96,7 @@ from minilib.course.checks.ch13_fast_generation import (
     check_cached_attention_step,
     check_kv_cache_bytes,
     check_q8_0,
+    check_speculative_round,
 )
 from minilib.course.checks.ch14_modern_decoders import check_rotary
 from minilib.course.checks.core import REGISTRY, CheckFailed, Exercise, exercise, expect_close, expect_equal
