@@ -224,7 +224,9 @@ class MultiHeadAttention(nn.Module):
         attn_mask: bool, broadcastable to (batch, heads, n_q, n_k); head_mask: (n_heads,) scales
         each head's output. cache (self-attention while generating): x holds only the new positions,
         and ``cache.update(k, v)`` stores their keys and values (batch, n_kv_heads, n_q, head_dim) after
-        the earlier ones and returns all of them (e.g. ``minilib.generation.KVCache.layer(i)``).
+        the earlier ones and returns all of them (e.g. ``minilib.generation.KVCache.layer(i)``); a cache
+        that stores them in a form attention reads directly (``minilib.generation.QuantizedKVCache``) has
+        ``attend(q, k, v, attn_mask, is_causal)`` instead, which stores them and returns (heads, weights).
         rotate (self-attention): a function applied to the queries and to the keys, (batch, heads, n_q, head_dim)
         each, before the keys are cached: chapter 14's rotary position embeddings turn each by its position.
         Returns (out (batch, n_q, d_model), weights (batch, heads, n_q, n_k) or None).
@@ -235,11 +237,15 @@ class MultiHeadAttention(nn.Module):
         v = self._split_heads(self.v_proj(context), self.n_kv_heads)
         if rotate is not None:
             q, k = rotate(q), rotate(k)                                         # RoPE: position m turns pair i by mθ_i
-        if cache is not None:
-            k, v = cache.update(k, v)                                           # (B, n_kv, past + n_q, hs)
-            if is_causal:
-                attn_mask, is_causal = _causal_after_past(attn_mask, q.shape[-2], k.shape[-2], q.device), False
-        heads, weights = self._attend(q, k, v, attn_mask, is_causal, output_attentions)
+        if cache is not None and hasattr(cache, "attend"):
+            heads, weights = cache.attend(q, k, v, attn_mask, is_causal)
+            weights = weights if output_attentions else None
+        else:
+            if cache is not None:
+                k, v = cache.update(k, v)                                       # (B, n_kv, past + n_q, hs)
+                if is_causal:
+                    attn_mask, is_causal = causal_after_past(attn_mask, q.shape[-2], k.shape[-2], q.device), False
+            heads, weights = self._attend(q, k, v, attn_mask, is_causal, output_attentions)
         if head_mask is not None:
             heads = heads * head_mask.view(1, -1, 1, 1).to(heads.dtype)
         batch, _, n_q, _ = heads.shape
@@ -253,13 +259,19 @@ class MultiHeadAttention(nn.Module):
 
     def _attend(self, q, k, v, attn_mask, is_causal, output_attentions):
         group = self.n_heads // self.n_kv_heads
-        if group > 1:   # query head i reads key/value head i // group, as enable_gqa=True does
-            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)   # (B, nh, n_k, hs)
         dropout_p = self.dropout if self.training else 0.0
         if self.attention is scaled_dot_product_attention:
+            if group > 1:   # the queries that share a key/value head read it in one product: no copy of K, V
+                attn_mask = fold_query_groups_mask(attn_mask, is_causal, q.shape[-2], k.shape[-2], self.n_kv_heads,
+                                                   group, q.device)
+                q, is_causal = fold_query_groups(q, self.n_kv_heads), False        # (B, n_kv, group·n_q, hs)
             out, weights = scaled_dot_product_attention(q, k, v, attn_mask, is_causal, return_weights=True,
                                                         dropout_p=dropout_p)
+            if group > 1:
+                out, weights = unfold_query_groups(out, self.n_heads), unfold_query_groups(weights, self.n_heads)
             return out, (weights if output_attentions else None)
+        if group > 1:   # a plug-in function sees one key/value head per query head, as enable_gqa=True does
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)   # (B, nh, n_k, hs)
         name = getattr(self.attention, "__name__", self.attention)
         if output_attentions:
             raise ValueError(f"output_attentions=True needs the default softmax attention; this layer uses "
@@ -272,6 +284,46 @@ class MultiHeadAttention(nn.Module):
         return self.attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p), None
 
 
+# ------------------------------------------------------------------------------------------------
+# Grouped-query attention without copying keys and values
+# ------------------------------------------------------------------------------------------------
+
+def fold_query_groups(q, n_kv_heads):
+    """(B, n_heads, n_q, d) → (B, n_kv_heads, group·n_q, d): the group of query heads that share a key/value
+    head stacked as more query rows, so that one product ``q @ kᵀ`` with k (B, n_kv_heads, n_k, d) serves them
+    all (query head h = kv·group + j becomes rows j·n_q … (j+1)·n_q − 1 of head kv). A view: nothing is copied.
+    """
+    batch, n_heads, n_q, d = q.shape
+    return q.reshape(batch, n_kv_heads, (n_heads // n_kv_heads) * n_q, d)
+
+
+def unfold_query_groups(x, n_heads):
+    """The inverse of :func:`fold_query_groups`: (B, n_kv_heads, group·n_q, d) → (B, n_heads, n_q, d)."""
+    batch, n_kv_heads, rows, d = x.shape
+    return x.reshape(batch, n_heads, rows * n_kv_heads // n_heads, d)
+
+
+def fold_query_groups_mask(attn_mask, is_causal, n_q, n_k, n_kv_heads, group, device):
+    """The mask for folded queries (:func:`fold_query_groups`): (…, n_kv_heads or 1, group·n_q, n_k), or None.
+
+    attn_mask: bool or float, broadcastable to (batch, n_heads, n_q, n_k); is_causal: query i sees keys ≤ i.
+    Folded rows are no longer positions, so causality becomes an explicit mask here.
+    """
+    mask = _check_mask(attn_mask, n_q, n_k)
+    if is_causal:
+        causal = torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril()
+        mask = causal if mask is None else (mask & causal if mask.dtype == torch.bool else mask + _as_bias(causal, mask.dtype))
+    if mask is None:
+        return None
+    mask = mask.expand(*mask.shape[:-2], n_q, n_k)                        # rows and columns in full
+    while mask.dim() < 4:
+        mask = mask.unsqueeze(0)
+    batch, heads = mask.shape[:2]
+    if heads == 1:                                                         # the same mask for every head
+        return mask.unsqueeze(2).expand(batch, 1, group, n_q, n_k).reshape(batch, 1, group * n_q, n_k)
+    return mask.reshape(batch, n_kv_heads, group * n_q, n_k)
+
+
 def _takes_dropout(fn):
     """Whether ``fn`` accepts a ``dropout_p`` keyword (PyTorch's built-in attention has no readable signature, and does)."""
     try:
@@ -281,7 +333,7 @@ def _takes_dropout(fn):
     return any(p.name == "dropout_p" or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
-def _causal_after_past(attn_mask, n_q, n_k, device):
+def causal_after_past(attn_mask, n_q, n_k, device):
     """Causal mask for n_q new queries after n_k - n_q cached positions: query i sees keys ≤ past + i.
 
     (PyTorch's ``is_causal`` aligns query 0 with key 0, which is only right without a past.)

@@ -65,16 +65,31 @@ def layout_mask_mod(layout: torch.Tensor, block_size: int, is_causal: bool = Fal
 
 
 def with_key_padding(mask_mod, key_ok: torch.Tensor):
-    """``mask_mod`` and "key j is a real token": key_ok is (batch, n) bool, True = real token."""
+    """``mask_mod`` and "key j is a real token": key_ok is (batch, n) bool, True = real token.
+
+    The result depends on the batch index: it carries its batch size and device, which :func:`block_mask` uses.
+    """
     if not isinstance(key_ok, torch.Tensor) or key_ok.dtype != torch.bool or key_ok.dim() != 2:
         raise ValueError(f"key_ok must be a (batch, n) bool tensor, got {key_ok!r:.60}")
-    return _flex.and_masks(mask_mod, lambda b, h, q_idx, kv_idx: key_ok[b, kv_idx])
+    padded = _flex.and_masks(mask_mod, lambda b, h, q_idx, kv_idx: key_ok[b, kv_idx])
+    padded.batch, padded.device = key_ok.shape[0], key_ok.device
+    return padded
 
 
 def block_mask(mask_mod, n: int, batch: int | None = None, block_size: int = 128, device=None):
     """FlexAttention's block mask of ``mask_mod`` for self-attention over n tokens (any n: the last
-    block is padded). ``batch`` only when the mask depends on the batch index (key padding)."""
-    return _flex.create_block_mask(mask_mod, batch, None, n, n, device=device or "cpu", BLOCK_SIZE=block_size)
+    block is padded).
+
+    batch: only for a mask that depends on the batch index; one from :func:`with_key_padding` knows its own
+    (one block mask per batch element, not element 0's for all). device: where to build it; by default
+    where the mask's own tensors are (key padding), else the CPU (:func:`flex_attention` moves a block
+    mask to the queries' device).
+    """
+    own = getattr(mask_mod, "batch", None)
+    if batch is not None and own is not None and batch != own:
+        raise ValueError(f"the mask depends on the batch index and was built for batch {own}, got batch={batch}")
+    device = device or getattr(mask_mod, "device", None) or "cpu"
+    return _flex.create_block_mask(mask_mod, batch or own, None, n, n, device=device, BLOCK_SIZE=block_size)
 
 
 def block_mask_picture(mask) -> torch.Tensor:
@@ -118,6 +133,8 @@ def flex_attention(q, k, v, mask, compiled: bool = False) -> torch.Tensor:
     be built here (no C++ compiler on a CPU, or the compile itself fails).
     Returns (batch, heads, n, d_v); a query with no allowed key gets zeros.
     """
+    if mask.kv_num_blocks.device != q.device:             # built elsewhere (by default on the CPU)
+        mask = mask.to(q.device)
     if compiled:
         return _compiled_flex(q.device.type)(q, k, v, block_mask=mask)
     with warnings.catch_warnings():
@@ -125,19 +142,27 @@ def flex_attention(q, k, v, mask, compiled: bool = False) -> torch.Tensor:
         return _flex.flex_attention(q, k, v, block_mask=mask)
 
 
-@functools.cache
 def _compiled_flex(device_type: str):
-    """torch.compile(flex_attention), tried once per device type on a small input; NotAvailable if it fails."""
+    """torch.compile(flex_attention) for this device type; NotAvailable when it cannot be built here."""
+    compiled = _try_compile(device_type)
+    if isinstance(compiled, NotAvailable):
+        raise NotAvailable(compiled.reason, compiled.hint)
+    return compiled
+
+
+@functools.cache
+def _try_compile(device_type: str):
+    """torch.compile(flex_attention), tried once per device type on a small input, or the NotAvailable saying why
+    not: a failure is remembered too (a compile that failed once is not retried at every call)."""
     if device_type == "cpu":
         status = compiler_status()
         if not status.available:
-            raise NotAvailable(status.reason, COMPILER_HINT)
+            return NotAvailable(status.reason, COMPILER_HINT)
     compiled = torch.compile(_flex.flex_attention, dynamic=False)
     probe = torch.zeros(1, 1, 128, 16, device=device_type)
     try:
         with torch.no_grad():
             compiled(probe, probe, probe, block_mask=block_mask(window_mask_mod(16), 128, device=device_type))
     except Exception as error:  # any compiler failure means "no compiled row here", not a broken notebook
-        raise NotAvailable(f"torch.compile(flex_attention) failed: {type(error).__name__}: {error}",
-                           COMPILER_HINT) from error
+        return NotAvailable(f"torch.compile(flex_attention) failed: {type(error).__name__}: {error}", COMPILER_HINT)
     return compiled

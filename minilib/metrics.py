@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from minilib.support.device import model_device
+from minilib.support.train import evaluating
 
 # ----------------------------------------------------------------------------------------------
 # Perplexity
@@ -45,41 +46,46 @@ def _logits_of(output) -> torch.Tensor:
 
 
 @torch.no_grad()
-def mean_nll(model: torch.nn.Module, data, batch_size: int = 64, device=None) -> float:
+def mean_nll(model: torch.nn.Module, data, batch_size: int = 64, device=None, cache_factory=None) -> float:
     """Mean negative log-likelihood per predicted token, in nats.
 
     ``data`` yields pairs ``(input_ids (seq,), target_ids (seq,))`` (e.g. a ``TensorDataset``) where
     ``target_ids[t]`` is the token that follows ``input_ids[:t+1]``; targets equal to ``-100`` are ignored.
-    ``model(input_ids (batch, seq))`` must return logits ``(batch, seq, vocab)``.
+    ``model(input_ids (batch, seq))`` must return logits ``(batch, seq, vocab)``. cache_factory(model, batch) → a
+    KV cache to run each batch through (chapter 13: a quantized cache, whose stored keys and values attention
+    then reads exactly as when generating).
 
         NLL = −(1/N) Σ_t log p(target_t | input_≤t)      over the N predicted tokens
     """
     if len(data) == 0:
         raise ValueError("perplexity needs at least one (input_ids, target_ids) example; got an empty dataset")
     device = device or model_device(model)
-    was_training = model.training
-    model.eval()
     total_nll, total_tokens = 0.0, 0
-    for input_ids, target_ids in DataLoader(data, batch_size=batch_size):
-        input_ids, target_ids = input_ids.to(device), target_ids.to(device)
-        logits = _logits_of(model(input_ids))
-        if logits.shape[:-1] != target_ids.shape:
-            raise ValueError(
-                f"logits must have shape (batch, seq, vocab) matching targets {tuple(target_ids.shape)}; "
-                f"got {tuple(logits.shape)}"
-            )
-        total_nll += F.cross_entropy(logits.flatten(0, -2).float(), target_ids.flatten(), reduction="sum").item()
-        total_tokens += (target_ids != -100).sum().item()
-    model.train(was_training)
+    with evaluating(model):
+        for input_ids, target_ids in DataLoader(data, batch_size=batch_size):
+            input_ids, target_ids = input_ids.to(device), target_ids.to(device)
+            if cache_factory is None:
+                output = model(input_ids)
+            else:
+                output = model(input_ids, cache=cache_factory(model, input_ids.shape[0]))
+            logits = _logits_of(output)
+            if logits.shape[:-1] != target_ids.shape:
+                raise ValueError(
+                    f"logits must have shape (batch, seq, vocab) matching targets {tuple(target_ids.shape)}; "
+                    f"got {tuple(logits.shape)}"
+                )
+            total_nll += F.cross_entropy(logits.flatten(0, -2).float(), target_ids.flatten(), reduction="sum").item()
+            total_tokens += (target_ids != -100).sum().item()
     return total_nll / total_tokens
 
 
-def perplexity(model: torch.nn.Module, data, batch_size: int = 64, device=None) -> float:
+def perplexity(model: torch.nn.Module, data, batch_size: int = 64, device=None, cache_factory=None) -> float:
     """Perplexity = exp(mean NLL per token): the number of equally likely tokens the model hesitates between.
 
-    A uniform model over ``V`` tokens has perplexity ``V``; a perfect model has 1. See :func:`mean_nll` for ``data``.
+    A uniform model over ``V`` tokens has perplexity ``V``; a perfect model has 1. See :func:`mean_nll` for ``data``
+    and ``cache_factory``.
     """
-    return math.exp(mean_nll(model, data, batch_size=batch_size, device=device))
+    return math.exp(mean_nll(model, data, batch_size=batch_size, device=device, cache_factory=cache_factory))
 
 
 # ----------------------------------------------------------------------------------------------

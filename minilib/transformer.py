@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from minilib.attention import MultiHeadAttention
+from minilib.generation import decode
 from minilib.support.device import model_device, to_device
+from minilib.support.train import evaluating
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}
 POSITIONS = ("learned", "sinusoidal")
@@ -266,19 +268,17 @@ class EncoderDecoder(nn.Module):
 
     @torch.no_grad()
     def generate(self, src_ids, max_new_tokens, bos_id, eos_id, src_mask=None):
-        """Greedy decoding: (batch, src_seq) → (batch, ≤ max_new_tokens), stopping at eos (on the model's device)."""
+        """Greedy decoding: (batch, src_seq) → (batch, ≤ max_new_tokens), stopping at eos (on the model's device).
+
+        Runs in eval mode (no dropout), then gives the model its own mode back. The loop is chapter 13's
+        :func:`minilib.generation.decode`; without a cache, each step runs the decoder over every target token.
+        """
         src_ids, src_mask = to_device((src_ids, src_mask), model_device(self))
-        memory = self.encoder(src_ids, attention_mask=src_mask).last_hidden_state
-        tokens = torch.full((src_ids.shape[0], 1), bos_id, dtype=torch.long, device=src_ids.device)
-        finished = torch.zeros(src_ids.shape[0], dtype=torch.bool, device=src_ids.device)
-        for _ in range(max_new_tokens):
-            logits = self.lm_head(self.decoder(tokens, memory, padding_mask(src_mask)))[:, -1]
-            next_token = logits.argmax(-1).masked_fill(finished, eos_id)
-            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
-            finished |= next_token == eos_id
-            if finished.all():
-                break
-        return tokens[:, 1:]
+        with evaluating(self):
+            memory = self.encoder(src_ids, attention_mask=src_mask).last_hidden_state
+            start = torch.full((src_ids.shape[0], 1), bos_id, dtype=torch.long, device=src_ids.device)
+            step = lambda tokens: self.lm_head(self.decoder(tokens, memory, padding_mask(src_mask))[:, -1])  # noqa: E731
+            return decode(step, start, max_new_tokens, eos_id=eos_id)[:, 1:]
 
 
 class LanguageModel(nn.Module):
@@ -296,20 +296,26 @@ class LanguageModel(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.lm_head.weight = self.embeddings.token.weight
 
-    def forward(self, input_ids, cache=None):
-        """input_ids: (batch, seq) → next-token logits (batch, seq, vocab).
+    def forward(self, input_ids, cache=None, logits_to_keep: int = 0):
+        """input_ids: (batch, seq) → next-token logits (batch, seq, vocab), or (batch, logits_to_keep, vocab).
 
         cache (generating, chapter 13): a ``minilib.generation.KVCache`` holding the keys and values of
         the ``cache.length`` tokens before ``input_ids``; the new tokens' are appended to it.
+        logits_to_keep: the output head runs on the last ``logits_to_keep`` positions only (0: all), as in
+        Hugging Face; a prefill needs the logits of its last position alone, not (batch, prompt, vocab).
         """
         check_token_ids(input_ids)
+        if not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an int ≥ 0 (0 = every position), got {logits_to_keep!r}")
+        if cache is not None and cache.n_layers != len(self.layers):
+            raise ValueError(f"the cache was built for {cache.n_layers} layers; this model has {len(self.layers)}")
         start = 0 if cache is None else cache.length
         x = self.embeddings(input_ids, start=start)
         for i, layer in enumerate(self.layers):
             x, _ = layer(x, is_causal=True, cache=None if cache is None else cache.layer(i))
         if cache is not None:
             cache.advance(input_ids.shape[1])
-        return self.lm_head(self.final_norm(x))
+        return self.lm_head(self.final_norm(x[:, -logits_to_keep:] if logits_to_keep else x))
 
 
 def mean_pool(hidden, attention_mask=None):

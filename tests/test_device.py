@@ -20,6 +20,8 @@ from minilib.support import train
 from minilib.transformer import Classifier, Encoder, EncoderDecoder, LanguageModel, TransformerConfig
 
 MISMATCH = re.compile(r"same device|expected device|Expected all tensors|device type", re.IGNORECASE)
+META_ONLY = re.compile(r"cannot be called on meta tensors|Cannot copy out of meta tensor")
+"""The errors only tensors on the meta device raise: what a helper that moved its inputs there runs into."""
 CONFIG = TransformerConfig(vocab_size=40, d_model=16, n_heads=2, n_layers=2, d_ff=32, max_len=16, dropout=0.0)
 
 
@@ -84,6 +86,29 @@ def test_helper_moves_its_inputs_to_the_models_device(name):
         HELPERS[name]()
     except Exception as error:  # a meta-only error means the inputs reached the model's device
         assert not MISMATCH.search(str(error)), f"{name} left its inputs on the CPU: {error}"
+        assert META_ONLY.search(str(error)), f"{name} failed for another reason: {type(error).__name__}: {error}"
+
+
+def _raising(error):
+    def helper():
+        raise error
+    return helper
+
+
+def test_the_check_tells_a_meta_only_error_from_any_other():
+    """A helper that breaks for an unrelated reason (a TypeError, say) must fail the test above, not pass it."""
+    for error, passes in ((RuntimeError("Tensor.item() cannot be called on meta tensors"), True),
+                          (TypeError("forward() got an unexpected keyword argument 'x'"), False),
+                          (RuntimeError("Expected all tensors to be on the same device"), False)):
+        HELPERS["broken"] = _raising(error)
+        try:
+            if passes:
+                test_helper_moves_its_inputs_to_the_models_device("broken")
+            else:
+                with pytest.raises(AssertionError):
+                    test_helper_moves_its_inputs_to_the_models_device("broken")
+        finally:
+            del HELPERS["broken"]
 
 
 def test_model_device_and_to_device():

@@ -91,7 +91,7 @@ def test_mask_mods_reject_bad_arguments():
 def test_no_compiler_gives_a_not_available_row(monkeypatch):
     monkeypatch.setattr(flex.shutil, "which", lambda name: None)
     monkeypatch.delenv("CXX", raising=False)
-    flex._compiled_flex.cache_clear()
+    flex._try_compile.cache_clear()
     try:
         status = flex.compiler_status()
         assert not status.available and str(status) == "torch.compile on a CPU needs a C++ compiler, and none was found"
@@ -104,4 +104,40 @@ def test_no_compiler_gives_a_not_available_row(monkeypatch):
         assert str(row).startswith("FlexAttention compiled: not available here (torch.compile on a CPU needs")
         assert "apt install g++" in str(row)
     finally:
-        flex._compiled_flex.cache_clear()
+        flex._try_compile.cache_clear()
+
+
+def test_a_key_padding_mask_builds_one_block_mask_per_batch_element_by_itself():
+    """Without batch=, a batch-dependent mask used to get batch element 0's block mask for every element."""
+    n, window, lengths = 300, 32, torch.tensor([300, 90])
+    q, k, v = _qkv(n)
+    key_ok = torch.arange(n) < lengths[:, None]
+    mask_mod = with_key_padding(window_mask_mod(window, global_tokens=2), key_ok)
+    ours = sliding_window_attention(q, k, v, window, global_tokens=2, attn_mask=key_ok[:, None, None, :])
+    torch.testing.assert_close(flex_attention(q, k, v, block_mask(mask_mod, n)), ours, atol=2e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="built for batch 2, got batch=3"):
+        block_mask(mask_mod, n, batch=3)
+
+
+def test_a_failed_compile_is_not_retried_at_every_call(monkeypatch):
+    attempts = []
+
+    def failing_compile(fn, **kwargs):
+        attempts.append(fn)
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("the compiler crashed")
+        return broken
+
+    monkeypatch.setattr(flex, "compiler_status", lambda: (True, "a compiler, pretended"))
+    monkeypatch.setattr(flex.torch, "compile", failing_compile)
+    flex._try_compile.cache_clear()
+    try:
+        q, k, v = _qkv(128, batch=1, heads=1, dim=16)
+        mask = block_mask(window_mask_mod(8), 128)
+        for _ in range(3):
+            with pytest.raises(NotAvailable, match="failed: RuntimeError: the compiler crashed"):
+                flex_attention(q, k, v, mask, compiled=True)
+        assert len(attempts) == 1
+    finally:
+        flex._try_compile.cache_clear()

@@ -229,3 +229,19 @@ def test_perplexity_bad_input():
         perplexity(Pooled(5), _lm_data(5))
     with pytest.raises(ValueError, match="empty"):
         perplexity(UniformLM(5), TensorDataset(torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, 3, dtype=torch.long)))
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt(module, args):
+    raise _Interrupted
+
+
+def test_an_interrupted_perplexity_leaves_a_training_model_training():
+    model = UniformLM(5).train()
+    model.register_forward_pre_hook(_interrupt)
+    with pytest.raises(_Interrupted):
+        mean_nll(model, _lm_data(5))
+    assert model.training                                   # it used to stay in eval mode

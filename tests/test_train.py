@@ -18,6 +18,7 @@ from minilib.support.train import (
     lm_loss,
     lr_multiplier,
     make_optimizer,
+    mean_loss,
     predict_logits,
     seq2seq_loss,
     set_seed,
@@ -291,3 +292,22 @@ def test_a_callback_can_act_on_the_model_after_each_step(task):
 
     fit(model, train, TrainConfig(progress=False), callbacks=[keep_first_row_zero])
     assert (model.head.weight[0] == 0).all() and (model.head.weight[1] != 0).all()
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt(module, args):
+    raise _Interrupted
+
+
+def test_an_interrupted_evaluation_leaves_a_training_model_training(task):
+    """mean_loss and predict_logits switch to eval mode; an error (or a learner's stop) must not leave it there."""
+    val = task[1]
+    for evaluate_with in (lambda m: mean_loss(m, val), lambda m: predict_logits(m, val)):
+        model = BagOfWords().train()
+        model.register_forward_pre_hook(_interrupt)
+        with pytest.raises(_Interrupted):
+            evaluate_with(model)
+        assert model.training

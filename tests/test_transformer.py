@@ -130,3 +130,35 @@ def test_input_errors():
         encoder(torch.ones(1, 5, dtype=torch.long), attention_mask=torch.ones(5))
     with pytest.raises(ValueError, match="pooling"):
         Classifier(encoder, 2, pooling="max")
+
+
+def test_encoder_decoder_generates_in_eval_mode_and_gives_the_model_its_mode_back():
+    """Called on a training model, generate used to decode with dropout on: a different output at every call."""
+    torch.manual_seed(0)
+    model = EncoderDecoder(TransformerConfig(**{**CONFIG, "dropout": 0.5}), tgt_vocab_size=20)
+    src = tokens(batch=2, seq=8)
+    expected = model.eval().generate(src, max_new_tokens=6, bos_id=1, eos_id=2)
+    model.train()
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        assert torch.equal(model.generate(src, max_new_tokens=6, bos_id=1, eos_id=2), expected)
+    assert model.training
+
+
+def test_encoder_decoder_greedy_decoding_is_the_shared_loop():
+    """The same tokens as choosing each argmax by hand, rows that produced eos padded with it."""
+    torch.manual_seed(0)
+    model = EncoderDecoder(TransformerConfig(**CONFIG), tgt_vocab_size=20).eval()
+    src = tokens(batch=3, seq=8)
+    out = torch.full((3, 1), 1)
+    for _ in range(5):
+        out = torch.cat([out, model(src, out)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    eos = int(out[0, 2])                                                 # row 0's second token stops it
+    expected = out[:, 1:].clone()
+    for row in expected:
+        hits = (row == eos).nonzero()
+        if len(hits):
+            row[hits[0, 0]:] = eos
+    generated = model.generate(src, max_new_tokens=5, bos_id=1, eos_id=eos)
+    assert torch.equal(generated, expected[:, :generated.shape[1]])
+    assert generated.shape[1] == 5 or (generated == eos).any(dim=1).all()   # stops early only when every row ended

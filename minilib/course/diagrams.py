@@ -570,6 +570,147 @@ def deployment_pipeline():
     return fig
 
 
+# --------------------------------------------------------------------------------------------- chapter 13
+def kv_cache():
+    """Chapter 13: the KV cache of one layer through a prefill and two decoding steps."""
+    fig, ax = _canvas(22, 10.2)
+    cell, x0, max_len = 0.85, 5.0, 12
+    stages = [("prefill: the prompt \"The cat\"\nin one pass (7 tokens)", 7, 7),
+              ("step 1: one new token\n(the model runs on 1 token)", 8, 1),
+              ("step 2: one new token", 9, 1)]
+    for row, (label, length, new) in enumerate(stages):
+        y = 7.4 - row * 3.1
+        ax.text(0.3, y + 0.85, label, fontsize=9.5, va="center")
+        for name, dy, fill, strong in (("K", 0.9, BLUE, STRONG["blue"]), ("V", 0.0, GREEN, STRONG["green"])):
+            ax.text(x0 - 0.35, y + dy + cell / 2, name, fontsize=11, weight="bold", ha="right", va="center")
+            for j in range(max_len):
+                stored, fresh = j < length, length - new <= j < length
+                ax.add_patch(Rectangle((x0 + j * cell, y + dy), cell, cell * 0.95, linewidth=1.4 if fresh else 0.6,
+                                       facecolor=fill if stored else "white", edgecolor=strong if fresh else "#bbbbbb"))
+                if stored:
+                    ax.text(x0 + j * cell + cell / 2, y + dy + cell * 0.47, f"{name.lower()}{j}", ha="center",
+                            va="center", fontsize=7.5)
+        ax.annotate("", xy=(x0 + length * cell, y + 1.95), xytext=(x0 + length * cell, y + 2.45),
+                    arrowprops=dict(arrowstyle="-|>", color=STRONG["red"], lw=1.4))
+        ax.text(x0 + length * cell + 0.1, y + 2.25, f"length = {length}", color=STRONG["red"], fontsize=9)
+        q = x0 + max_len * cell + 0.6
+        _box(ax, q, y + 0.35, 2.4, 1.2, f"q{length - 1}" if new == 1 else f"q0 … q{length - 1}", ORANGE, size=10)
+        _arrow(ax, (q, y + 0.95), (x0 + length * cell + 0.05, y + 0.95), color=STRONG["orange"])
+        ax.text(q + 2.6, y + 0.95, "attends over\nevery stored\nposition" if new == 1 else "causal: query i\nsees keys ≤ i",
+                fontsize=8.5, va="center", color=STRONG["grey"])
+    ax.text(x0, 0.25, "preallocated for max_len positions (white: empty); each step writes one column of keys and "
+                      "values and reads all of them", fontsize=9, color=STRONG["grey"])
+    return fig
+
+
+def grouped_heads():
+    """Chapter 13: 8 query heads reading 8, 2 or 1 key/value heads, and the cache each needs."""
+    fig, ax = _canvas(22, 9.6)
+    colours = [STRONG["blue"], STRONG["green"], STRONG["orange"], STRONG["purple"], STRONG["red"], "#4a5568",
+               "#b7791f", "#2c7a7b"]
+    layouts = [("multi-head (H_kv = 8)", 8), ("grouped-query (H_kv = 2)", 2), ("multi-query (H_kv = 1)", 1)]
+    for col, (title, n_kv) in enumerate(layouts):
+        x = 0.4 + col * 7.3
+        ax.text(x + 3.2, 9.0, title, ha="center", fontsize=11, weight="bold")
+        group = 8 // n_kv
+        for h in range(8):
+            _box(ax, x + h * 0.8, 7.0, 0.65, 0.9, f"q{h}", BLUE, size=8)
+        width = 6.4 / n_kv
+        for j in range(n_kv):
+            kw = min(width, 1.6) - 0.15
+            kx = x + j * width + (width - kw) / 2
+            ax.add_patch(Rectangle((kx, 3.6), kw, 1.0, facecolor=colours[j] + "55", edgecolor=colours[j], lw=1.4))
+            ax.text(kx + kw / 2, 4.1, f"K,V {j}" if n_kv > 1 else "K,V", ha="center", va="center", fontsize=8)
+            for h in range(j * group, (j + 1) * group):
+                _arrow(ax, (x + h * 0.8 + 0.325, 7.0), (kx + kw / 2, 4.6), color=colours[j], width=1.0)
+        ax.text(x + 3.2, 3.05, f"each K,V head serves {group} query head{'s' if group > 1 else ''}", ha="center",
+                fontsize=9, color=STRONG["grey"])
+        ax.add_patch(Rectangle((x, 1.75), 6.4 * n_kv / 8, 0.6, facecolor=GREY, edgecolor=INK))
+        ax.text(x, 1.35, "cache: 2·L·B·8·T·d numbers" if n_kv == 8 else f"cache: {n_kv}/8 of multi-head's",
+                fontsize=9, va="center")
+    ax.text(11, 0.55, "the query heads of a group read the same stored keys and values: fold the group into the query "
+                      "rows,\n(B, H_kv, group·n_q, d) against (B, H_kv, T, d), instead of copying K and V for every "
+                      "query head at every step", ha="center", va="center", fontsize=9, color=STRONG["grey"])
+    return fig
+
+
+def q4_0_block():
+    """Chapter 13: one q4_0 block of 32 weights in its 18 bytes, with the numbers ``minilib.quant`` computes."""
+    from minilib.quant.blocks import block_codes, dequantize_blocks, quantize_blocks
+
+    w = torch.randn(1, 32, generator=torch.Generator().manual_seed(4)) * 0.1
+    q = quantize_blocks(w, "q4_0")
+    codes, scale = block_codes(q)[0], float(q.scales[0, 0])
+    largest = float(w[0, w[0].abs().argmax()])
+    fig, ax = _canvas(24, 10.4)
+    ax.text(12, 9.8, "q4_0: 32 weights → 2 bytes of scale + 16 bytes of 4-bit codes = 18 bytes (4.5 bits per weight)",
+            ha="center", fontsize=11, weight="bold")
+    cell = 0.7
+    for j in range(32):
+        x = 0.8 + j * cell
+        ax.add_patch(Rectangle((x, 7.2), cell, 1.2, facecolor=BLUE if j < 16 else GREEN, edgecolor="#888888", lw=0.6))
+        ax.text(x + cell / 2, 8.05, f"{float(w[0, j]):+.2f}"[0] + f"{abs(float(w[0, j])):.2f}"[1:], ha="center",
+                va="center", fontsize=6.2, rotation=90)
+        ax.text(x + cell / 2, 6.85, f"{int(codes[j]):d}", ha="center", va="center", fontsize=7.5)
+    ax.text(0.75, 8.7, "w (32 weights)", fontsize=9)
+    ax.text(0.75, 6.35, "q = code − 8 ∈ [−8, 7]", fontsize=9)
+    # the 18 bytes
+    y = 3.3
+    _box(ax, 0.8, y, 2.4, 1.3, f"d (fp16)\n{scale:.5f}", YELLOW, size=9, rounded=False)
+    ax.text(2.0, y - 0.4, "bytes 0–1", ha="center", fontsize=8, color=STRONG["grey"])
+    for b in range(16):
+        x = 3.6 + b * 1.25
+        ax.add_patch(Rectangle((x, y), 1.15, 0.65, facecolor=GREEN, edgecolor="#888888"))
+        ax.add_patch(Rectangle((x, y + 0.65), 1.15, 0.65, facecolor=BLUE, edgecolor="#888888"))
+        ax.text(x + 0.575, y + 0.97, f"{b}", ha="center", va="center", fontsize=7)
+        ax.text(x + 0.575, y + 0.32, f"{b + 16}", ha="center", va="center", fontsize=7)
+    ax.text(3.6, y - 0.4, "bytes 2–17: byte j holds code j in its low nibble (blue) and code j + 16 in its high "
+                          "nibble (green)", fontsize=8, color=STRONG["grey"])
+    ax.text(0.8, 1.5, f"m = the weight of largest magnitude, with its sign = {largest:+.4f};   d = m / −8 = {scale:.5f}"
+                      "  (stored as float16)", fontsize=9.5)
+    ax.text(0.8, 0.7, "code = min(15, trunc(w / d + 8.5)),   w ≈ d · (code − 8):   m lands exactly on −8; its "
+                      "opposite, +|m|, would need +8 and is clamped to 7", fontsize=9.5)
+    error = float((dequantize_blocks(q) - w).abs().max())
+    ax.text(23.2, 5.8, f"largest error\n{error:.4f} ≤ |d| / 2", ha="right", fontsize=9, color=STRONG["grey"])
+    return fig
+
+
+def speculative_round():
+    """Chapter 13: one round of speculative decoding: draft k = 4, verify in one pass, keep 2 and a correction."""
+    fig, ax = _canvas(24, 11.6)
+    ax.text(0.3, 10.9, "1. the draft proposes k = 4 tokens, one cheap pass each", fontsize=10.5, weight="bold")
+    _box(ax, 0.4, 9.0, 3.4, 1.1, "… the cat", GREY, size=10)
+    drafts = ["sat", "on", "a", "mat"]
+    for i, token in enumerate(drafts):
+        x = 4.6 + i * 2.6
+        _box(ax, x, 9.0, 2.1, 1.1, f"d{i + 1} = {token}", ORANGE, size=9.5)
+        _arrow(ax, (x - 0.75 if i else 3.8, 9.55), (x, 9.55), color=STRONG["orange"])
+    ax.text(15.4, 9.55, "4 draft passes", fontsize=9, va="center", color=STRONG["grey"])
+    ax.text(0.3, 7.9, "2. the target scores [cat, d1 … d4] in ONE pass: its own choices (greedy) or distributions p0 … p4",
+            fontsize=10.5, weight="bold")
+    targets = ["sat", "on", "the", "rug", "."]
+    verdicts = ["keep", "keep", "reject", "(unused)", "(unused)"]
+    colours = [GREEN, GREEN, RED, GREY, GREY]
+    for i, (token, verdict, fill) in enumerate(zip(targets, verdicts, colours)):
+        x = 4.6 + i * 2.6
+        _box(ax, x, 5.8, 2.1, 1.1, f"p{i}: {token}", BLUE, size=9.5)
+        _box(ax, x, 4.5, 2.1, 0.9, verdict, fill, size=9)
+    ax.text(0.4, 6.35, "one target pass\nover 5 positions", fontsize=9, va="center", color=STRONG["grey"])
+    ax.text(0.4, 4.95, "d_i = p_(i−1)?\n(sampling: keep with\nprob. min(1, p/q))", fontsize=8.5, va="center",
+            color=STRONG["grey"])
+    ax.text(0.3, 3.5, "3. keep the agreeing prefix and the target's correction: 3 new tokens for one target pass",
+            fontsize=10.5, weight="bold")
+    _box(ax, 0.4, 1.9, 3.4, 1.1, "… the cat", GREY, size=10)
+    for i, (token, fill) in enumerate((("sat", GREEN), ("on", GREEN), ("the", BLUE))):
+        _box(ax, 4.6 + i * 2.6, 1.9, 2.1, 1.1, token, fill, size=10)
+    ax.text(12.7, 2.45, "← correction: the target's p2 (sampling: a draw from max(0, p − q))", fontsize=9,
+            va="center")
+    ax.text(0.3, 0.6, "4. roll both caches back: the target's keeps the keys and values of \"… the cat sat on\" "
+                      "(the rejected a, mat are forgotten: truncate); \"the\" is fed next round",
+            fontsize=9.5, color=STRONG["red"])
+    return fig
+
+
 DIAGRAMS = {
     "02_tiling.png": tiling,
     "03_encoder_decoder.png": encoder_decoder,
@@ -581,6 +722,10 @@ DIAGRAMS = {
     "08_sparsity_patterns.png": sparsity_patterns,
     "09_grouped_bottleneck.png": grouped_and_bottleneck,
     "10_deployment_pipeline.png": deployment_pipeline,
+    "13_kv_cache.png": kv_cache,
+    "13_grouped_heads.png": grouped_heads,
+    "13_q4_0_block.png": q4_0_block,
+    "13_speculative_round.png": speculative_round,
 }
 ATTACHED = re.compile(r"!\[[^\]]*\]\(attachment:([^)\s]+)\)")   # ![alt](attachment:name) in a markdown cell
 

@@ -10,14 +10,25 @@ from __future__ import annotations
 
 import functools
 import math
+import statistics
 import time
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Subset, TensorDataset
 
+from minilib.attention import fold_query_groups, scaled_dot_product_attention, unfold_query_groups
 from minilib.experiments.artefacts import Artefact, load_model
-from minilib.generation import grouped_query_model
+from minilib.generation import (
+    KVCache,
+    SpeculativeResult,
+    expected_speedup,
+    expected_tokens_per_round,
+    grouped_query_model,
+)
+from minilib.metrics import perplexity
+from minilib.support.bench import compare
 from minilib.support.data import CharLMData, char_lm_dataset
 from minilib.support.train import TrainConfig, fit, init_weights, lm_loss, set_seed
 from minilib.transformer import LanguageModel, TransformerConfig
@@ -102,25 +113,19 @@ def grouped_decoder(retrain: bool | None = None) -> LanguageModel:
                       _grouped_and_uptrained, retrain)
 
 
+def validation_loss(model, n_blocks: int = 22) -> float:
+    """Mean next-character loss (nats) on the first ``n_blocks`` held-out blocks; perplexity = exp of it."""
+    return math.log(perplexity(model, held_out(n_blocks), batch_size=8))
+
+
+def held_out(n_blocks: int = 8) -> TensorDataset:
+    """The first ``n_blocks`` validation blocks of 512 characters (22 in all)."""
+    return TensorDataset(*lm_data().validation[:n_blocks])
+
+
 def _validation_loss(model) -> dict:
-    """The recorded metric: mean next-character loss (nats) on 22 held-out blocks; perplexity = exp of it."""
-    return {"validation_loss": math.log(perplexity(model, lm_data().validation, n_blocks=22))}
-
-
-@torch.no_grad()
-def perplexity(model, data: TensorDataset, n_blocks: int = 8, cache_factory=None) -> float:
-    """exp(mean next-character loss) over the first ``n_blocks`` blocks of ``data``.
-
-    cache_factory(model, batch) → a cache to run each batch through (e.g. a quantized KV cache: the
-    keys and values attention reads are then the stored ones, exactly as when generating).
-    """
-    inputs, targets = data[:n_blocks]
-    device = next(model.parameters()).device
-    inputs, targets = inputs.to(device), targets.to(device)
-    cache = None if cache_factory is None else cache_factory(model, inputs.shape[0])
-    logits = model(inputs) if cache is None else model(inputs, cache=cache)
-    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-    return loss.exp().item()
+    """The recorded metric of a model artefact."""
+    return {"validation_loss": validation_loss(model)}
 
 
 def uptrain(model: LanguageModel, steps: int = 30, batch_size: int = 8, seed: int = 0, lr: float = 1e-3,
@@ -141,6 +146,181 @@ def time_per_token(fn, n_tokens: int, repeats: int = 3) -> float:
         fn()
         best = min(best, time.perf_counter() - start)
     return best / n_tokens
+
+
+# ------------------------------------------------------------------------------------------------
+# Prefill and decode, apart
+# ------------------------------------------------------------------------------------------------
+
+class PrefillDecode(NamedTuple):
+    prompt: int                 # prompt length
+    batch: int                  # sequences generated together
+    first_token: float          # seconds to the first new token: the prefill (time to first token, TTFT)
+    per_token: float            # seconds per further token: one decoding step (time per output token, TPOT)
+
+    @property
+    def tokens_per_second(self) -> float:
+        """New tokens per second while decoding, over the whole batch."""
+        return self.batch / self.per_token
+
+
+@torch.no_grad()
+def prefill_and_decode(model, prompt: int, batch: int, new_tokens: int = 16, repeats: int = 3) -> PrefillDecode:
+    """Time a prefill of ``batch`` prompts of ``prompt`` held-out characters and the ``new_tokens`` steps after it.
+
+    The prefill runs the output head on the last position only (``logits_to_keep=1``). Medians of ``repeats``.
+    """
+    inputs = lm_data().validation.tensors[0]
+    prompts = inputs[torch.arange(batch) % len(inputs), :prompt]                   # (batch, prompt)
+    first, steps = [], []
+    for _ in range(repeats):
+        cache = KVCache.for_model(model, batch, prompt + new_tokens)
+        start = time.perf_counter()
+        token = model(prompts, cache=cache, logits_to_keep=1)[:, -1:].argmax(-1)   # (batch, 1)
+        first.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            token = model(token, cache=cache)[:, -1:].argmax(-1)
+        steps.append((time.perf_counter() - start) / (new_tokens - 1))
+    return PrefillDecode(prompt, batch, statistics.median(first), statistics.median(steps))
+
+
+# ------------------------------------------------------------------------------------------------
+# Speculative decoding: what a pass costs here, and the k it calls for
+# ------------------------------------------------------------------------------------------------
+
+class PassCosts(NamedTuple):
+    """Forward-pass costs measured at one position of a sequence, relative to the target's one-token step."""
+
+    target_step: float          # seconds of the target's one-token pass (with its cache)
+    draft: float                # the draft's one-token pass / the target's
+    verify: dict                # {k: the target's pass over k + 1 tokens / its one-token pass}
+
+    def speedup(self, alpha: float, k: int) -> float:
+        """The cost model's speed-up for drafting k tokens that are each accepted with probability alpha."""
+        return expected_speedup(alpha, k, self.draft, self.verify[k])
+
+
+@torch.no_grad()
+def pass_costs(target, draft, prompt, max_k: int = 8, repeats: int = 15) -> PassCosts:
+    """Time the target over 1, 2, …, max_k + 1 new tokens and the draft over 1, after ``prompt`` (1, seq) is cached.
+
+    Interleaved (:func:`minilib.support.bench.compare`): a busy spell slows every variant alike.
+    """
+    caches = {name: KVCache.for_model(model, 1, prompt.shape[1] + max_k + 1)
+              for name, model in (("target", target), ("draft", draft))}
+    for name, model in (("target", target), ("draft", draft)):
+        model(prompt, cache=caches[name], logits_to_keep=1)
+    seen = prompt.shape[1]
+    extra = lm_data().validation.tensors[0][1:2, :max_k + 1]                      # tokens to verify
+
+    def run(model, cache, n):
+        def step():
+            model(extra[:, :n], cache=cache, logits_to_keep=n)
+            cache.truncate(seen)
+        return step
+
+    variants = {f"target, {n} tokens": run(target, caches["target"], n) for n in range(1, max_k + 2)}
+    variants["draft, 1 token"] = run(draft, caches["draft"], 1)
+    timing = compare(variants, baseline="target, 1 tokens", warmup=2, repeats=repeats)
+    step = timing.timings["target, 1 tokens"].median
+    return PassCosts(step, 1 / timing.ratio("draft, 1 token"),
+                     {k: 1 / timing.ratio(f"target, {k + 1} tokens") for k in range(1, max_k + 1)})
+
+
+def acceptance_rate(result: SpeculativeResult, k: int) -> float:
+    """The per-token acceptance α that makes the cost model's expected accepted tokens per round equal what a run of
+    fixed ``k`` (no early stop) measured: α(1 − α^k) / (1 − α) = accepted / rounds, solved by bisection."""
+    per_round = result.accepted / max(result.target_calls, 1)
+    low, high = 0.0, 1.0
+    for _ in range(50):
+        alpha = (low + high) / 2
+        low, high = (alpha, high) if expected_tokens_per_round(alpha, k) - 1 < per_round else (low, alpha)
+    return (low + high) / 2
+
+
+class SpeculationPlan(NamedTuple):
+    k: int                      # tokens to draft per round, at most
+    min_confidence: float       # the draft ends its round after a token it is less sure of than this
+    predicted: float            # the cost model's speed-up at k
+
+
+def plan_speculation(costs: PassCosts, alpha: float) -> SpeculationPlan:
+    """The k that maximises the cost model's speed-up with the measured costs, and the draft's stopping rule.
+
+    Drafting one more token costs a draft pass and a longer verification, c_draft + δ (δ: the verification's cost
+    per token at k); it earns at most the probability that the token is kept. At the planned speed-up S a round
+    earns S per unit of cost, so a token the draft gives a probability below S · (c_draft + δ) costs more than it
+    brings: the draft stops there.
+    """
+    k = max(costs.verify, key=lambda k: costs.speedup(alpha, k))
+    predicted = costs.speedup(alpha, k)
+    per_token = costs.draft + (costs.verify[k] - 1) / k
+    return SpeculationPlan(k, min(predicted * per_token, 0.99), predicted)      # a probability: at most 0.99
+
+
+def speedup_explorer(k: int = 4, alpha: float = 0.6, draft_cost: float = 0.15, verify_per_token: float = 0.0,
+                     measured: dict | None = None, verify: dict | None = None, max_k: int = 10):
+    """The cost model's speed-up against k (1 … max_k): acceptance ``alpha``, a draft pass costing ``draft_cost``
+    target passes, verifying k + 1 tokens costing ``verify[k]`` passes when given (measured), else
+    1 + ``verify_per_token`` · k (0 where reading the weights dominates, as on a GPU). ``measured``: {k: speed-up
+    measured} drawn on top. Returns the figure (the chapter's widget redraws it)."""
+    import matplotlib.pyplot as plt
+
+    ks = [n for n in range(1, max_k + 1) if verify is None or n in verify]
+    cost = (lambda n: verify[n]) if verify is not None else (lambda n: 1 + verify_per_token * n)
+    label = "verification measured" if verify is not None else f"verify 1 + {verify_per_token:.2f}·k"
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    ax.plot(ks, [expected_speedup(alpha, n, draft_cost, cost(n)) for n in ks], "-", color="#2b6cb0",
+            label=f"predicted: α = {alpha:.2f}, draft {draft_cost:.2f}, {label}")
+    chosen = expected_speedup(alpha, k, draft_cost, cost(k))
+    ax.plot([k], [chosen], "o", color="#2b6cb0", ms=9)
+    ax.annotate(f"k = {k}: {chosen:.2f}×", (k, chosen), textcoords="offset points", xytext=(8, 8))
+    if measured:
+        ax.plot(list(measured), list(measured.values()), "x", color="#c53030", ms=10, mew=2, label="measured here")
+    ax.axhline(1, color="gray", ls="--", lw=1)
+    ax.set(xlabel="k, tokens drafted per round", ylabel="speed-up over the target alone", xticks=ks,
+           ylim=(0, max(2.0, 1.15 * max([chosen, *(measured or {}).values()]))))
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------
+# Grouped-query attention: bytes read per decoding step, with and without copying the shared heads
+# ------------------------------------------------------------------------------------------------
+
+def attention_bytes_per_step(batch: int, n_heads: int, n_kv_heads: int, length: int, head_dim: int,
+                             bytes_per_number: int = 4, copy: bool = False) -> int:
+    """Bytes one layer's attention moves in one decoding step over ``length`` cached positions.
+
+    Reading the cache: 2 · B · H_kv · T · d. Copying each shared key/value head for its group of query heads
+    (``repeat_interleave``) writes 2 · B · H · T · d more and reads them again for the products.
+    """
+    cache = 2 * batch * n_kv_heads * length * head_dim * bytes_per_number
+    copies = 2 * (2 * batch * n_heads * length * head_dim * bytes_per_number)
+    return cache + (copies if copy else 0)
+
+
+@torch.no_grad()
+def grouped_step_times(batch: int = 8, n_heads: int = 8, n_kv_heads: int = 2, length: int = 4096,
+                       head_dim: int = 32, repeats: int = 10):
+    """One decoding step's attention over a cache of ``length`` positions, with the shared heads copied
+    (``repeat_interleave``) and indexed in place (queries folded), timed interleaved → a Comparison."""
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(batch, n_heads, 1, head_dim, generator=generator)
+    k, v = (torch.randn(batch, n_kv_heads, length, head_dim, generator=generator) for _ in range(2))
+    group = n_heads // n_kv_heads
+
+    def copied():
+        return scaled_dot_product_attention(q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1))
+
+    def folded():
+        return unfold_query_groups(scaled_dot_product_attention(fold_query_groups(q, n_kv_heads), k, v), n_heads)
+
+    torch.testing.assert_close(copied(), folded())
+    return compare({"copied heads": copied, "shared heads": folded}, baseline="copied heads", repeats=repeats)
 
 
 _DATA = "char_lm_dataset(block_size=512, seed=0) of Python's help topics"

@@ -17,6 +17,7 @@ A batch is a tuple of tensors (a row of a ``TensorDataset``); a loss function ma
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from dataclasses import dataclass, field
@@ -109,6 +110,23 @@ def lm_loss(model: nn.Module, batch) -> torch.Tensor:
 # Evaluation
 # ------------------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def evaluating(*models: nn.Module):
+    """Run a block with ``models`` in eval mode (no dropout), then give each its own mode back, even after an error.
+
+        with evaluating(model):          # an interrupted evaluation leaves a training model training
+            logits = model(inputs)
+    """
+    modes = [model.training for model in models]
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for model, mode in zip(models, modes):
+            model.train(mode)
+
+
 def _batches(data: Dataset, batch_size: int, device) -> "iter[tuple[torch.Tensor, ...]]":
     for batch in DataLoader(data, batch_size=batch_size):
         yield to_device(tuple(batch), device)
@@ -122,14 +140,10 @@ def predict_logits(model: Callable, data: Dataset, batch_size: int = 256) -> tor
     ``(input_ids, attention_mask) -> logits``, such as an ONNX Runtime session (fed CPU tensors).
     """
     is_module = isinstance(model, nn.Module)
-    was_training = is_module and model.training
-    if is_module:
-        model.eval()
     device = model_device(model) if is_module else torch.device("cpu")
-    logits = [torch.as_tensor(model(*trim_padding(ids, mask))).float().cpu()
-              for ids, mask, *_ in _batches(data, batch_size, device)]
-    if is_module:
-        model.train(was_training)
+    with evaluating(*([model] if is_module else [])):
+        logits = [torch.as_tensor(model(*trim_padding(ids, mask))).float().cpu()
+                  for ids, mask, *_ in _batches(data, batch_size, device)]
     return torch.cat(logits)
 
 
@@ -145,13 +159,11 @@ def accuracy(model: Callable, data: Dataset, batch_size: int = 256) -> float:
 @torch.no_grad()
 def mean_loss(model: nn.Module, data: Dataset, loss_fn: Callable = classification_loss, batch_size: int = 256) -> float:
     """``loss_fn`` averaged over every row of ``data`` (batches weighted by their size), in eval mode."""
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    for batch in _batches(data, batch_size, model_device(model)):
-        total += loss_fn(model, batch).item() * len(batch[0])
-        count += len(batch[0])
-    model.train(was_training)
+    with evaluating(model):
+        for batch in _batches(data, batch_size, model_device(model)):
+            total += loss_fn(model, batch).item() * len(batch[0])
+            count += len(batch[0])
     return total / count
 
 

@@ -1,17 +1,20 @@
 """Checks for chapter 13 (fast generation): KV-cache bytes, speculative acceptance, q8_0.
 
-The chapter's "build it" check: one decoding step of (grouped-query) attention with a KV cache.
+The chapter's "build it" checks: one decoding step of (grouped-query) attention with a KV cache, and one round of
+speculative decoding with its cache rollback, compared with the library's token for token and cache for cache.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
-import torch.nn.functional as F
 
 import minilib.attention as attention
 import minilib.generation as generation
 from minilib.attention import MultiHeadAttention
 from minilib.course.checks.core import CheckFailed, exercise, expect_close, expect_equal
-from minilib.course.checks.guards import forbidden_calls
+from minilib.course.checks.guards import COURSE, FUSED_ATTENTION, guarded
+from minilib.generation import KVCache
 from minilib.quant.blocks import quantize_blocks
 
 
@@ -37,26 +40,51 @@ def check_accepted_count(fn):
         expect_equal(f"accepted_count({proposal}, {choices})", int(got), expected, hint=hint)
 
 
+_Q8_0_HINT = ("compute the blocks, the scales and the rounding yourself: the course's quantizers and gguf's are the "
+              "references the check compares with")
+_ZERO_BLOCK = ("a block of zeros has scale 0: w / 0 is 0/0 = NaN, and NaN cast to int8 is 0 only by accident (x86 "
+               "gives 0, other machines need not); use a zero inverse there, torch.where(scale == 0, 0, 1 / scale), "
+               "as ggml does")
+
+
+def _q8_0_cases():
+    """(weight, what) pairs: random weights, a block of zeros beside a constant one, and a row of exact halves."""
+    generator = torch.Generator().manual_seed(3)
+    halves = torch.tensor([0.5, 1.5, 2.5, -0.5, -2.5, 41.5, 126.5, 127.0] * 4) / 64   # d = 127/64 / 127 = 1/64: w/d = x.5
+    return [(torch.randn(4, 64, generator=generator), "a random (4, 64) weight"),
+            (torch.cat([torch.zeros(1, 32), torch.full((1, 32), 0.5)]), "a block of zeros and a constant one"),
+            (halves[None], "a block whose w / d are exact halves (0.5, 1.5, 2.5, −0.5, …)")]
+
+
 @exercise(points=2)
 def check_q8_0(fn):
-    """fn(w (out, in)) → (codes int8 (out, in), scales float16 (out, in/32)), equal to llama.cpp's q8_0."""
-    generator = torch.Generator().manual_seed(3)
-    for w, what in ((torch.randn(4, 64, generator=generator), "a random (4, 64) weight"),
-                    (torch.cat([torch.zeros(1, 32), torch.full((1, 32), 0.5)]), "a block of zeros and a constant one")):
+    """fn(w (out, in)) → (codes int8 (out, in), scales float16 (out, in/32)), bit for bit llama.cpp's (gguf's) q8_0."""
+    for w, what in _q8_0_cases():
         reference = quantize_blocks(w, "q8_0")
-        got = fn(w)
+        with guarded(fn, [COURSE, "gguf"], _Q8_0_HINT) as run:
+            got = fn(w.clone())
+        run.expect_finite_casts(f"your function on {what}", _ZERO_BLOCK)
         if not isinstance(got, (tuple, list)) or len(got) != 2:
             raise CheckFailed(what, "a pair (codes, scales)", type(got).__name__)
         codes, scales = got
-        expect_close(f"scales for {what}", scales, reference.scales, atol=0, rtol=1e-3,
+        for name, value, dtype, why in (("codes", codes, torch.int8, "int8, one byte per weight"),
+                                        ("scales", scales, torch.float16, "float16: two bytes per block of 32")):
+            if not isinstance(value, torch.Tensor) or value.dtype != dtype:
+                got_type = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+                raise CheckFailed(f"the {name} for {what}", f"a tensor of {dtype}", got_type,
+                                  f"q8_0 stores its {name} as {why}: convert with .to({dtype})")
+        expect_close(f"scales for {what}", scales, reference.scales, atol=0, rtol=0,
                      hint="one scale per block of 32 along the input dimension: max|w| / 127, stored as float16")
-        expect_close(f"codes for {what}", codes, reference.codes, atol=0,
-                     hint="round(w / scale) with the unrounded float32 scale; a block of zeros gets codes 0")
+        expect_close(f"codes for {what}", codes, reference.codes, atol=0, rtol=0,
+                     hint="ggml rounds halves away from zero (C's roundf: 2.5 → 3, −0.5 → −1); torch.round rounds "
+                          "them to the even neighbour (2.5 → 2)" if "halves" in what else
+                          "round(w / scale) with the unrounded float32 scale; a block of zeros (scale 0) gets codes 0")
 
 
 # --- the "build it" exercise ------------------------------------------------------------
 
-_LIBRARY = [(attention, "scaled_dot_product_attention"), (F, "scaled_dot_product_attention"), (generation, "KVCache")]
+_LIBRARY = [attention.scaled_dot_product_attention, attention.memory_efficient_attention, *FUSED_ATTENTION,
+            generation.KVCache, generation.QuantizedKVCache]
 _HINT = ("write the step yourself: the layer's projections (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj), "
          "the cache writes and the softmax")
 
@@ -87,7 +115,7 @@ def check_cached_attention_step(fn):
             for t in range(6):
                 attn.forward = _refuse_layer_call            # on this instance only: attn(...) trips
                 try:
-                    with forbidden_calls(fn, _LIBRARY, _HINT):
+                    with guarded(fn, _LIBRARY, _HINT):
                         out = fn(attn, x[:, t:t + 1], k_cache, v_cache, t)
                 finally:
                     del attn.forward
@@ -100,3 +128,80 @@ def check_cached_attention_step(fn):
             expected_k = attn.k_proj(x).view(2, 6, n_kv_heads, 16).transpose(1, 2)
             expect_close(f"k_cache[:, :, :6] after 6 steps (n_kv_heads {n_kv_heads})", k_cache[:, :, :6], expected_k,
                          hint="store the new key in the cache in place: k_cache[:, :, length] = …")
+
+
+# --- the "build it" exercise: one speculative round ----------------------------------------------------------
+
+_SPECULATIVE = [getattr(generation, name) for name in ("speculative_round", "speculative_generate", "generate",
+                                                      "decode", "_draft", "_verify")]
+_ROUND_HINT = ("write the round yourself: the draft's k passes (argmax), one target pass over the new tokens, the "
+               "agreeing prefix, the target's own token after it, and cache.truncate on both caches")
+
+
+def _round_models():
+    """A small target (2 layers, 61 tokens) and four drafts: a different model, one close to the target (it agrees,
+    disagrees, then agrees again within a round), the target itself, and one that is always wrong."""
+    from minilib.transformer import LanguageModel, TransformerConfig
+
+    def model(seed, n_layers):
+        torch.manual_seed(seed)
+        config = TransformerConfig(vocab_size=61, d_model=64, n_heads=2, n_layers=n_layers, d_ff=128, max_len=64,
+                                   dropout=0.0, norm_first=True)
+        lm = LanguageModel(config)
+        lm.lm_head.weight = torch.nn.Parameter(torch.randn(61, 64))           # untied: varied greedy tokens
+        return lm.eval()
+
+    target = model(0, 2)
+    close, wrong = copy.deepcopy(target), copy.deepcopy(target)
+    with torch.no_grad():
+        close.lm_head.weight.add_(0.2 * torch.randn(61, 64, generator=torch.Generator().manual_seed(3)))
+        wrong.lm_head.weight.copy_(target.lm_head.weight.roll(1, dims=0))    # its choice is always the target's + 1
+    return target, {"a one-layer draft": model(5, 1), "a draft close to the target": close,
+                    "the target itself as draft": target, "a draft that is always wrong": wrong}
+
+
+def _expect_same_cache(what, got, expected):
+    expect_equal(f"{what}: positions it holds (cache.length)", got.length, expected.length,
+                 hint="after the round both caches hold every token but the newest (the target's correction, which "
+                      "no model has seen): cache.truncate(min(cache.length, len(tokens) - 1))")
+    n = expected.length
+    expect_close(f"{what}: keys of positions 0 … {n - 1}", got.keys[:, :, :, :n], expected.keys[:, :, :, :n], atol=1e-4,
+                 hint="the keys kept must be those of the tokens kept: roll back with cache.truncate")
+
+
+@exercise(points=3)
+def check_speculative_round(fn):
+    """fn(target, draft, tokens (1, seq), target_cache, draft_cache, k) → tokens (1, seq + kept + 1), caches rolled back.
+
+    Five rounds from a 12-token prompt for each draft and k: the tokens and both caches must equal
+    ``minilib.generation.speculative_round``'s after every round, and the sequence the target's greedy output.
+    """
+    target, drafts = _round_models()
+    prompt = torch.randint(1, 61, (1, 12), generator=torch.Generator().manual_seed(2))
+    for name, draft in drafts.items():
+        for k in (1, 3, 4):
+            tokens = prompt
+            theirs = KVCache.for_model(target, 1, 64), KVCache.for_model(draft, 1, 64)
+            ours = tuple(copy.deepcopy(cache) for cache in theirs)
+            for round_ in range(1, 6):
+                case = f"round {round_} with {name}, k = {k}"
+                with torch.no_grad(), guarded(fn, _SPECULATIVE, _ROUND_HINT, record=False):
+                    got = fn(target, draft, tokens, *theirs, k)
+                expected = generation.speculative_round(target, draft, tokens, *ours, k).tokens
+                if not isinstance(got, torch.Tensor):
+                    raise CheckFailed(case, "the tokens, a (1, seq) tensor", type(got).__name__)
+                longer = got.dim() == 2 and got.shape[1] > expected.shape[1]
+                expect_equal(f"{case}: number of tokens after it", tuple(got.shape), tuple(expected.shape),
+                             hint="you kept more drafts than the target agrees with: stop at the first disagreement, "
+                                  "even if later drafts agree again" if longer else
+                                  "append the kept drafts and then one token of the target's: its choice at the first "
+                                  "disagreement, or after the last draft when all k agree")
+                expect_equal(f"{case}: the tokens", got.tolist(), expected.tolist(),
+                             hint="keep drafts only up to the first disagreement with the target's argmax, even if "
+                                  "later ones agree again")
+                _expect_same_cache(f"{case}, the target's cache", theirs[0], ours[0])
+                _expect_same_cache(f"{case}, the draft's cache", theirs[1], ours[1])
+                tokens = got
+            greedy = generation.generate(target, prompt, tokens.shape[1] - prompt.shape[1])
+            expect_equal(f"five rounds with {name}, k = {k}: the sequence", tokens.tolist(), greedy.tolist(),
+                         hint="speculative decoding must give exactly the target's greedy tokens")
