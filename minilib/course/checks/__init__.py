@@ -3,14 +3,14 @@
 Each chapter has its own module here (``ch02_self_attention.py``, ``ch07_quantization.py``, ...), imported below one by
 one (a new chapter module is added to that list). A check is a plain function decorated with
 :func:`~minilib.course.checks.core.exercise`; it tests the learner's answer on small hand-made cases against
-the reference and *never raises*: it prints what was expected, what was got and a hint, and returns
+the reference and, called plainly, *never raises*: it prints what was expected, what was got and a hint, and returns
 ``True`` or ``False``. The machinery the checks share is in :mod:`minilib.course.checks.core`.
 
     from minilib.course.checks import check_attention_scores
     check_attention_scores(attention_scores)   # prints ✔ or ✘ with a hint
 
-For grading, set ``MINILIB_GRADING_LOG`` to a file: every check appends one JSON line
-``{"check": name, "passed": bool, "points": p, "message": ...}`` to it.
+``check_attention_scores.assert_passes(attention_scores)`` raises when the check fails (for autograders such as
+nbgrader). Graders read results with :func:`~minilib.course.checks.core.recording`.
 """
 # ruff: noqa: F401  (this module re-exports every chapter's checks)
 from minilib.course.checks.ch00_welcome import check_gflops, check_matmul_flops, check_tensor_bytes
