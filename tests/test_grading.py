@@ -70,6 +70,7 @@ def test_a_faked_log_printout_or_display_earns_nothing(course, tmp_path, monkeyp
      "minilib.course.checks.check_split_heads"),
     ("import torch\ntorch.allclose = lambda *args, **kwargs: True", "torch.allclose"),
     ("import builtins\nbuiltins.print = lambda *args, **kwargs: None", "builtins.print"),
+    ("get_ipython().events.register('post_run_cell', lambda result: None)", "IPython.events.post_run_cell"),
 ])
 def test_rebinding_the_check_machinery_is_flagged_and_earns_nothing_after_it(course, tmp_path, rebinding, named):
     """2.1 is answered and checked before the rebinding: it keeps its points; every check after it gets none."""

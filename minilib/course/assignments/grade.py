@@ -48,9 +48,12 @@ EXERCISE_SECONDS = 300.0    # default limit for one exercise: its cells and its 
 LESSON_SECONDS = 900.0      # default limit for all the cells outside the exercises together
 
 SETUP = """\
+import torch._dynamo          # it rebinds a few of torch's functions (torch.manual_seed…) when first imported: now
 import minilib.course.checks  # every chapter's checks, registered
-import matplotlib.pyplot      # the inline backend installs its hooks now, before the first fingerprint
+import matplotlib.pyplot      # the inline backend, before the first fingerprint
 """
+# Event callbacks of these packages are the notebook machinery's own (matplotlib's inline figures, widgets…).
+KERNEL_PACKAGES = ("IPython", "ipykernel", "matplotlib_inline", "ipywidgets", "comm", "tqdm", "jupyter")
 
 FINGERPRINT = """\
 def __minilib_fingerprint():
@@ -82,11 +85,13 @@ def __minilib_fingerprint():
         add("REGISTRY[" + name + "]", vars(check), True)
     shell = get_ipython()
     for part in ("display_pub", "displayhook", "display_formatter"):
-        ids["IPython." + part] = id(getattr(shell, part))
-        add("IPython." + part, vars(getattr(shell, part)), True)
+        obj = getattr(shell, part)
+        ids["IPython." + part] = id(obj)
+        add("IPython." + part, vars(type(obj)), True)
+        add("IPython." + part, {k: v for k, v in vars(obj).items() if callable(v)}, False)   # methods set on it
     for event, callbacks in shell.events.callbacks.items():
-        ids["IPython.events." + event] = hash(tuple((id(getattr(c, "__func__", c)), id(getattr(c, "__self__", c)))
-                                                   for c in callbacks))
+        foreign = [c for c in callbacks if not str(getattr(c, "__module__", "")).startswith(KERNEL_PACKAGES)]
+        ids["IPython.events." + event] = hash(tuple(id(getattr(c, "__func__", c)) for c in foreign))
     return json.dumps(ids)
 RESULT_NAME = __minilib_fingerprint()
 del __minilib_fingerprint
@@ -237,8 +242,8 @@ class _Run:
 
     def _fingerprint(self) -> dict:
         name = f"__minilib_fingerprint_{secrets.token_hex(8)}"
-        result = self.kernel.run(FINGERPRINT.replace("RESULT_NAME", name), 120, silent=True,
-                                 user_expressions={"ids": name})
+        code = FINGERPRINT.replace("RESULT_NAME", name).replace("KERNEL_PACKAGES", repr(KERNEL_PACKAGES))
+        result = self.kernel.run(code, 120, silent=True, user_expressions={"ids": name})
         return _json(result.user_expressions.get("ids"))
 
     def _run_cells(self, cells, budget, where):
