@@ -256,6 +256,29 @@ def test_build_never_overwrites_a_students_work_without_force_then_keeps_a_backu
     assert "raise NotImplementedError()" in read_notebook(out / "02_toy.ipynb").cells[4].source
 
 
+def test_a_committed_edition_needs_no_build_record_git_keeps_it(tmp_path):
+    """As the course's self-study edition: committed to git, its build record ignored (two branches that rebuilt it
+    would conflict there). A notebook as committed may be rebuilt; one with uncommitted edits is refused."""
+    teacher = save(toy_chapter(), tmp_path / "teacher" / "02_toy.ipynb")
+    out = tmp_path / "repo" / "notebooks"
+    build([teacher], out, edition=SELF_STUDY)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run(["git", "init", "-q"], cwd=out.parent, check=True)
+    subprocess.run([*git, "add", "notebooks/02_toy.ipynb"], cwd=out.parent, check=True)
+    subprocess.run([*git, "commit", "-qm", "the student edition"], cwd=out.parent, check=True)
+    (out / ".minilib-build.json").unlink()                          # a fresh clone: no record
+
+    changed = toy_chapter()
+    changed.cells[0].source = "# A toy chapter, revised"
+    save(changed, teacher)
+    assert [r.action for r in build([teacher], out, edition=SELF_STUDY)] == ["updated"]   # as committed: safe
+    work = read_notebook(out / "02_toy.ipynb")                       # edits git has not seen
+    work.cells[4].source = ATTENTION_SOLUTION
+    save(work, out / "02_toy.ipynb")
+    with pytest.raises(StudentWorkError, match="02_toy.ipynb"):
+        build([teacher], out, edition=SELF_STUDY)
+
+
 def test_build_refuses_a_notebook_it_did_not_write(tmp_path):
     teacher = save(toy_chapter(), tmp_path / "teacher" / "02_toy.ipynb")
     save(toy_chapter(), tmp_path / "student" / "02_toy.ipynb")

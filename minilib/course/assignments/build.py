@@ -11,8 +11,10 @@ In both, a stub that runs when its cell runs (a solution region at the top level
 NotImplementedError, so its cell is tagged ``raises-exception``: JupyterLab's "Run All" and nbval go on past it.
 
 ``build`` records what it wrote in a manifest (``.minilib-build.json`` in the output folder: a SHA-256 per
-notebook). A notebook there whose bytes differ from the recorded ones has been edited since, most likely by a
-student: ``build`` refuses to overwrite it unless ``force=True``, and then copies it to ``backups/`` first.
+notebook). A notebook there whose bytes differ both from the recorded ones and from the version git has committed
+(where the folder is in a git repository) has been edited since, most likely by a student: ``build`` refuses to
+overwrite it unless ``force=True``, and then copies it to ``backups/`` first. The committed self-study edition is
+protected by git alone (its record is ignored by git: two branches that rebuilt it would otherwise conflict there).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,15 +284,26 @@ def _teacher_notebooks() -> list[Path]:
 
 
 def _action(target: Path, text: bytes, recorded) -> str:
-    """"new", "unchanged", "updated" (still exactly what build wrote last time) or "edited" (changed since)."""
+    """"new", "unchanged", "updated" (still exactly what build wrote last time, or what git has committed) or
+    "edited" (changed since)."""
     if not target.exists():
         return "new"
     current = _sha256(target.read_bytes())
     if current == _sha256(text):
         return "unchanged"
-    if recorded is not None and current == recorded["sha256"]:
+    if (recorded is not None and current == recorded["sha256"]) or current == _committed_sha256(target):
         return "updated"
     return "edited"
+
+
+def _committed_sha256(target: Path) -> str | None:
+    """SHA-256 of ``target`` as git's last commit holds it, or None (not in a git repository, or not committed)."""
+    try:
+        shown = subprocess.run(["git", "show", f"HEAD:./{target.name}"], cwd=target.parent, capture_output=True,
+                               timeout=30)
+    except (OSError, subprocess.SubprocessError):      # no git on this machine
+        return None
+    return _sha256(shown.stdout) if shown.returncode == 0 else None
 
 
 def _back_up(out: Path, name: str) -> Path:
