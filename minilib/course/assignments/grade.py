@@ -52,8 +52,9 @@ import torch._dynamo          # it rebinds a few of torch's functions (torch.man
 import minilib.course.checks  # every chapter's checks, registered
 import matplotlib.pyplot      # the inline backend, before the first fingerprint
 """
-# Event callbacks of these packages are the notebook machinery's own (matplotlib's inline figures, widgets…).
-KERNEL_PACKAGES = ("IPython", "ipykernel", "matplotlib_inline", "ipywidgets", "comm", "tqdm", "jupyter")
+# Event callbacks of these packages are the notebook machinery's own (pyplot registers one at its first figure,
+# the inline backend another, widgets theirs…): a submission's callback counts as a rebinding.
+KERNEL_PACKAGES = ("IPython", "ipykernel", "matplotlib", "ipywidgets", "comm", "tqdm", "jupyter")
 
 FINGERPRINT = """\
 def __minilib_fingerprint():
@@ -89,8 +90,16 @@ def __minilib_fingerprint():
         ids["IPython." + part] = id(obj)
         add("IPython." + part, vars(type(obj)), True)
         add("IPython." + part, {k: v for k, v in vars(obj).items() if callable(v)}, False)   # methods set on it
+    def machinery(callback):      # a function of those packages, found under its own name in its own module
+        function = getattr(callback, "__func__", callback)
+        module, found = str(getattr(function, "__module__", "")), None
+        if module.startswith(KERNEL_PACKAGES):
+            found = sys.modules.get(module)
+            for part in str(getattr(function, "__qualname__", "")).split("."):
+                found = getattr(found, part, None)
+        return found is function
     for event, callbacks in shell.events.callbacks.items():
-        foreign = [c for c in callbacks if not str(getattr(c, "__module__", "")).startswith(KERNEL_PACKAGES)]
+        foreign = [c for c in callbacks if not machinery(c)]
         ids["IPython.events." + event] = hash(tuple(id(getattr(c, "__func__", c)) for c in foreign))
     return json.dumps(ids)
 RESULT_NAME = __minilib_fingerprint()
