@@ -81,6 +81,15 @@ def test_rebinding_the_check_machinery_is_flagged_and_earns_nothing_after_it(cou
     assert named in grade.exercises[1].detail
 
 
+def test_a_lesson_that_draws_a_figure_is_not_flagged(course, tmp_path):
+    """pyplot registers a callback of its own at a notebook's first figure: the notebook's machinery, no rebinding."""
+    figure = "import matplotlib.pyplot as plt\nplt.plot([0, 1], [1, 0])\nplt.show()"
+    grade = grade_notebook(submission(course, tmp_path / "02_toy.ipynb", SOLVED, [(1, figure)]), course["teacher"],
+                           timeout=TIMEOUT)
+    assert grade.status == "completed" and grade.flags == []
+    assert scores(grade) == {"2.1": (2, "passed"), "2.2": (2, "passed"), "2.3": (None, "graded by hand")}
+
+
 def test_an_answer_that_rebinds_the_machinery_while_it_is_checked_is_flagged(course, tmp_path):
     cheat = SPLIT_SOLUTION.replace("    ### BEGIN SOLUTION", "    import torch\n    torch.allclose = lambda *a, **k: True\n"
                                                                "    ### BEGIN SOLUTION")
