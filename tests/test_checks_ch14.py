@@ -69,6 +69,13 @@ def test_the_library_is_refused(capsys):
         cos, sin = (t.repeat(1, 2) for t in (_angles(x, positions, base).cos(), _angles(x, positions, base).sin()))
         return modeling_llama.apply_rotary_pos_emb(x, x, cos, sin, unsqueeze_dim=0)[0]
 
-    for shortcut, label in ((with_ours, "minilib.rotary"), (with_hugging_face, "apply_rotary_pos_emb")):
+    def half_turn_by_a_computed_name(x, positions, base):   # the library's rotate_half, found by getattr
+        import minilib.rotary
+
+        angles = _angles(x, positions, base).repeat(1, 2)
+        return x * angles.cos() + getattr(minilib.rotary, "rotate_" + "half")(x) * angles.sin()
+
+    for shortcut, label in ((with_ours, "minilib.rotary"), (with_hugging_face, "apply_rotary_pos_emb"),
+                            (half_turn_by_a_computed_name, "minilib.rotary")):
         assert not check_rotary(shortcut)
         assert label in capsys.readouterr().out

@@ -10,7 +10,7 @@ import torch
 
 import minilib.rotary as rotary_module
 from minilib.course.checks.core import CheckFailed, exercise, expect_close
-from minilib.course.checks.guards import forbidden_calls
+from minilib.course.checks.guards import guarded
 
 _HINT = ("compute θ_i = base^(-2i/d) and the angles m·θ_i yourself, and write rotate_half yourself: "
          "[x1, x2] → [-x2, x1] on the two halves of the last dimension")
@@ -54,11 +54,11 @@ def _mistakes(x, positions, base):
 
 
 def _library():
-    """The functions the answer must not call: ours and Hugging Face's rotary embeddings."""
+    """What the answer must not call: our rotary module and Hugging Face's rotary embeddings."""
     from transformers.models.llama import modeling_llama
 
-    return [(rotary_module, name) for name in ("apply_rotary", "rotate_half", "RotaryEmbedding", "rotary_frequencies")] + \
-           [(modeling_llama, name) for name in ("apply_rotary_pos_emb", "rotate_half", "LlamaRotaryEmbedding")]
+    return [rotary_module, modeling_llama.apply_rotary_pos_emb, modeling_llama.rotate_half,
+            modeling_llama.LlamaRotaryEmbedding]
 
 
 @exercise(points=3)
@@ -72,7 +72,7 @@ def check_rotary(fn):
     library = _library()
     for shape, positions, base, what in cases:
         x = torch.randn(shape, generator=generator)
-        with forbidden_calls(fn, library, _HINT):
+        with guarded(fn, library, _HINT):
             got = fn(x.clone(), positions.clone(), base)
         if not isinstance(got, torch.Tensor) or got.shape != x.shape:
             described = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
