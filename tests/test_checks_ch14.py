@@ -69,6 +69,89 @@ def test_the_library_is_refused(capsys):
         cos, sin = (t.repeat(1, 2) for t in (_angles(x, positions, base).cos(), _angles(x, positions, base).sin()))
         return modeling_llama.apply_rotary_pos_emb(x, x, cos, sin, unsqueeze_dim=0)[0]
 
-    for shortcut, label in ((with_ours, "minilib.rotary"), (with_hugging_face, "apply_rotary_pos_emb")):
+    def half_turn_by_a_computed_name(x, positions, base):   # the library's rotate_half, found by getattr
+        import minilib.rotary
+
+        angles = _angles(x, positions, base).repeat(1, 2)
+        return x * angles.cos() + getattr(minilib.rotary, "rotate_" + "half")(x) * angles.sin()
+
+    for shortcut, label in ((with_ours, "minilib.rotary"), (with_hugging_face, "apply_rotary_pos_emb"),
+                            (half_turn_by_a_computed_name, "minilib.rotary")):
         assert not check_rotary(shortcut)
         assert label in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------ exercise 14.4
+def count_by_formula(config):
+    """The model answer: embeddings (once when tied), per block attention, SwiGLU and two gains, the final gain."""
+    attention = config.d_model * config.head_dim * (2 * config.n_heads + 2 * config.n_kv_heads)
+    block = attention + 3 * config.d_model * config.d_ff + 2 * config.d_model
+    tables = config.vocab_size * config.d_model * (1 if config.tie_embeddings else 2)
+    return tables + config.n_layers * block + config.d_model
+
+
+def count_matrix_by_matrix(config):
+    """Another correct answer: every weight's shape listed, then multiplied out (a float result is accepted)."""
+    d, hd = config.d_model, config.head_dim
+    shapes = [(d, config.n_heads * hd), (d, config.n_kv_heads * hd), (d, config.n_kv_heads * hd),
+              (config.n_heads * hd, d), (d, config.d_ff), (d, config.d_ff), (config.d_ff, d), (d, 1), (d, 1)]
+    per_block = sum(rows * cols for rows, cols in shapes)
+    heads = [(config.vocab_size, d)] * (1 if config.tie_embeddings else 2)
+    return float(config.n_layers * per_block + sum(r * c for r, c in heads) + d)
+
+
+def test_decoder_parameter_counts_pass(stub):
+    from minilib.course.checks import check_decoder_parameters
+
+    assert check_decoder_parameters(count_by_formula)
+    assert check_decoder_parameters(count_matrix_by_matrix)
+    assert not check_decoder_parameters(stub)
+
+
+def _variant(**changes):
+    """count_by_formula with one plausible miscount."""
+    def count(c):
+        d, hd = c.d_model, changes.get("head_dim", lambda c: c.head_dim)(c)
+        kv = changes.get("kv", lambda c: c.n_kv_heads)(c)
+        attention = d * hd * (2 * c.n_heads + 2 * kv)
+        block = attention + changes.get("ffn", 3) * d * c.d_ff + changes.get("gains", 2) * d
+        tables = c.vocab_size * d * changes.get("tables", lambda c: 1 if c.tie_embeddings else 2)(c)
+        return tables + c.n_layers * block + changes.get("final", 1) * d + changes.get("extra", lambda c: 0)(c)
+    return count
+
+
+@pytest.mark.parametrize("miscount, named", [
+    (_variant(tables=lambda c: 2), "count it once"),
+    (_variant(tables=lambda c: 1), "count it once"),
+    (_variant(kv=lambda c: c.n_heads), "n_kv_heads heads"),
+    (_variant(head_dim=lambda c: c.d_model // c.n_heads), "need not be d_model / n_heads"),
+    (_variant(gains=0, final=0), "two RMSNorm gains"),
+    (_variant(final=0), "the final norm"),
+    (_variant(ffn=2), "three matrices"),
+    (_variant(extra=lambda c: c.max_len * c.d_model), "no position table"),
+    (_variant(extra=lambda c: 7), "embeddings V·d"),
+])
+def test_decoder_parameter_miscounts_are_named(miscount, named, capsys):
+    from minilib.course.checks import check_decoder_parameters
+
+    assert not check_decoder_parameters(miscount)
+    assert named in capsys.readouterr().out
+
+
+def test_decoder_parameters_refuses_building_the_model(capsys):
+    import torch
+
+    from minilib.course.checks import check_decoder_parameters
+    from minilib.llama import LlamaDecoder
+
+    def built_on_meta(config):
+        with torch.device("meta"):
+            return sum(p.numel() for p in LlamaDecoder(config).parameters())
+
+    def built_small_for_real(config):   # torch alone: a tensor as large as the embedding table
+        return torch.zeros(config.vocab_size, config.d_model).numel() * 0 + count_by_formula(config)
+
+    assert not check_decoder_parameters(built_on_meta)
+    assert "minilib" in capsys.readouterr().out
+    assert not check_decoder_parameters(built_small_for_real)
+    assert "count from the sizes" in capsys.readouterr().out
