@@ -98,5 +98,10 @@ from minilib.course.checks.ch13_fast_generation import (
     check_q8_0,
     check_speculative_round,
 )
-from minilib.course.checks.ch14_modern_decoders import check_decoder_parameters, check_rotary
+from minilib.course.checks.ch14_modern_decoders import (
+    check_decoder_parameters,
+    check_gptq_layer,
+    check_rotary,
+    check_wanda_mask,
+)
 from minilib.course.checks.core import REGISTRY, CheckFailed, Exercise, exercise, expect_close, expect_equal
