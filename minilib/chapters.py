@@ -24,7 +24,8 @@ class Chapter:
 
     ``techniques``: the ``minilib`` modules the chapter teaches (``"attention"``, ``"deploy.hf"``); ``runs``,
     ``headlines``, ``checks``: whether it has the module of that kind; ``artefacts``: the names of the trained
-    models and results its runs module ships in ``data/`` (its ``ARTEFACTS``). ``written=False`` while its notebook
+    models and results its runs module ships in ``data/`` (those of its ``ARTEFACTS`` that are built and in
+    ``data/manifest.json``; one is declared here when it is shipped). ``written=False`` while its notebook
     is being written: its modules, checks and artefacts are found as any chapter's, but the editions, the notebook
     runs and the README's table of chapters leave it out until its notebook is in the course.
     """
@@ -108,12 +109,13 @@ CHAPTERS: list[Chapter] = [
             "large model's", techniques=("generation",), runs=True, headlines=True,
             artefacts=("ch13_decoder", "ch13_draft", "ch13_decoder_gqa2")),
     Chapter(14, "modern_decoders", "Modern decoders",
-            "a Llama-style decoder: RMSNorm, rotary positions, SwiGLU, grouped-query attention; BPE; compressing an "
-            "LLM (GPTQ, AWQ, SmoothQuant, Wanda, SparseGPT)",
-            "our decoder's logits equal Hugging Face's LlamaForCausalLM; our compression methods beside llmcompressor's",
+            "the Llama block (RMSNorm, rotary positions, SwiGLU, grouped-query attention), byte-level BPE; "
+            "compressing an LLM: GPTQ, AWQ, SmoothQuant, Wanda, SparseGPT",
+            "our from-scratch decoder gives Hugging Face `LlamaForCausalLM`'s logits and tokens; what each block "
+            "change costs in parameters and KV-cache bytes; each compression method beside llmcompressor",
             techniques=("rotary", "llama", "deploy.hf_llama", "quant.groupwise", "quant.layerwise", "quant.gptq",
                         "quant.awq", "quant.smoothquant", "prune.wanda", "prune.sparsegpt"),
-            runs=True, artefacts=("ch14_tokenizer", "ch14_decoder"), written=False),
+            runs=True, artefacts=("ch14_tokenizer", "ch14_decoder")),
 ]
 """Every chapter, in order."""
 

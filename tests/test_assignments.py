@@ -1,12 +1,10 @@
-"""The classroom tools: the student edition and the grader, on hand-made notebooks and on the course's own.
+"""The classroom's student editions (build), on hand-made notebooks and on the course's own.
 
-The grader tests start real Jupyter kernels (a few seconds each); the tests over the course's notebooks
-run only their exercise cells, in this process, with each notebook's imports.
+The tests over the course's notebooks run only their exercise cells, in this process, with each notebook's imports;
+the grader's tests are in test_grading.py, nbgrader's in test_nbgrader.py.
 """
 import ast
-import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +24,7 @@ from minilib.course.assignments.exercises import (
     read_notebook,
     replace_solutions,
 )
-from minilib.course.assignments.grade import grade_notebook, write_csv, write_json
+from minilib.course.checks.core import recording
 from minilib.course.editions import TEACHER_EDITION, teacher_notebooks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -258,91 +256,34 @@ def test_build_never_overwrites_a_students_work_without_force_then_keeps_a_backu
     assert "raise NotImplementedError()" in read_notebook(out / "02_toy.ipynb").cells[4].source
 
 
+def test_a_committed_edition_needs_no_build_record_git_keeps_it(tmp_path):
+    """As the course's self-study edition: committed to git, its build record ignored (two branches that rebuilt it
+    would conflict there). A notebook as committed may be rebuilt; one with uncommitted edits is refused."""
+    teacher = save(toy_chapter(), tmp_path / "teacher" / "02_toy.ipynb")
+    out = tmp_path / "repo" / "notebooks"
+    build([teacher], out, edition=SELF_STUDY)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run(["git", "init", "-q"], cwd=out.parent, check=True)
+    subprocess.run([*git, "add", "notebooks/02_toy.ipynb"], cwd=out.parent, check=True)
+    subprocess.run([*git, "commit", "-qm", "the student edition"], cwd=out.parent, check=True)
+    (out / ".minilib-build.json").unlink()                          # a fresh clone: no record
+
+    changed = toy_chapter()
+    changed.cells[0].source = "# A toy chapter, revised"
+    save(changed, teacher)
+    assert [r.action for r in build([teacher], out, edition=SELF_STUDY)] == ["updated"]   # as committed: safe
+    work = read_notebook(out / "02_toy.ipynb")                       # edits git has not seen
+    work.cells[4].source = ATTENTION_SOLUTION
+    save(work, out / "02_toy.ipynb")
+    with pytest.raises(StudentWorkError, match="02_toy.ipynb"):
+        build([teacher], out, edition=SELF_STUDY)
+
+
 def test_build_refuses_a_notebook_it_did_not_write(tmp_path):
     teacher = save(toy_chapter(), tmp_path / "teacher" / "02_toy.ipynb")
     save(toy_chapter(), tmp_path / "student" / "02_toy.ipynb")
     with pytest.raises(StudentWorkError):
         build([teacher], tmp_path / "student")
-
-
-# --- the grader ----------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def editions(tmp_path_factory):
-    """The toy chapter's solution, student and half-solved notebooks, built the way a teacher would."""
-    root = tmp_path_factory.mktemp("class")
-    teacher = save(toy_chapter(), root / "teacher" / "02_toy.ipynb")
-    build([teacher], root / "student")
-    half = read_notebook(root / "student" / "02_toy.ipynb")
-    half.cells[4].source = ATTENTION_SOLUTION
-    return {"solution": teacher, "student": root / "student" / "02_toy.ipynb",
-            "half": save(half, root / "alice" / "02_toy.ipynb")}
-
-
-def scores(grade):
-    return {e.number: (e.points, e.status) for e in grade.exercises}
-
-
-def test_grader_gives_the_solution_full_marks_the_student_edition_zero_and_half_in_between(editions):
-    solution, student, half = (grade_notebook(editions[name], timeout=120) for name in ("solution", "student", "half"))
-    assert solution.status == student.status == half.status == "completed"
-    assert (solution.score, student.score, half.score) == (4, 0, 2)
-    assert solution.max_score == student.max_score == 4 and solution.hand_graded_points == 1
-    assert scores(half) == {"2.1": (2, "passed"), "2.2": (0, "failed"), "2.3": (None, "graded by hand")}
-    assert "not done yet" in dict((e.number, e.detail) for e in half.exercises)["2.2"]
-
-
-@pytest.mark.parametrize("cell, status, reason", [
-    ("raise RuntimeError('the GPU caught fire')", "crashed", "cell 7 (\"raise RuntimeError('the GPU caught fire')\") "
-                                                             "raised RuntimeError: the GPU caught fire"),
-    ("while True:\n    pass", "timed out", "stopped at the 20 s limit while running"),
-])
-def test_a_crash_or_timeout_keeps_the_points_earned_before(tmp_path, cell, status, reason):
-    grade = grade_notebook(save(toy_chapter(cell), tmp_path / "02_toy.ipynb"), timeout=20)
-    assert grade.status == status and reason in grade.reason
-    assert scores(grade) == {"2.1": (2, "passed"), "2.2": (0, "not run"), "2.3": (None, "graded by hand")}
-    assert (grade.score, grade.max_score) == (2, 4)
-
-
-def test_a_file_that_is_not_a_notebook_is_reported_not_fatal(tmp_path):
-    path = tmp_path / "02_toy.ipynb"
-    path.write_text("this is not JSON", encoding="utf-8")
-    grade = grade_notebook(path)
-    assert grade.status == "invalid" and "not a valid notebook" in grade.reason
-    assert (grade.score, grade.max_score, grade.exercises) == (0, 0, [])
-
-
-def test_class_list_as_json_and_csv(tmp_path, editions):
-    bad = tmp_path / "bob.ipynb"
-    bad.write_text("{", encoding="utf-8")
-    grades = [grade_notebook(editions["half"], timeout=120), grade_notebook(bad)]
-    write_json(grades, tmp_path / "grades.json")
-    write_csv(grades, tmp_path / "grades.csv")
-    records = json.loads((tmp_path / "grades.json").read_text())
-    assert [(r["score"], r["max_score"], r["status"]) for r in records] == [(2, 4, "completed"), (0, 0, "invalid")]
-    with open(tmp_path / "grades.csv", newline="", encoding="utf-8") as file:
-        header, alice, bob = csv.reader(file)
-    assert header[-3:] == ["Exercise 2.1: Attention in one line (2 points)", "Exercise 2.2: Heads (2 points)",
-                           "Exercise 2.3: Why divide by √d? (written, 1 point)"]
-    assert alice[:5] == [str(editions["half"]), "completed", "2", "4", "1"] and alice[-3:] == ["2", "0", ""]
-    assert bob[:5] == [str(bad), "invalid", "0", "0", "0"] and "not a valid notebook" in bob[6]
-
-
-def run_cli(*args, cwd):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "minilib", "assignments", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def test_command_line_build_and_grade(tmp_path, editions):
-    done = run_cli("build", "--out", tmp_path / "out", editions["solution"], cwd=tmp_path)
-    assert done.returncode == 0 and "new" in done.stdout and "02_toy.ipynb" in done.stdout, done.stderr
-    missing = run_cli("grade", tmp_path / "nobody.ipynb", cwd=tmp_path)
-    assert missing.returncode == 2 and "no such notebook" in missing.stderr
-    graded = run_cli("grade", editions["half"], "--timeout", "120", "--csv", tmp_path / "grades.csv", cwd=tmp_path)
-    assert graded.returncode == 0, graded.stderr
-    assert "2/4 points (+1 graded by hand), completed" in graded.stdout
-    assert (tmp_path / "grades.csv").exists()
 
 
 # --- the test command's run of both editions ----------------------------------------------------------------
@@ -382,17 +323,15 @@ def notebook_imports(nb) -> str:
     return "\n".join(dict.fromkeys(imports))
 
 
-def run_exercise_cells(nb, exercise, log: Path, monkeypatch) -> dict[str, bool]:
-    """Execute one exercise's code cells here (after the notebook's imports); {check: passed} from the grading log."""
-    log.unlink(missing_ok=True)
-    monkeypatch.setenv("MINILIB_GRADING_LOG", str(log))
+def run_exercise_cells(nb, exercise) -> dict[str, bool]:
+    """Execute one exercise's code cells here (after the notebook's imports); {check: passed}, as recorded."""
     namespace = {}
     exec(notebook_imports(nb), namespace)
-    for index in exercise.cells:
-        if nb.cells[index].cell_type == "code":
-            exec(TransformerManager().transform_cell(nb.cells[index].source), namespace)
-    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    return {record["check"]: record["passed"] for record in records}
+    with recording() as results:
+        for index in exercise.cells:
+            if nb.cells[index].cell_type == "code":
+                exec(TransformerManager().transform_cell(nb.cells[index].source), namespace)
+    return {result["check"]: result["passed"] for result in results}
 
 
 def test_course_notebook_builds_without_leaking_solutions(course_editions):
@@ -436,7 +375,7 @@ def test_course_exercises_pass_their_checks_and_their_stubs_fail_them(course_edi
     monkeypatch.chdir(tmp_path)            # as in a student's folder: the notebooks read no file beside them
     for exercise in (e for e in find_exercises(teacher, path.name) if not e.written):
         expected = set(exercise.checks)
-        solved = run_exercise_cells(teacher, exercise, tmp_path / "log.jsonl", monkeypatch)
+        solved = run_exercise_cells(teacher, exercise)
         assert solved == dict.fromkeys(expected, True), f"exercise {exercise.number}: the solution fails {solved}"
-        stubbed = run_exercise_cells(student, exercise, tmp_path / "log.jsonl", monkeypatch)
+        stubbed = run_exercise_cells(student, exercise)
         assert stubbed == dict.fromkeys(expected, False), f"exercise {exercise.number}: a stub passes {stubbed}"

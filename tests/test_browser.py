@@ -1,4 +1,4 @@
-"""The course as a learner meets it: JupyterLab in headless Chromium, chapter 02 run cell by cell.
+"""The course as a learner meets it: JupyterLab in headless Chromium, chapter 02's student edition run cell by cell.
 
 Needs Debian's Chromium (`apt-get install chromium`) and the `playwright` Python package (in
 requirements.txt), which drives /usr/bin/chromium; no browser is downloaded. Without Chromium the
@@ -145,6 +145,7 @@ def _inspect(page):
         "explorer_images": image.count(),
         "image_changed": image.get_attribute("src") != before,
         "figures": page.locator(".jp-RenderedImage img").count(),
+        "diagrams": page.locator(".jp-RenderedMarkdown img[src^='data:image/png']").count(),   # cell attachments
         "error_outputs_shown": page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] "
                                             ":text('Traceback')").count(),
     }
@@ -174,6 +175,7 @@ def test_chapter02_runs_in_jupyterlab(lab, tmp_path):
     assert state["error_outputs_shown"] == 0
     assert state["explorer_images"] == 1 and state["image_changed"], "the attention explorer did not redraw"
     assert state["figures"] >= 1, "no matplotlib figure rendered"
+    assert state["diagrams"] >= 1, "the chapter's diagram (a cell attachment) did not render"
     assert _course_errors(errors) == [], errors
     assert (tmp_path / "chapter02.png").stat().st_size > 10_000
 

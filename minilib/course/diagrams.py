@@ -711,6 +711,109 @@ def speculative_round():
     return fig
 
 
+# --------------------------------------------------------------------------------------------- chapter 14
+def gptq_sweep():
+    """Chapter 14: GPTQ's column sweep: columns done, the one rounded now, the errors pushed onto the rest."""
+    fig, ax = _canvas(21.5, 7.8)
+    rows, cols, cell, x0, y0 = 6, 12, 0.62, 0.4, 1.6
+    fills = [GREEN] * 5 + [ORANGE] + [BLUE] * 2 + ["#eef4fb"] * 4
+    for j, fill in enumerate(fills):
+        for i in range(rows):
+            ax.add_patch(Rectangle((x0 + j * cell, y0 + i * cell), cell, cell, facecolor=fill, edgecolor="#999999",
+                                   linewidth=0.6))
+    ax.add_patch(Rectangle((x0, y0), cols * cell, rows * cell, fill=False, edgecolor=INK, linewidth=1.2))
+    for start in (0, 4, 8):                                                  # blocks of 4 columns (128 in practice)
+        left, right = x0 + start * cell, x0 + (start + 4) * cell
+        ax.plot([left + 0.05, left + 0.05, right - 0.05, right - 0.05], [y0 - 0.25, y0 - 0.4, y0 - 0.4, y0 - 0.25],
+                color=STRONG["grey"], linewidth=1.2)
+    ax.text(x0 + 6 * cell, y0 - 0.85, "lazy batches: blocks of B columns (B = 128)", ha="center", fontsize=9,
+            color=STRONG["grey"])
+    ax.text(x0, y0 + rows * cell + 1.5, "W (out × in): all rows at once, column by column →", fontsize=10,
+            weight="bold")
+    q = x0 + 5.5 * cell
+    _path(ax, [(q, y0 + rows * cell), (q, y0 + rows * cell + 1.0), (x0 + 6.9 * cell, y0 + rows * cell + 1.0),
+               (x0 + 6.9 * cell, y0 + rows * cell)], color=STRONG["orange"], width=1.6)
+    _path(ax, [(q, y0 + rows * cell + 1.0), (x0 + 10 * cell, y0 + rows * cell + 1.0),
+               (x0 + 10 * cell, y0 + rows * cell)], color=STRONG["blue"], width=1.3, dashed=True)
+    legend = [(GREEN, "done: rounded to its group's grid, never touched again"),
+              (ORANGE, "column q: rounded now, q = grid.round(w_q)"),
+              (BLUE, "rest of its block: e · U[q, q+1:] subtracted at once"),
+              ("#eef4fb", "after the block: the block's errors E · U[block, rest], one matmul")]
+    for k, (fill, text) in enumerate(legend):
+        ax.add_patch(Rectangle((9.0, 6.7 - k * 0.75), 0.5, 0.42, facecolor=fill, edgecolor=INK))
+        ax.text(9.7, 6.91 - k * 0.75, text, va="center", fontsize=9.5)
+    ax.text(9.0, 2.95, "e = (w_q − q) / U_qq          W[:, q+1:] −= e ⊗ U[q, q+1:]\n"
+                      "U: the upper Cholesky factor of (H + λI)⁻¹, H = 2XᵀX, λ = 1% of mean(diag H)\n"
+                      "its row q is OBS's H_F⁻¹[q, F] / √H_F⁻¹[q, q] for the columns F still free",
+            fontsize=9.5, va="center", bbox=dict(facecolor="white", edgecolor="#888888"))
+    ax.text(9.0, 1.0, "round-to-nearest rounds every column on its own; GPTQ lets the columns still free absorb\n"
+                      "each rounding error, so the layer's outputs XWᵀ move as little as possible",
+            fontsize=9.5, va="center", color=STRONG["grey"])
+    return fig
+
+
+def smoothing():
+    """Chapter 14: SmoothQuant's per-channel scales move an activation outlier's range into the weights (α = 0.5)."""
+    from minilib.quant.smoothquant import smoothing_scale
+
+    generator = torch.Generator().manual_seed(0)
+    x_max = 1 + 2 * torch.rand(16, generator=generator)
+    x_max[5] = 40.0                                                          # an outlier feature
+    w_max = 0.1 + 0.2 * torch.rand(16, generator=generator)
+    s = smoothing_scale(x_max, [w_max[None, :]], alpha=0.5)
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 3.9))
+    channels = torch.arange(16)
+    for ax, before, after, title in ((axes[0], x_max, x_max / s, "activations: max|X_j| per input channel"),
+                                     (axes[1], w_max, w_max * s, "weights: max|W_j| per input channel")):
+        ax.bar(channels - 0.2, before, width=0.4, color=STRONG["grey"], label="before")
+        ax.bar(channels + 0.2, after, width=0.4, color=STRONG["blue"], label="after smoothing")
+        ax.set_yscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("input channel j", fontsize=9)
+        ax.set_xticks(channels)
+        ax.legend(fontsize=8.5, frameon=False)
+    ratio = lambda v: float(v.max() / v.median())
+    fig.suptitle(f"SmoothQuant, α = 0.5: s_j = √(max|X_j| / max|W_j|); X / s and W · s keep XWᵀ.\n"
+                 f"Across channels, the activations' "
+                 f"max/median falls from {ratio(x_max):.0f}× to {ratio(x_max / s):.1f}×, the weights' rises from "
+                 f"{ratio(w_max):.1f}× to {ratio(w_max * s):.1f}×", fontsize=10)
+    fig.subplots_adjust(left=0.06, right=0.99, top=0.78, bottom=0.14, wspace=0.18)
+    return fig
+
+
+def wanda_versus_magnitude():
+    """Chapter 14: 50% of a weight pruned by |W| alone and by Wanda's |W|·‖X_j‖, when one input is large."""
+    from minilib.prune import magnitude_mask
+    from minilib.prune.wanda import wanda_mask
+
+    generator = torch.Generator().manual_seed(3)
+    weight = torch.randn(8, 12, generator=generator)
+    norms = 1 + torch.rand(12, generator=generator)
+    norms[4] = 12.0                                                          # input 4 carries large activations
+    masks = {"magnitude: prunes the 50% smallest |W_ij| of the layer": magnitude_mask(weight, 0.5),
+             "Wanda: prunes the 50% smallest |W_ij| · ‖X_j‖₂ of each row": wanda_mask(weight, norms, 0.5)}
+    fig, axes = plt.subplots(2, 2, figsize=(12, 4.8), gridspec_kw={"height_ratios": [1, 3]})
+    for column, (title, mask) in enumerate(masks.items()):
+        bars, grid = axes[0, column], axes[1, column]
+        bars.bar(range(12), norms, color=[STRONG["orange"] if j == 4 else STRONG["grey"] for j in range(12)])
+        bars.set_xlim(-0.5, 11.5)
+        bars.set_xticks([])
+        if column == 0:
+            bars.set_ylabel("‖X_j‖₂", fontsize=9)
+        bars.set_title(title, fontsize=10)
+        grid.imshow((weight.abs() * mask).numpy(), cmap="Blues", vmin=-0.3 * float(weight.abs().max()),
+                    interpolation="nearest", aspect="auto")
+        for i, j in (~mask).nonzero().tolist():
+            grid.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="white", edgecolor="#dddddd", hatch="///",
+                                     linewidth=0))
+        grid.set_xticks(range(12))
+        grid.set_yticks([])
+        grid.set_xlabel(f"input j; column 4 keeps {int(mask[:, 4].sum())} of 8 weights", fontsize=9)
+    fig.suptitle("The same 8×12 weight at 50% sparsity (blue: kept, shade = |w|; hatched: pruned)", fontsize=11)
+    fig.subplots_adjust(left=0.05, right=0.99, top=0.86, bottom=0.1, hspace=0.08, wspace=0.08)
+    return fig
+
+
 DIAGRAMS = {
     "02_tiling.png": tiling,
     "03_encoder_decoder.png": encoder_decoder,
@@ -726,6 +829,9 @@ DIAGRAMS = {
     "13_grouped_heads.png": grouped_heads,
     "13_q4_0_block.png": q4_0_block,
     "13_speculative_round.png": speculative_round,
+    "14_gptq_sweep.png": gptq_sweep,
+    "14_smoothing.png": smoothing,
+    "14_wanda_versus_magnitude.png": wanda_versus_magnitude,
 }
 ATTACHED = re.compile(r"!\[[^\]]*\]\(attachment:([^)\s]+)\)")   # ![alt](attachment:name) in a markdown cell
 

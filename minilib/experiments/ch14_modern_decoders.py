@@ -19,9 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from minilib.deploy.hf_llama import to_hf
+from minilib.experiments import llm_compression
 from minilib.experiments.artefacts import Artefact, cached_result, load_model
 from minilib.llama import DecoderConfig, LlamaDecoder
 from minilib.metrics import mean_nll
+from minilib.quant.awq import output_error
+from minilib.quant.gptq import gptq_weight
+from minilib.quant.groupwise import group_grid
 from minilib.support.data import PROSE_SPLITS, module_docstrings, prose_split, python_prose
 from minilib.support.train import TrainConfig, fit, init_weights, lm_loss, set_seed
 
@@ -155,3 +160,82 @@ DECODER = Artefact("ch14_decoder", "chapter 14's Llama-style decoder (6 layers, 
                            "lr": LR, "weight_decay": 0.1},
                    upstream=(TOKENIZER,))
 ARTEFACTS = {"ch14_tokenizer": TOKENIZER, "ch14_decoder": DECODER}
+
+
+# ------------------------------------------------------------------------------------------------ compression
+CALIBRATION_SEQUENCES = 32
+HELD_OUT_SEQUENCES = 32
+
+
+def calibration_ids() -> torch.Tensor:
+    """The calibration text of every compression method: 32 training blocks of 256 tokens, drawn with seed 0."""
+    blocks = token_blocks("train").tensors[0]
+    return blocks[torch.randperm(len(blocks), generator=torch.Generator().manual_seed(0))[:CALIBRATION_SEQUENCES]]
+
+
+def held_out() -> TensorDataset:
+    """The compression table's held-out text: the first 32 validation blocks (8,192 tokens), the same for every row
+    (so that rows compare on the same tokens; the decoder's recorded perplexity is on all 126)."""
+    return TensorDataset(*(t[:HELD_OUT_SEQUENCES] for t in token_blocks("validation").tensors))
+
+
+def compression_results(runs=llm_compression.CHAPTER_RUNS) -> llm_compression.CompressionTable:
+    """Each compression of the decoder, by minilib and by llmcompressor on its Hugging Face export (shipped)."""
+    model = decoder()
+    return llm_compression.compression_table(model, to_hf(model), calibration_ids(), held_out(), hf_tokenizer(),
+                                             runs, artefact=COMPRESSION)
+
+
+@functools.cache
+def layer_inputs(block: int, layer: str, sequences: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """A linear layer of the trained decoder and what it sees on held-out text: its weight ``(out, in)`` and its
+    inputs ``X`` ``(tokens, in)`` on the first ``sequences`` validation blocks (``layer``: e.g. ``"attn.q_proj"``)."""
+    model = decoder()
+    linear = model.layers[block].get_submodule(layer)
+    seen = []
+    handle = linear.register_forward_pre_hook(lambda module, args: seen.append(args[0].flatten(0, -2)))
+    try:
+        with torch.no_grad():
+            model(token_blocks("validation").tensors[0][:sequences])
+    finally:
+        handle.remove()
+    return linear.weight.detach().clone(), torch.cat(seen)
+
+
+@functools.cache
+def gptq_exercise(tokens: int | None = None) -> dict:
+    """Exercise 14.2's layer, block 2's q projection: its weight, inputs (the first ``tokens``), ``H = 2XᵀX/N``,
+    round-to-nearest's 4-bit grids in groups of 128, and the output errors ‖(Ŵ − W)Xᵀ‖² of GPTQ by minilib (computed
+    here) and by llmcompressor (shipped with the chapter's results: importing llmcompressor takes tens of seconds)."""
+    weight, x = layer_inputs(2, "attn.q_proj")
+    x = x[:tokens]
+    hessian, grid = 2 * x.T @ x / len(x), group_grid(weight, bits=4, group_size=128)
+    xtx = x.double().T @ x.double()
+    error = lambda approximation: output_error(weight.double(), approximation.double(), xtx)
+    codes, _ = gptq_weight(weight, hessian, grid.bits, grid.group_size)
+    references = {"minilib's GPTQ": error(grid.dequantize(codes)),
+                  "llmcompressor's GPTQ": cached_result(COMPRESSION, ["exercise 14.2", tokens], lambda: error(
+                      llm_compression.llmcompressor_gptq_weight(weight, hessian, grid)))}
+    return dict(weight=weight, x=x, hessian=hessian, grid=grid, references=references)
+
+
+def _compression_runs() -> None:
+    """What the shipped results hold: the chapter's table and exercise 14.2's llmcompressor references."""
+    compression_results()
+    for tokens in EXERCISE_TOKENS:
+        gptq_exercise(tokens)
+
+
+EXERCISE_TOKENS = (None, 64)    # all 4,096 held-out inputs, and only 64 (a singular Hessian)
+COMPRESSION = Artefact("ch14_compression", "chapter 14's compression table: perplexity, bytes and seconds of each "
+                       "method by minilib and by llmcompressor, and exercise 14.2's llmcompressor references",
+                       "results", run=_compression_runs, metrics=llm_compression.table_metrics,
+                       depends=(_compression_runs, compression_results, calibration_ids, held_out, gptq_exercise,
+                                layer_inputs, llm_compression.compression_table, llm_compression.ours_row,
+                                llm_compression.llmcompressor_row, llm_compression.score, llm_compression.compress_ours,
+                                llm_compression.compress_llmcompressor, llm_compression.llmcompressor_recipe,
+                                llm_compression.llmcompressor_gptq_weight),
+                       params={"seed": 0, "calibration_sequences": CALIBRATION_SEQUENCES,
+                               "held_out_sequences": HELD_OUT_SEQUENCES, "runs": [run.key for run in llm_compression.CHAPTER_RUNS]},
+                       upstream=(DECODER,))
+ARTEFACTS["ch14_compression"] = COMPRESSION

@@ -27,7 +27,6 @@ costs exactly the bytes of round-to-nearest. ``act_order=True`` visits the colum
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 from typing import Callable
 
@@ -36,6 +35,7 @@ from torch import nn
 
 from minilib.quant.groupwise import GroupGrid, GroupQuantLinear, check_quantizable, group_grid
 from minilib.quant.layerwise import block_linears, compress_blocks, linear_layers, recording
+from minilib.support.threads import threads
 
 DAMP, BLOCK = 0.01, 128
 
@@ -56,18 +56,6 @@ def inverse_hessian_cholesky(hessian: torch.Tensor, damp: float = DAMP) -> torch
     H.diagonal().add_(damp * H.diagonal().mean())                             # H + λI
     H_inv = torch.cholesky_inverse(torch.linalg.cholesky(H))                  # (H + λI)⁻¹ from H = LLᵀ
     return torch.linalg.cholesky(H_inv, upper=True)                            # H⁻¹ = UᵀU
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run the column sweep on one CPU thread: its thousands of small updates gain nothing from a second thread, and
-    waiting for it at each one made the sweep 20× slower on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 Decide = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -91,7 +79,7 @@ def obs_sweep(weight: torch.Tensor, hessian: torch.Tensor, decide: Decide, damp:
     order = torch.arange(W.shape[1]) if order is None else order
     W, H = W[:, order], H[order][:, order]
     U = inverse_hessian_cholesky(H, damp)
-    with one_thread():
+    with threads(1):            # thousands of small updates: a second thread costs more than it gives (20× on a busy CPU)
         _sweep(W, U, order, decide, block_size)
     return W[:, torch.argsort(order)]
 

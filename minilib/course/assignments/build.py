@@ -11,8 +11,10 @@ In both, a stub that runs when its cell runs (a solution region at the top level
 NotImplementedError, so its cell is tagged ``raises-exception``: JupyterLab's "Run All" and nbval go on past it.
 
 ``build`` records what it wrote in a manifest (``.minilib-build.json`` in the output folder: a SHA-256 per
-notebook). A notebook there whose bytes differ from the recorded ones has been edited since, most likely by a
-student: ``build`` refuses to overwrite it unless ``force=True``, and then copies it to ``backups/`` first.
+notebook). A notebook there whose bytes differ both from the recorded ones and from the version git has committed
+(where the folder is in a git repository) has been edited since, most likely by a student: ``build`` refuses to
+overwrite it unless ``force=True``, and then copies it to ``backups/`` first. The committed self-study edition is
+protected by git alone (its record is ignored by git: two branches that rebuilt it would otherwise conflict there).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,7 @@ from minilib.course.assignments.exercises import (
     ANSWER_STUB,
     CODE_STUB,
     RUBRIC,
+    Assignment,
     AssignmentError,
     Exercise,
     check_calls,
@@ -40,9 +44,11 @@ from minilib.course.assignments.exercises import (
     find_exercises,
     has_solution,
     read_notebook,
+    region_text,
     replace_solutions,
     rubric_points,
 )
+from minilib.course.assignments.nbgrader_course import nbgrader_source, write_config
 from minilib.course.checks import REGISTRY  # every chapter's checks, by name
 from minilib.course.editions import STUDENT_EDITION, TEACHER_EDITION, teacher_notebooks
 
@@ -104,7 +110,7 @@ def _with_stubs(nb, notebook, exercises, edition):
         where = describe_cell(notebook, nb, index)
         rubric = None
         if has_solution(cell.source, RUBRIC):
-            rubric = _rubric_only(cell.source)
+            rubric = region_text(cell.source, RUBRIC)
             cell.source = replace_solutions(cell.source, (), where, markers=RUBRIC).strip()
         if cell.source:                           # a cell that held only a rubric: students get no empty cell
             kept.append(_stubbed(cell, where))
@@ -132,21 +138,16 @@ def _stubbed(cell, where):
     return cell
 
 
-def _rubric_only(source: str) -> str:
-    """The text inside the rubric regions of a markdown cell, without the markers."""
-    inside, kept = False, []
-    for line in source.splitlines():
-        if line.strip() in RUBRIC:
-            inside = line.strip() == RUBRIC[0]
-        elif inside:
-            kept.append(line)
-    return "\n".join(kept).strip()
-
-
 def _new_markdown(source: str, cell_id: str):
     cell = nbformat.v4.new_markdown_cell(source)
     cell["id"] = cell_id
     return cell
+
+
+def read_assignment(path) -> Assignment:
+    """The teacher's notebook at ``path``, validated (:class:`AssignmentError` names what is wrong)."""
+    nb = read_notebook(path)
+    return Assignment(Path(path), nb, validate_assignment(nb, Path(path).name))
 
 
 def validate_assignment(nb, notebook="notebook") -> list[Exercise]:
@@ -191,6 +192,7 @@ def _validate_exercise(exercise, registry, where, nb):
         raise AssignmentError(f"{where}: exercise {exercise.number} has no '### BEGIN SOLUTION' region, so the "
                               f"student edition would contain the answer")
     worth = {name: registry[name].points for name in dict.fromkeys(exercise.checks)}
+    exercise.check_points = worth
     if sum(worth.values()) != exercise.points:
         detail = ", ".join(f"{name}: {points}" for name, points in worth.items())
         raise AssignmentError(f"{where}: the heading gives exercise {exercise.number} {exercise.points} points, "
@@ -220,30 +222,47 @@ def build(notebooks=None, out="student", force=False, edition=CLASS) -> list[Bui
     Raises :class:`StudentWorkError` (nothing written) when a notebook in ``out`` changed since the last build,
     unless ``force``.
     """
-    out = Path(out)
+    return _write_editions(Path(out), notebooks, lambda nb, path, exercises: (
+        path.name, _with_stubs(nb, path, exercises, edition)), force)
+
+
+def build_nbgrader(notebooks=None, course_dir="course", force=False) -> list[BuildResult]:
+    """Write an nbgrader course folder: ``course_dir/source/<chapter>/<chapter>.ipynb`` for each of ``notebooks``
+    (default: every chapter of the teacher's edition), with nbgrader's cell metadata
+    (:mod:`minilib.course.assignments.nbgrader_course`), and ``nbgrader_config.py`` unless one is there."""
+    course_dir = Path(course_dir)
+    results = _write_editions(course_dir, notebooks, lambda nb, path, exercises: (
+        f"source/{path.stem}/{path.name}", nbgrader_source(nb, exercises, path.name)), force)
+    write_config(course_dir)
+    return results
+
+
+def _write_editions(out: Path, notebooks, convert, force) -> list[BuildResult]:
+    """Convert each teacher's notebook with ``convert(nb, path, exercises) -> (path in out, notebook)`` and write the
+    results into ``out``; none is written if any notebook fails to convert, or if one to be replaced was edited
+    since the last build (unless ``force``: it is then backed up first)."""
     paths = [Path(p) for p in notebooks] if notebooks else _teacher_notebooks()
-    names = [path.name for path in paths]
-    if len(set(names)) < len(names):
-        raise AssignmentError(f"two notebooks share a file name and would overwrite each other in {out}: {names}")
     editions, exercises = {}, {}
     for path in paths:
         nb = read_notebook(path)
-        exercises[path.name] = validate_assignment(nb, path)
-        student = _with_stubs(nb, path, exercises[path.name], edition)
-        editions[path.name] = (nbformat.writes(student) + "\n").encode("utf-8")
+        found = validate_assignment(nb, path)
+        name, edition = convert(nb, path, found)
+        if name in editions:
+            raise AssignmentError(f"two notebooks would be written to {out / name}: {editions[name][0]} and {path}")
+        editions[name], exercises[name] = (path, (nbformat.writes(edition) + "\n").encode("utf-8")), found
     manifest = _read_manifest(out)
-    actions = {name: _action(out / name, text, manifest.get(name)) for name, text in editions.items()}
+    actions = {name: _action(out / name, text, manifest.get(name)) for name, (_, text) in editions.items()}
     edited = [name for name, action in actions.items() if action == "edited"]
     if edited and not force:
         raise StudentWorkError(out, edited)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for path in paths:
-        name, text = path.name, editions[path.name]
+    for name, (path, text) in editions.items():
         target, backup = out / name, None
         if actions[name] == "edited":
-            backup = _back_up(target)
+            backup = _back_up(out, name)
         if actions[name] != "unchanged":
+            target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(text)
         manifest[name] = {"sha256": _sha256(text), "source": Path(os.path.relpath(path, out)).as_posix()}
         action = {"edited": "replaced"}.get(actions[name], actions[name])
@@ -265,20 +284,33 @@ def _teacher_notebooks() -> list[Path]:
 
 
 def _action(target: Path, text: bytes, recorded) -> str:
-    """"new", "unchanged", "updated" (still exactly what build wrote last time) or "edited" (changed since)."""
+    """"new", "unchanged", "updated" (still exactly what build wrote last time, or what git has committed) or
+    "edited" (changed since)."""
     if not target.exists():
         return "new"
     current = _sha256(target.read_bytes())
     if current == _sha256(text):
         return "unchanged"
-    if recorded is not None and current == recorded["sha256"]:
+    if (recorded is not None and current == recorded["sha256"]) or current == _committed_sha256(target):
         return "updated"
     return "edited"
 
 
-def _back_up(target: Path) -> Path:
-    folder = target.parent / BACKUPS
-    folder.mkdir(exist_ok=True)
+def _committed_sha256(target: Path) -> str | None:
+    """SHA-256 of ``target`` as git's last commit holds it, or None (not in a git repository, or not committed)."""
+    try:
+        shown = subprocess.run(["git", "show", f"HEAD:./{target.name}"], cwd=target.parent, capture_output=True,
+                               timeout=30)
+    except (OSError, subprocess.SubprocessError):      # no git on this machine
+        return None
+    return _sha256(shown.stdout) if shown.returncode == 0 else None
+
+
+def _back_up(out: Path, name: str) -> Path:
+    """Copy ``out/name`` to ``out/backups/`` (kept out of the folders that are handed out or released)."""
+    target = out / name
+    folder = (out / BACKUPS / name).parent
+    folder.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     backup, n = folder / f"{target.stem}.{stamp}{target.suffix}", 1
     while backup.exists():

@@ -40,7 +40,8 @@ class AssignmentError(ValueError):
 @dataclass
 class Exercise:
     """One exercise: ``number`` "2.1", its ``title``, ``points``, whether it is ``written`` (graded by hand),
-    the indices of its ``cells`` (heading included) and the ``checks`` its code cells call, in order."""
+    the indices of its ``cells`` (heading included) and the ``checks`` its code cells call, in order;
+    ``check_points``: each check's points, once the exercise is validated against the checks' registry."""
 
     number: str
     title: str
@@ -48,6 +49,21 @@ class Exercise:
     written: bool
     cells: list[int] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)
+    check_points: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Assignment:
+    """A teacher's notebook as the grader and the nbgrader build use it: its ``path``, the ``notebook`` and its
+    validated ``exercises`` (made by :func:`minilib.course.assignments.build.read_assignment`)."""
+
+    path: Path
+    notebook: nbformat.NotebookNode
+    exercises: list[Exercise]
+
+    @property
+    def chapter(self) -> str:
+        return self.path.stem
 
 
 def read_notebook(path) -> nbformat.NotebookNode:
@@ -153,6 +169,18 @@ def replace_solutions(source: str, stub: tuple[str, ...], where: str, markers: t
         raise AssignmentError(f"{where}: the {kind} region opened at line {opened_at} is never closed; "
                               f"add '{end}' after the {kind}")
     return "\n".join(kept) + ("\n" if source.endswith("\n") else "")
+
+
+def region_text(source: str, markers: tuple[str, str] = (BEGIN, END)) -> str:
+    """The text inside the ``markers`` regions of ``source`` (a model answer, or with ``RUBRIC`` a rubric), markers
+    left out."""
+    inside, kept = False, []
+    for line in source.splitlines():
+        if line.strip() in markers:
+            inside = line.strip() == markers[0]
+        elif inside:
+            kept.append(line)
+    return "\n".join(kept).strip()
 
 
 def has_solution(source: str, markers: tuple[str, str] = (BEGIN, END)) -> bool:

@@ -10,8 +10,8 @@ what was got and a hint, and returns ``True`` or ``False``. The machinery the ch
     from minilib.course.checks import check_attention_scores
     check_attention_scores(attention_scores)   # prints ✔ or ✘ with a hint
 
-For grading, set ``MINILIB_GRADING_LOG`` to a file: every check appends one JSON line
-``{"check": name, "passed": bool, "points": p, "message": ...}`` to it.
+``check_attention_scores.assert_passes(attention_scores)`` raises when the check fails (for autograders such as
+nbgrader). Graders read results with :func:`~minilib.course.checks.core.recording`.
 """
 from __future__ import annotations
 

@@ -4,18 +4,22 @@ Called plainly, a check never raises: a wrong answer becomes a printed ✘ with 
 hint, and the call returns False. ``check_x.assert_passes(answer)`` prints the same, then raises
 :class:`CheckNotPassed` (an AssertionError) when the check fails: the form for autograders that count a cell that
 raises as failed (nbgrader's test cells) and for the tests of the teacher's edition.
+
+The course's own grader reads results through :func:`recording`, in the grader's own request to the kernel (see
+:mod:`minilib.course.assignments.grade`): nothing a student's code prints or writes counts.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-import json
 import math
 import numbers
-import os
+import warnings
 
 import torch
 
 REGISTRY: dict[str, "Exercise"] = {}
+_RECORDINGS: list[list] = []   # the result lists of the recordings in progress (see recording())
 
 
 class CheckFailed(AssertionError):
@@ -43,9 +47,14 @@ class Exercise:
     def assert_passes(self, *answers, **kwargs) -> None:
         """Run the check as a plain call does (printing ✔ or ✘), then raise :class:`CheckNotPassed` if it failed.
 
-        Returns None, so that a cell ending with it shows no result (nbgrader would read a number as partial credit).
+        For autograders: it returns None (nbgrader would read a number shown by the cell as partial credit), and the
+        warnings raised meanwhile are printed to stdout (nbgrader fails a test cell that writes to stderr).
         """
-        passed, message = self._report(*answers, **kwargs)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            passed, message = self._report(*answers, **kwargs)
+        for warning in caught:
+            print(f"⚠ {warning.category.__name__}: {warning.message}")
         if not passed:
             raise CheckNotPassed(message)
 
@@ -60,8 +69,21 @@ class Exercise:
         except Exception as error:  # the learner's code crashed: say where, without a wall of traceback
             passed, message = False, describe_crash(self.name, error)
         print(message)
-        _log(self.name, passed, self.points if passed else 0, message)
+        for results in _RECORDINGS:
+            results.append({"check": self.name, "passed": passed, "message": message})
         return passed, message
+
+
+@contextlib.contextmanager
+def recording():
+    """Collect the result of every check that runs inside the block: ``with recording() as results: …`` gives
+    ``[{"check": name, "passed": bool, "message": text}, ...]`` (how the grader and the tests read checks)."""
+    results = []
+    _RECORDINGS.append(results)
+    try:
+        yield results
+    finally:
+        _RECORDINGS.remove(results)
 
 
 def exercise(points: int):
@@ -270,10 +292,3 @@ def _describe(name: str, f: CheckFailed) -> str:
     if f.hint:
         lines.append(f"   hint: {f.hint}")
     return "\n".join(lines)
-
-
-def _log(name: str, passed: bool, points: int, message: str) -> None:
-    path = os.environ.get("MINILIB_GRADING_LOG")
-    if path:
-        with open(path, "a", encoding="utf-8") as log:
-            log.write(json.dumps({"check": name, "passed": passed, "points": points, "message": message}) + "\n")
