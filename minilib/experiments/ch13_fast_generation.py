@@ -260,11 +260,13 @@ def plan_speculation(costs: PassCosts, alpha: float) -> SpeculationPlan:
 
 
 def speedup_explorer(k: int = 4, alpha: float = 0.6, draft_cost: float = 0.15, verify_per_token: float = 0.0,
-                     measured: dict | None = None, verify: dict | None = None, max_k: int = 10):
+                     measured: dict | None = None, verify: dict | None = None, max_k: int = 10,
+                     planned: float | None = None):
     """The cost model's speed-up against k (1 … max_k): acceptance ``alpha``, a draft pass costing ``draft_cost``
     target passes, verifying k + 1 tokens costing ``verify[k]`` passes when given (measured), else
     1 + ``verify_per_token`` · k (0 where reading the weights dominates, as on a GPU). ``measured``: {k: speed-up
-    measured} drawn on top. Returns the figure (the chapter's widget redraws it)."""
+    measured with k drafted every round} drawn on top; ``planned``: the speed-up measured at ``k`` with the draft
+    stopping early when unsure, a point of its own. Returns the figure (the chapter's widget redraws it)."""
     import matplotlib.pyplot as plt
 
     ks = [n for n in range(1, max_k + 1) if verify is None or n in verify]
@@ -277,11 +279,15 @@ def speedup_explorer(k: int = 4, alpha: float = 0.6, draft_cost: float = 0.15, v
     ax.plot([k], [chosen], "o", color="#2b6cb0", ms=9)
     ax.annotate(f"k = {k}: {chosen:.2f}×", (k, chosen), textcoords="offset points", xytext=(8, 8))
     if measured:
-        ax.plot(list(measured), list(measured.values()), "x", color="#c53030", ms=10, mew=2, label="measured here")
+        ax.plot(list(measured), list(measured.values()), "x", color="#c53030", ms=10, mew=2,
+                label="measured here, k drafted every round")
+    if planned is not None:
+        ax.plot([k], [planned], "*", color="#2f855a", ms=13, label=f"measured here, k ≤ {k} and the stopping rule")
     ax.axhline(1, color="gray", ls="--", lw=1)
+    shown = [chosen, *(measured or {}).values(), *([] if planned is None else [planned])]
     ax.set(xlabel="k, tokens drafted per round", ylabel="speed-up over the target alone", xticks=ks,
-           ylim=(0, max(2.0, 1.15 * max([chosen, *(measured or {}).values()]))))
-    ax.legend(loc="upper right", fontsize=8)
+           ylim=(0, max(2.0, 1.15 * max(shown))))
+    ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
