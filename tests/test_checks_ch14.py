@@ -182,8 +182,8 @@ def gptq_by_obs(weight, hessian, grid, damp=0.01):
 def gptq_in_blocks(weight, hessian, grid, damp=0.01, block=64):
     """A third: lazy batches, as the paper's section 3 and the library do it."""
     W = weight.clone()
-    H = hessian + damp * hessian.diagonal().mean() * torch.eye(len(hessian))
-    U = torch.linalg.cholesky(torch.linalg.inv(H), upper=True)
+    H = hessian.double() + damp * hessian.diagonal().mean() * torch.eye(len(hessian))
+    U = torch.linalg.cholesky(torch.linalg.inv(H), upper=True).float()            # inverted in float64
     for start in range(0, W.shape[1], block):
         end = start + block
         errors = torch.zeros(W.shape[0], block)
@@ -198,6 +198,13 @@ def gptq_in_blocks(weight, hessian, grid, damp=0.01, block=64):
 
 def no_damping(weight, hessian, grid):
     return gptq_in_place(weight, hessian, grid, damp=0.0)
+
+
+def inverted_in_float32(weight, hessian, grid):
+    """GPTQ with H⁻¹ from torch.linalg.inv in float32: its smallest eigenvalues are lost, Cholesky fails."""
+    H = hessian + 0.01 * hessian.diagonal().mean() * torch.eye(len(hessian))
+    torch.linalg.cholesky(torch.linalg.inv(H), upper=True)
+    return gptq_in_place(weight, hessian, grid)
 
 
 def keep_largest(scores, sparsity):
@@ -226,6 +233,7 @@ def test_gptq_answers_pass(stub):
 @pytest.mark.parametrize("mistake, named", [
     (lambda w, h, grid: grid.round(w), "round-to-nearest's weights"),
     (no_damping, "damping"),
+    (inverted_in_float32, "float64"),
     (lambda w, h, grid: gptq_in_place(w, h, grid) + 1e-3, "between levels"),
     (lambda w, h, grid: gptq_in_place(w, h, grid)[:, :-1], "a weight of shape"),
 ])
