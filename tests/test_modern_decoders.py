@@ -1,18 +1,22 @@
-"""Chapter 14's shipped tokenizer and the token blocks it makes of Python's prose."""
+"""Chapter 14's shipped tokenizer, the token blocks it makes of Python's prose, and the shipped decoder."""
 import pytest
 import torch
 
+from minilib.deploy.hf_llama import to_hf
 from minilib.experiments import artefacts
 from minilib.experiments.ch14_modern_decoders import (
     CONTEXT,
     END_OF_TEXT,
     TOKENIZER,
     VOCAB_SIZE,
+    decoder,
     hf_tokenizer,
     token_blocks,
     tokenizer,
     train_tokenizer,
 )
+from minilib.generation import generate
+from minilib.metrics import perplexity
 from minilib.support.data import python_prose
 
 
@@ -65,3 +69,22 @@ def test_training_the_tokenizer_again_gives_the_shipped_one(bpe):
 def test_bad_split():
     with pytest.raises(ValueError, match="split must be one of"):
         token_blocks("dev")
+
+
+def test_the_shipped_decoder_is_hugging_faces_llama_on_held_out_text():
+    """The trained weights (not only random ones) give Hugging Face's logits, greedy tokens and perplexity, and the
+    perplexity of the first held-out blocks is near the recorded one (a damaged file would be far from it)."""
+    model = decoder()
+    hf_model = to_hf(model)
+    validation = token_blocks("validation")
+    blocks = validation.tensors[0][:2, :128]
+    with torch.no_grad():
+        torch.testing.assert_close(model(blocks), hf_model(blocks).logits, atol=1e-4, rtol=1e-5)
+        prompt = blocks[:1, :24]
+        theirs = hf_model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                   max_new_tokens=16, min_new_tokens=16)
+    assert torch.equal(generate(model, prompt, 16), theirs)
+    first = torch.utils.data.Subset(validation, range(4))
+    ours, recorded = perplexity(model, first, batch_size=4), artefacts.read_manifest()["ch14_decoder"]["metrics"]
+    assert ours == pytest.approx(perplexity(hf_model, first, batch_size=4), rel=1e-4)
+    assert 0.7 * recorded["validation_perplexity"] < ours < 1.3 * recorded["validation_perplexity"]
