@@ -4,6 +4,7 @@
     python -m minilib envcheck                          # is this environment ready for the course?
     python -m minilib bench [CHAPTER ...] [--markdown]  # the headline comparisons, measured here
     python -m minilib notebooks [CHAPTER ...] [--cold] [--competitor] [--markdown] [--figures DIR]   # notebook budgets
+    python -m minilib profile CHAPTER                   # where a chapter's time goes (07: int8 against fp32)
     python -m minilib zoo list|verify|rebuild [NAME ...]                            # the shipped artefacts
     python -m minilib assignments build|grade ...       # the student edition; grading
     python -m minilib edition [CHAPTER ...] [--out DIR] # the executed edition, as HTML
@@ -133,6 +134,27 @@ def _write_readme() -> None:
 
     if readme.README.exists():
         print("README.md " + ("updated" if readme.update_readme() else "already up to date"))
+
+
+# ------------------------------------------------------------------------------------------------ profile
+def _profile_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("chapter", type=_chapter, metavar="CHAPTER",
+                        help="a chapter whose runs module has a profile() (chapter 07: where a forward pass's time goes)")
+
+
+def _profile(args) -> int:
+    import importlib
+
+    from minilib.support.bench import machine_label
+
+    profiled = [chapter.name for chapter in CHAPTERS if chapter.runs
+                and hasattr(importlib.import_module(chapter.module_path("runs")), "profile")]
+    if args.chapter.name not in profiled:
+        raise UsageError(f"python -m minilib profile: chapter {args.chapter.name} has no profile; the chapters with one "
+                         f"are {', '.join(profiled)}")
+    print(importlib.import_module(args.chapter.module_path("runs")).profile())
+    print(f"\nMeasured on: {machine_label()}")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------ notebooks
@@ -306,6 +328,8 @@ COMMANDS = {
     "envcheck": Command("is this environment ready for the course? (what to fix if not)", _envcheck),
     "bench": Command("the course's headline comparisons, measured on this machine", _bench, _bench_arguments),
     "notebooks": Command("each notebook's time and peak memory against its budget", _notebooks, _notebooks_arguments),
+    "profile": Command("where a chapter's time goes, by kind of work (chapter 07's forward passes)", _profile,
+                       _profile_arguments),
     "zoo": Command("the trained models and results shipped in data/: list, verify, rebuild", _zoo, _zoo_arguments),
     "assignments": Command("for teachers: build the student edition, grade submissions", _assignments,
                            _assignments_arguments),

@@ -385,7 +385,7 @@ def test_the_course_has_one_entrance_that_lists_its_commands():
     done = subprocess.run([sys.executable, "-m", "minilib", "--help"], capture_output=True, text=True)
     assert done.returncode == 0
     assert all(f"  {command}" in done.stdout for command in ("bench", "notebooks", "zoo", "assignments", "envcheck",
-                                                             "edition", "chapters", "readme", "diagrams"))
+                                                             "edition", "chapters", "readme", "diagrams", "profile"))
     wrong = subprocess.run([sys.executable, "-m", "minilib", "edition", "--out", "build/x", "00_welcom"],
                            capture_output=True, text=True)
     assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1 and "Traceback" not in wrong.stderr
@@ -400,7 +400,9 @@ def test_the_course_has_one_entrance_that_lists_its_commands():
     (["edition", "--timeout", "-3"], "expected a positive number of seconds, got '-3'"),
     (["diagrams", "nope.svg"], "no diagram 'nope.svg'"),
     (["bench", "--bad"], "unrecognized arguments: --bad"),
-    (["assignments"], "required: build|grade"),
+    (["assignments"], "required: build|grade|gradebook"),
+    (["profile", "02"], "chapter 02_self_attention has no profile; the chapters with one are 07_quantization"),
+    (["profile"], "the following arguments are required: CHAPTER"),
 ])
 def test_a_wrong_command_line_gets_one_line_that_says_what_was_expected(argv, expected, capsys):
     assert main(argv) == 2

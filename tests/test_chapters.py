@@ -1,5 +1,6 @@
 """The chapter registry: every chapter declared once, and a declared chapter seen by the command line, the zoo, the
 checks and the README alike (a toy chapter is added with one entry and found everywhere)."""
+import dataclasses
 import re
 import sys
 import types
@@ -11,7 +12,7 @@ from torch import nn
 
 from minilib import chapters, cli
 from minilib.chapters import CHAPTERS, Chapter
-from minilib.course import checks, readme
+from minilib.course import checks, editions, readme
 from minilib.course.checks import core
 from minilib.experiments import artefacts, headlines, zoo
 
@@ -141,6 +142,22 @@ def test_a_toy_chapter_needs_one_entry_to_be_seen_everywhere(toy_chapter, capsys
     assert check_toy_answer(lambda x: 2 * x) and "check_toy_answer" in core.REGISTRY
     # the README's table of chapters
     assert "[%02d Toy](notebooks/%s)" % (toy_chapter.number, toy_chapter.notebook) in readme.sections()["chapters"]
+
+
+def test_a_chapter_whose_notebook_is_being_written_has_its_modules_found_and_no_notebook_listed(toy_chapter, capsys):
+    index = CHAPTERS.index(toy_chapter)
+    CHAPTERS[index] = dataclasses.replace(toy_chapter, written=False)
+    try:
+        from minilib.course.checks import check_toy_answer  # its checks, artefacts and headlines, as any chapter's
+
+        assert check_toy_answer(lambda x: 2 * x) and [a.name for a in zoo.shipped_artefacts()][-1] == "toy_model"
+        assert headlines.with_headlines()[-1].name == toy_chapter.name
+        assert toy_chapter.notebook not in [path.name for path in editions.teacher_notebooks()]
+        assert toy_chapter.notebook not in [path.name for path in editions.student_notebooks()]
+        assert "Toy" not in chapters.markdown_table()
+        assert cli.main(["chapters"]) == 0 and "(being written)" in capsys.readouterr().out
+    finally:
+        CHAPTERS[index] = toy_chapter
 
 
 def test_toy_artefact_model_loads_what_rebuild_shipped(toy_chapter):

@@ -62,9 +62,10 @@ def test_pyproject_declares_every_package_minilib_imports_and_nothing_else():
     anywhere = required.union(*extras.values())
     undeclared = sorted(set(imported) - anywhere)
     assert not undeclared, f"imported inside functions: declare {undeclared} in dependencies or an optional group"
-    # used through other packages (torch.onnx.export needs onnx and onnxscript, transformers' tokenizers) or by the
-    # tests that check the course against them (gguf, rouge-score, llmcompressor)
-    indirect = {"tokenizers", "onnx", "onnxscript", "gguf", "rouge-score", "llmcompressor"}
+    # used through other packages (torch.onnx.export needs onnx and onnxscript, transformers' tokenizers), by the
+    # tests that check the course against them (gguf, rouge-score, llmcompressor) or by the test command's options
+    # (pytest-xdist: -n 2)
+    indirect = {"tokenizers", "onnx", "onnxscript", "gguf", "rouge-score", "llmcompressor", "pytest-xdist"}
     unused = sorted(anywhere - set(imported) - indirect)
     assert not unused, f"declared but imported nowhere in minilib: {unused}"
 

@@ -184,10 +184,11 @@ def profile_table(profiles: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def where_the_time_goes(batch: int = 8, seq: int = 128) -> str:
+def profile(batch: int = 8, seq: int = 128) -> str:
     """Chapter 07's profile table on the fine-tuned MiniLM classifier: fp32, our int8 eager and compiled
     (``quantize_model(..., compiled=True)``, compiling first) and ONNX Runtime's dynamic int8 (when installed),
-    milliseconds per forward pass by kind of work. ``python -m minilib.experiments.ch07_quantization`` prints it."""
+    milliseconds per forward pass of ``batch`` sequences of ``seq`` tokens, by kind of work. ``python -m minilib profile 07``
+    prints it."""
     import tempfile
 
     from minilib.deploy.export import export_onnx
@@ -210,9 +211,3 @@ def where_the_time_goes(batch: int = 8, seq: int = 128) -> str:
             profiles["ONNX Runtime int8"] = ort
     return profile_table(profiles)
 
-
-if __name__ == "__main__":
-    from minilib.support.bench import machine_label
-
-    print(where_the_time_goes())
-    print(f"\nms per forward pass (batch 8, seq 128) on {machine_label()}")

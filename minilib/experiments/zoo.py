@@ -72,7 +72,8 @@ def _groups(artefacts: list[Artefact]) -> list[list[Artefact]]:
 
 
 def _metrics_text(metrics: dict) -> str:
-    return ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()) or "no metrics"
+    return ", ".join(f"{name} {int(value):,}" if float(value).is_integer() else f"{name} {value:.4f}"   # a count whole
+                     for name, value in metrics.items()) or "no metrics"
 
 
 def rebuild_artefacts(artefacts: list[Artefact]) -> int:
