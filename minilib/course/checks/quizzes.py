@@ -1,0 +1,241 @@
+"""Recap quizzes: about five questions that close a chapter, checked like any exercise.
+
+In the teacher's edition a quiz is an exercise of the usual form: a heading ``### Exercise 2.7: Recap quiz
+(2 points)``, a markdown cell with the questions (their text and choices live in the notebook, where a teacher edits
+them and every viewer renders them), an answer function and its check::
+
+    def recap_02():
+        \"\"\"Your answers: {question number: a letter, letters or a number}.\"\"\"
+        ### BEGIN SOLUTION
+        return {1: "b", 2: "ac", 3: 12.6, 4: "d", 5: "a"}
+        ### END SOLUTION
+
+    check_recap_02(recap_02)
+
+The student edition gets the stub; the check says which questions are not right yet and which section of the
+chapter to reread, never the right answer. The library keeps no answer in plain text: each :class:`Question` holds
+only a salted SHA-256 digest of its normalised answer (:func:`answer_digest`), so reading this file reveals nothing
+that trying the choices would not. A number is right within one unit of its last decimal
+(``decimals=1``: 12.5, 12.6 and 12.7 for 12.6), compared through the digests of the neighbouring values.
+
+A chapter's quiz is one entry of :data:`QUIZZES`; importing this module registers ``check_recap_NN`` for each,
+worth the quiz's points (all its questions right), under the chapter's name.
+
+Writing a quiz: put the questions and the model answer in the teacher's edition, then print the digests to paste
+here with ``python -m minilib.course.checks.quizzes 02 '{1: "b", 2: "ac", 3: 12.6}'``. The teacher's edition's
+model answers pass their checks (``pytest notebooks/NN_*.ipynb``), which keeps the two in step.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import math
+import numbers
+import sys
+from dataclasses import dataclass
+
+from minilib.course.checks.core import CheckFailed, exercise
+
+LETTERS = "abcdefgh"
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question: ``choices`` (the letters a learner may answer, ``"abcd"``; empty for a number), the ``digest``
+    of its answer, ``several`` (several letters together are the answer: all the right ones and no other),
+    ``decimals`` (a number's precision) and ``section``: where the chapter teaches it, the hint of a wrong answer."""
+
+    digest: str
+    section: str
+    choices: str = ""
+    several: bool = False
+    decimals: int = 0
+
+    @property
+    def numeric(self) -> bool:
+        return not self.choices
+
+    def form(self) -> str:
+        """What an answer looks like, for messages: ``a letter among a–d``, ``a number to 1 decimal``."""
+        if self.numeric:
+            return f"a number ({self.decimals} decimal{'s' if self.decimals != 1 else ''})"
+        span = f"{self.choices[0]}–{self.choices[-1]}"
+        return f"one or more letters among {span}, e.g. \"{self.choices[0]}{self.choices[-1]}\"" if self.several \
+            else f"one letter among {span}"
+
+
+@dataclass(frozen=True)
+class Quiz:
+    """A chapter's recap quiz: ``chapter`` ("02"), the ``module`` of its checks (``"ch02_self_attention"``), its
+    ``points`` and questions, numbered from 1."""
+
+    chapter: str
+    module: str
+    points: int
+    questions: tuple[Question, ...]
+
+
+def _salt(chapter: str, number: int) -> str:
+    return f"minilib recap quiz {chapter}, question {number}: "
+
+
+def answer_digest(chapter: str, number: int, normalised: str) -> str:
+    """The digest stored for question ``number`` of chapter ``chapter``'s quiz whose normalised answer is given."""
+    return hashlib.sha256((_salt(chapter, number) + normalised).encode()).hexdigest()[:24]
+
+
+def _formatted(value: float, decimals: int) -> str:
+    return f"{round(value, decimals):.{max(decimals, 0)}f}"
+
+
+def normalised_answers(question: Question, answer) -> list[str]:
+    """The normalised forms of ``answer`` to compare (a number: itself and its two neighbours in the last decimal).
+
+    Raises ValueError saying what is wrong with the answer's form (not with its value).
+    """
+    if question.numeric:
+        value = _number(answer)
+        unit = 10.0 ** -question.decimals
+        return [_formatted(value + k * unit, question.decimals) for k in (0, -1, 1)]
+    return ["".join(sorted(set(_letters(answer, question))))]
+
+
+def _number(answer) -> float:
+    if isinstance(answer, str):
+        try:
+            return _finite(float(answer.strip().replace(",", "")))
+        except ValueError:
+            raise ValueError("a number is asked, not text: write the number alone, without its unit") from None
+    if isinstance(answer, bool) or not (isinstance(answer, numbers.Real) or hasattr(answer, "item")):
+        raise ValueError(f"a number is asked, not {type(answer).__name__}")
+    return _finite(float(answer))
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("a finite number is asked")
+    return value
+
+
+def _letters(answer, question: Question) -> str:
+    if isinstance(answer, (list, tuple, set, frozenset)) and all(isinstance(a, str) for a in answer):
+        answer = "".join(answer)
+    if not isinstance(answer, str):
+        raise ValueError(f"letters are asked, as a string such as \"{question.choices[0]}\", not {type(answer).__name__}")
+    letters = "".join(c for c in answer.lower() if not (c.isspace() or c in ",;()."))
+    unknown = sorted(set(letters) - set(question.choices))
+    if unknown:
+        raise ValueError(f"{', '.join(map(repr, unknown))} {'is not a choice' if len(unknown) == 1 else 'are not choices'}")
+    if not letters:
+        raise ValueError("no letter")
+    if len(set(letters)) > 1 and not question.several:
+        raise ValueError("this question has one right choice: give one letter")
+    return letters
+
+
+def is_right(quiz: Quiz, number: int, answer) -> bool:
+    """Whether ``answer`` is right for question ``number`` (from 1) of ``quiz``; ValueError for a malformed answer."""
+    question = quiz.questions[number - 1]
+    return any(answer_digest(quiz.chapter, number, form) == question.digest
+               for form in normalised_answers(question, answer))
+
+
+def _answers_by_number(quiz: Quiz, answers) -> dict[int, object]:
+    count = len(quiz.questions)
+    if isinstance(answers, (list, tuple)):
+        answers = dict(enumerate(answers, start=1))
+    if not isinstance(answers, dict):
+        raise CheckFailed("your answers", f"a dict {{question number: answer}} for questions 1–{count}",
+                          type(answers).__name__, "return a dict such as {1: \"a\", 2: \"bd\", 3: 0.5}")
+    by_number = {}
+    for key, value in answers.items():
+        try:
+            number = int(key)
+        except (TypeError, ValueError):
+            number = 0
+        if not 1 <= number <= count:
+            raise CheckFailed("your answers", f"the question numbers 1–{count} as keys", repr(key),
+                              "number the answers as the questions are numbered")
+        by_number[number] = value
+    missing = [n for n in range(1, count + 1) if n not in by_number]
+    if missing:
+        raise CheckFailed("your answers", f"an answer to each of the {count} questions",
+                          f"no answer to question{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}",
+                          "answer every question; a guess is better than nothing: the check says which to reread")
+    return by_number
+
+
+def check_quiz(quiz: Quiz, answers) -> None:
+    """Raise :class:`CheckFailed` unless every answer of ``answers`` (a dict by question number) is right.
+
+    A malformed answer is named first (with the form asked); then the questions not right yet, with the sections
+    to reread, never the right answers.
+    """
+    wrong = []
+    for number, answer in sorted(_answers_by_number(quiz, answers).items()):
+        question = quiz.questions[number - 1]
+        try:
+            right = is_right(quiz, number, answer)
+        except ValueError as error:
+            raise CheckFailed(f"question {number}'s answer", question.form(), f"{answer!r}: {error}",
+                              "letters as strings (\"b\", or \"ac\" where several are right), numbers as numbers") from None
+        if not right:
+            wrong.append(number)
+    if wrong:
+        right = len(quiz.questions) - len(wrong)
+        rereads = "; ".join(f"question {n}: {quiz.questions[n - 1].section}" for n in wrong)
+        raise CheckFailed(f"{right} of {len(quiz.questions)} answers are right", "every answer right",
+                          f"question{'s' if len(wrong) > 1 else ''} {', '.join(map(str, wrong))} not right yet",
+                          f"reread {rereads}")
+
+
+def _register(quiz: Quiz):
+    """Register ``check_recap_NN`` for ``quiz``: it calls the learner's answer function and checks every answer."""
+    def check(answer_function):
+        check_quiz(quiz, answer_function() if callable(answer_function) else answer_function)
+
+    check.__name__ = check.__qualname__ = f"check_recap_{quiz.chapter}"
+    check.__module__ = f"minilib.course.checks.{quiz.module}"
+    check.__doc__ = f"Chapter {quiz.chapter}'s recap quiz: {len(quiz.questions)} questions, all right to pass."
+    return exercise(points=quiz.points)(check)
+
+
+QUIZZES: dict[str, Quiz] = {}
+
+CHECKS = {f"check_recap_{chapter}": _register(quiz) for chapter, quiz in QUIZZES.items()}
+globals().update(CHECKS)
+
+
+def digests(chapter: str, answers: dict, quiz: Quiz | None = None) -> dict[int, str]:
+    """The digests of a model answer, to write a quiz: numbers as given (their decimals as written), letters sorted.
+
+    ``quiz``: an existing quiz whose questions say how to normalise (otherwise a float keeps the decimals it is
+    written with, and a string is letters).
+    """
+    result = {}
+    for number, answer in answers.items():
+        if quiz is not None:
+            form = normalised_answers(quiz.questions[number - 1], answer)[0]
+        elif isinstance(answer, str):
+            form = "".join(sorted(set(answer.lower())))
+        else:
+            text = repr(answer)
+            decimals = len(text.split(".")[1]) if "." in text else 0
+            form = _formatted(float(answer), decimals)
+        result[number] = answer_digest(chapter, number, form)
+    return result
+
+
+def main(argv=None) -> int:
+    """``python -m minilib.course.checks.quizzes 02 '{1: "b", 3: 12.6}'``: print the digests to paste in QUIZZES."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print(main.__doc__)
+        return 2
+    for number, digest in digests(argv[0], ast.literal_eval(argv[1])).items():
+        print(f"question {number}: {digest!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
