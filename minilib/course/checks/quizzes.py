@@ -15,8 +15,9 @@ them and every viewer renders them), an answer function and its check::
 The student edition gets the stub; the check says which questions are not right yet and which section of the
 chapter to reread, never the right answer. The library keeps no answer in plain text: each :class:`Question` holds
 only a salted SHA-256 digest of its normalised answer (:func:`answer_digest`), so reading this file reveals nothing
-that trying the choices would not. A number is right within one unit of its last decimal
-(``decimals=1``: 12.5, 12.6 and 12.7 for 12.6), compared through the digests of the neighbouring values.
+that trying the choices would not. A number is right within ``slack`` units of its last decimal
+(``decimals=1, slack=1``: 12.5, 12.6 and 12.7 for 12.6; ``slack=0`` for an exact count), compared through the digests
+of the neighbouring values.
 
 A chapter's quiz is one entry of :data:`QUIZZES`; importing this module registers ``check_recap_NN`` for each,
 worth the quiz's points (all its questions right), under the chapter's name.
@@ -43,13 +44,15 @@ LETTERS = "abcdefgh"
 class Question:
     """One question: ``choices`` (the letters a learner may answer, ``"abcd"``; empty for a number), the ``digest``
     of its answer, ``several`` (several letters together are the answer: all the right ones and no other),
-    ``decimals`` (a number's precision) and ``section``: where the chapter teaches it, the hint of a wrong answer."""
+    ``decimals`` (a number's precision), ``slack`` (how many units of its last decimal either side are accepted too:
+    0 for an exact count) and ``section``: where the chapter teaches it, the hint of a wrong answer."""
 
     digest: str
     section: str
     choices: str = ""
     several: bool = False
     decimals: int = 0
+    slack: int = 1
 
     @property
     def numeric(self) -> bool:
@@ -89,14 +92,14 @@ def _formatted(value: float, decimals: int) -> str:
 
 
 def normalised_answers(question: Question, answer) -> list[str]:
-    """The normalised forms of ``answer`` to compare (a number: itself and its two neighbours in the last decimal).
+    """The normalised forms of ``answer`` to compare (a number: itself and its neighbours within ``slack``).
 
     Raises ValueError saying what is wrong with the answer's form (not with its value).
     """
     if question.numeric:
         value = _number(answer)
         unit = 10.0 ** -question.decimals
-        return [_formatted(value + k * unit, question.decimals) for k in (0, -1, 1)]
+        return [_formatted(value + k * unit, question.decimals) for k in range(-question.slack, question.slack + 1)]
     return ["".join(sorted(set(_letters(answer, question))))]
 
 
@@ -200,7 +203,24 @@ def _register(quiz: Quiz):
     return exercise(points=quiz.points)(check)
 
 
-QUIZZES: dict[str, Quiz] = {}
+def _quiz(chapter: str, module: str, *questions: Question, points: int = 2) -> Quiz:
+    return Quiz(chapter, module, points, questions)
+
+
+QUIZZES: dict[str, Quiz] = {quiz.chapter: quiz for quiz in [
+    _quiz("00", "ch00_welcome",
+          Question("6b4a314232e35dc4ee1bc0c0", "section 2, counting work: the FLOPs of a matrix product", slack=0),
+          Question("39d6351961453c709b6c3f30", "section 2: the median and the spread", "abcd"),
+          Question("c83d7cf76627191273dc9266", "the second roof: arithmetic intensity, FLOPs per byte moved"),
+          Question("2f4dd0b01cb6410a06217614", "the second roof: memory bandwidth", "abcd"),
+          Question("b67c88aff85ed3bd0f4b526e", "section 4, comparing fairly", "abcd")),
+    _quiz("01", "ch01_why_fast_and_small",
+          Question("8285c3d31bd7e3319843c954", "section 1, where the parameters are", "abcd"),
+          Question("71c43056d522f74b86d464f9", "section 2's rule of thumb, FLOPs per parameter per token", slack=0),
+          Question("e09ca4c3549cb18e52cfb5b8", "section 6, attention against the FFN", slack=0),
+          Question("44451970195e6a5d940f21c3", "section 7, time per generated token", "abcd"),
+          Question("3b9a38b9a05abf22eecef8ce", "section 7, the KV cache", decimals=1)),
+]}
 
 CHECKS = {f"check_recap_{chapter}": _register(quiz) for chapter, quiz in QUIZZES.items()}
 globals().update(CHECKS)
