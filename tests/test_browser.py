@@ -224,6 +224,7 @@ def test_executed_edition_formulas_read_offline(tmp_path):
     from minilib.course import edition
 
     nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("latex2mathml", reason="latex2mathml is not installed (pip install -r requirements.txt)")
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
         "# 96 · Formulas offline\n\nThe scores $S = QK^\\top / \\sqrt{d_k}$, then\n\n"
         "$$\\mathrm{Attention}(Q, K, V) = \\mathrm{softmax}\\!\\left(\\frac{QK^\\top}{\\sqrt{d_k}}\\right)V$$")])

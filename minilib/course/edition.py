@@ -73,8 +73,11 @@ def mathml(tex: str, display: bool = False) -> str:
 
     A formula the converter cannot read is kept as its LaTeX source in a ``<code>`` element, never dropped.
     """
-    from latex2mathml.converter import convert
-
+    try:
+        from latex2mathml.converter import convert
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError("the executed edition writes formulas as MathML with the latex2mathml package: "
+                                  "pip install -r requirements.txt (or pip install latex2mathml)") from error
     try:
         return convert(tex, display="block" if display else "inline")
     except Exception:  # the converter's errors have no common base class

@@ -220,9 +220,18 @@ QUIZZES: dict[str, Quiz] = {quiz.chapter: quiz for quiz in [
           Question("e09ca4c3549cb18e52cfb5b8", "section 6, attention against the FFN", slack=0),
           Question("44451970195e6a5d940f21c3", "section 7, time per generated token", "abcd"),
           Question("3b9a38b9a05abf22eecef8ce", "section 7, the KV cache", decimals=1)),
+    _quiz("02", "ch02_self_attention",
+          Question("bedf3484905290cc52da7df5", "step 2, why divide by √d_k", "abcd"),
+          Question("e8dd1275b449b4a929fca4e5", "part 3, masks", "abcd"),
+          Question("aaee8f05608e9d5775d4a147", "part 4, the n × n problem", decimals=1),
+          Question("84c115e7de5a70a16470e2fc", "part 4, online softmax", "abcd"),
+          Question("a215141448c00627c44926f9", "part 4: what memory-efficient attention saves, and what it does not",
+                   "abcd")),
 ]}
 
-CHECKS = {f"check_recap_{chapter}": _register(quiz) for chapter, quiz in QUIZZES.items()}
+# Run as a command (python -m …), this file is executed a second time as __main__ after the package has imported and
+# registered it: only the first run registers the checks.
+CHECKS = {} if __name__ == "__main__" else {f"check_recap_{chapter}": _register(quiz) for chapter, quiz in QUIZZES.items()}
 globals().update(CHECKS)
 
 
