@@ -227,6 +227,12 @@ QUIZZES: dict[str, Quiz] = {quiz.chapter: quiz for quiz in [
           Question("84c115e7de5a70a16470e2fc", "part 4, online softmax", "abcd"),
           Question("a215141448c00627c44926f9", "part 4: what memory-efficient attention saves, and what it does not",
                    "abcd")),
+    _quiz("03", "ch03_transformer",
+          Question("f0d192f16612f3718aa493ab", "part 1, the residual path in post-norm and pre-norm", "abcd"),
+          Question("517bbe1e090911fb62f6f59f", "part 1, where a layer's parameters are", slack=0),
+          Question("beadf47fb6b5c286dcb1d374", "part 3, the causal mask", "abcd"),
+          Question("3a986cee3f1239cd18507146", "part 5, teacher forcing", "abcd"),
+          Question("72e2fc120f113d8fec6fe0c1", "part 6.3, gradient clipping", decimals=2)),
 ]}
 
 # Run as a command (python -m …), this file is executed a second time as __main__ after the package has imported and
