@@ -5,6 +5,7 @@ import nbformat
 import pytest
 
 from minilib import cli
+from minilib.course import edition
 
 # requirements.txt installs it; an environment made before it was added skips the formula tests until it is installed
 needs_latex2mathml = pytest.mark.skipif(importlib.util.find_spec("latex2mathml") is None,
