@@ -13,7 +13,7 @@ def pacing_text() -> str:
 
 def study_minutes() -> dict[int, tuple[int, int]]:
     """{chapter: (lesson minutes, exercise minutes)} from the table's rows (two chapters to a row)."""
-    rows = re.findall(r"\|\s*(\d\d) [^|]+\|\s*(\d+) min\s*\|\s*(\d+) min\s*\|", pacing_text())
+    rows = re.findall(r"\|\s*ch\. (\d\d) [^|]+\|\s*(\d+) min\s*\|\s*(\d+) min\s*\|", pacing_text())
     return {int(chapter): (int(lesson), int(exercises)) for chapter, lesson, exercises in rows}
 
 
