@@ -1,1 +1,32 @@
-"""minilib: the small library behind the course."""
+"""minilib: the small library behind the course.
+
+Importing it (any ``minilib.…`` module) first quiets what torchao logs on a machine where its CUDA-only extensions
+cannot load (every CPU, and any Python other than the one they were built for): "Failed to load …/torchao/_C….so",
+and torch's notice about how torchao registers its enums. They are messages for torchao's developers that a learner
+reads as errors, and transformers imports torchao whenever it is installed, so every chapter that loads a model
+would print them. The course uses none of those extensions. Only those messages are dropped: every other message of
+the two loggers, and every warning, still shows.
+"""
+import logging as _logging
+import re as _re
+
+KNOWN_NOISE = {
+    "torchao": _re.compile(r"^Failed to load \S*torchao[/\\]_C\w*\.\S+: "),
+    "torch.utils._pytree": _re.compile(r"is an Enum subclass and is now natively supported by torch\.compile"),
+}
+
+
+class _DropKnownNoise(_logging.Filter):
+    """Drops the records of one logger whose message matches ``pattern``; lets every other record through."""
+
+    def __init__(self, pattern):
+        super().__init__()
+        self.pattern = pattern
+
+    def filter(self, record):
+        return not self.pattern.search(record.getMessage())
+
+
+for _name, _pattern in KNOWN_NOISE.items():
+    if not any(isinstance(f, _DropKnownNoise) for f in _logging.getLogger(_name).filters):
+        _logging.getLogger(_name).addFilter(_DropKnownNoise(_pattern))

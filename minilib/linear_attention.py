@@ -216,6 +216,45 @@ def step(state, q_t, k_t, v_t, feature_map="elu"):
     return (kv, normaliser), _normalise(numerator, denominator)
 
 
+def delta_rule_step(state, q_t, k_t, v_t, beta=1.0, decay=1.0):
+    """One token of (gated) delta-rule linear attention: the state corrects what it stores instead of adding to it.
+
+        S ← α S + β k_t (v_t − (α S)ᵀ k_t)ᵀ,   out_t = Sᵀ q_t          (k_t and q_t scaled to unit length)
+
+    Plain linear attention adds φ(k_t) v_tᵀ to S, so reading S at a stored key returns the blur of every pair.
+    The delta rule (DeltaNet: Schlag, Irie & Schmidhuber 2021; Yang et al. 2024) first reads what S holds at k_t and
+    writes only the error: with β = 1, reading at k_t right after returns v_t exactly. The decay α < 1 is Gated
+    DeltaNet's forgetting gate (Yang, Kautz & Hatamizadeh 2025; Mamba-2 and GLA gate a plain linear state the same
+    way): old pairs fade, which frees the fixed-size state for new ones. Models learn β and α per token; here they
+    are numbers, or tensors of shape (batch, heads).
+
+    state: None (start) or S (batch, heads, d, d_v); q_t, k_t: (batch, heads, d); v_t: (batch, heads, d_v).
+    Returns (S, out_t (batch, heads, d_v)).
+    """
+    q_t, k_t = F.normalize(q_t, dim=-1), F.normalize(k_t, dim=-1)
+    memory = k_t.new_zeros(*k_t.shape, v_t.shape[-1]) if state is None else state
+    beta, decay = (torch.as_tensor(x, dtype=v_t.dtype, device=v_t.device)[..., None, None] for x in (beta, decay))
+    kept = decay * memory                                                  # α S
+    error = v_t - (k_t[..., None, :] @ kept)[..., 0, :]                    # v_t − what α S recalls at k_t
+    memory = kept + beta * k_t[..., :, None] * error[..., None, :]         # + β k_t errorᵀ
+    return memory, (q_t[..., None, :] @ memory)[..., 0, :]                 # Sᵀ q_t
+
+
+def delta_rule_attention(q, k, v, beta=1.0, decay=1.0, return_state=False):
+    """Causal (gated) delta-rule attention over a whole sequence, one :func:`delta_rule_step` per token.
+
+    q, k: (batch, heads, n, d); v: (batch, heads, n, d_v) -> (batch, heads, n, d_v), and with ``return_state`` the
+    state S (batch, heads, d, d_v) after the last token too. A loop over the tokens, written to be read: the models
+    that use it (Gated DeltaNet, Kimi Linear) run a chunked parallel form on GPUs.
+    """
+    state, outputs = None, []
+    for t in range(q.shape[-2]):
+        state, out = delta_rule_step(state, q[..., t, :], k[..., t, :], v[..., t, :], beta, decay)
+        outputs.append(out)
+    outputs = torch.stack(outputs, dim=-2)
+    return (outputs, state) if return_state else outputs
+
+
 def performer_error(q, k, v, feature_counts, seeds=(0, 1, 2)):
     """Relative error of Performer attention against exact softmax attention, per feature count.
 

@@ -216,3 +216,32 @@ def test_executed_edition_opens_in_the_browser(tmp_path):
         browser.close()
     assert plots and all(width > 100 for width in plots), plots
     assert errors == [], errors
+
+
+def test_executed_edition_formulas_read_offline(tmp_path):
+    """A page of the executed edition with every network request refused (a laptop offline): each formula is drawn
+    by the browser from the page's MathML, with a real size, and no raw LaTeX shows."""
+    from minilib.course import edition
+
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("latex2mathml", reason="latex2mathml is not installed (pip install -r requirements.txt)")
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
+        "# 96 · Formulas offline\n\nThe scores $S = QK^\\top / \\sqrt{d_k}$, then\n\n"
+        "$$\\mathrm{Attention}(Q, K, V) = \\mathrm{softmax}\\!\\left(\\frac{QK^\\top}{\\sqrt{d_k}}\\right)V$$")])
+    page_path = tmp_path / "96_formulas.html"
+    page_path.write_text(edition.to_html(notebook), encoding="utf-8")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 900, "height": 500})
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
+                   else route.abort("internetdisconnected"))
+        page.goto(page_path.as_uri())
+        page.wait_for_selector("math")
+        boxes = page.eval_on_selector_all("math", "els => els.map(e => e.getBoundingClientRect())"
+                                                  ".map(r => [r.width, r.height])")
+        text = page.inner_text("body")
+        page.screenshot(path=str(tmp_path / "formulas-offline.png"))
+        browser.close()
+    assert len(boxes) == 2 and all(width > 20 and height > 10 for width, height in boxes), boxes
+    assert boxes[1][1] > 1.5 * boxes[0][1], "the display formula (a fraction) should be taller than the inline one"
+    assert "\\sqrt" not in text and "$" not in text, text

@@ -10,6 +10,8 @@ from minilib.attention import MultiHeadAttention
 from minilib.linear_attention import (
     FavorFeatures,
     LinformerAttention,
+    delta_rule_attention,
+    delta_rule_step,
     linear_attention,
     orthogonal_random_features,
     performer_error,
@@ -175,3 +177,34 @@ def test_linformer_equals_softmax_over_projected_keys():
 def test_bad_input_says_what_was_expected(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_delta_rule_recalls_orthonormal_keys_exactly_where_plain_linear_attention_blurs():
+    d, n = 32, 16
+    keys = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(0)))[0][:n][None, None]  # (1,1,n,d)
+    values = torch.randn(1, 1, n, 8, generator=torch.Generator().manual_seed(1))
+    stored, state = delta_rule_attention(keys, keys, values, return_state=True)   # the last state holds every pair
+    recalled = keys[0, 0] @ state[0, 0]                         # read the final state at every stored key
+    torch.testing.assert_close(recalled, values[0, 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(stored[0, 0, -1], values[0, 0, -1], atol=1e-5, rtol=0)
+    plain = linear_attention(keys, keys, values)                 # elu+1 features: every pair overlaps in S
+    assert (plain - values).norm() / values.norm() > 0.5
+
+
+def test_delta_rule_step_is_the_matrix_update_with_its_gate():
+    """S ← α (I − β k kᵀ) S + β k vᵀ, written with explicit matrices, for unnormalised inputs and per-head gates."""
+    g = torch.Generator().manual_seed(2)
+    d, dv = 6, 5
+    S = torch.randn(2, 3, d, dv, generator=g)
+    q, k, v = torch.randn(2, 3, d, generator=g), 3 * torch.randn(2, 3, d, generator=g), torch.randn(2, 3, dv, generator=g)
+    beta, decay = torch.rand(2, 3, generator=g), torch.rand(2, 3, generator=g)
+    new, out = delta_rule_step(S, q, k, v, beta=beta, decay=decay)
+    for b in range(2):
+        for h in range(3):
+            unit = k[b, h] / k[b, h].norm()
+            expected = decay[b, h] * (torch.eye(d) - beta[b, h] * torch.outer(unit, unit)) @ S[b, h] \
+                + beta[b, h] * torch.outer(unit, v[b, h])
+            torch.testing.assert_close(new[b, h], expected, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(out[b, h], expected.T @ (q[b, h] / q[b, h].norm()), atol=1e-5, rtol=1e-5)
+    forgotten, _ = delta_rule_step(S, q, k, v, beta=1.0, decay=0.0)  # a closed gate keeps only the new pair
+    torch.testing.assert_close(forgotten, (k / k.norm(dim=-1, keepdim=True))[..., :, None] * v[..., None, :])

@@ -190,6 +190,38 @@ def tiling():
     return fig
 
 
+def multihead_split():
+    """Chapter 02: Q (seq, 384) cut into 12 column blocks of 32, viewed as (seq, 12, 32), transposed to (12, seq, 32)."""
+    heads, seq, unit = 12, 6, 0.34
+    colours = plt.get_cmap("tab20")(range(heads))
+    fig, ax = _canvas(23.4, 8.2)
+    x0, y0 = 0.6, 1.6
+    for h in range(heads):                                     # Q: one row per token, 12 blocks of 32 columns
+        for t in range(seq):
+            ax.add_patch(Rectangle((x0 + h * 3 * unit, y0 + t * unit), 3 * unit, unit, facecolor=colours[h],
+                                   edgecolor="white", linewidth=0.6))
+        ax.text(x0 + (h + 0.5) * 3 * unit, y0 - 0.3, f"{h}", ha="center", va="top", fontsize=8, color=INK)
+    ax.text(x0 + heads * 1.5 * unit, y0 + seq * unit + 0.3, "Q = X W_Q: (seq, 384), one row per token",
+            ha="center", va="bottom", fontsize=10, weight="bold")
+    ax.text(x0 + heads * 1.5 * unit, y0 - 0.85, "head h owns columns 32h … 32h + 31", ha="center", va="top",
+            fontsize=9, color=STRONG["grey"])
+    _arrow(ax, (13.3, y0 + seq * unit / 2), (15.5, y0 + seq * unit / 2))
+    ax.text(14.4, y0 + seq * unit / 2 - 0.3, ".view(seq, 12, 32)\n.transpose(0, 1)", ha="center", va="top",
+            fontsize=8, family="DejaVu Sans Mono")
+    x1 = 16.0
+    for h in reversed(range(heads)):                           # (12, seq, 32): the heads stacked, head 0 in front
+        dx, dy = h * 0.36, h * 0.3
+        ax.add_patch(Rectangle((x1 + dx, y0 + dy), 3 * unit, seq * unit, facecolor=colours[h], edgecolor=INK,
+                               linewidth=0.8))
+    ax.text(x1 + 0.5 * 3 * unit, y0 - 0.3, "head 0", ha="center", va="top", fontsize=8)
+    ax.text(x1 + 11 * 0.36 + 0.5 * 3 * unit, y0 + 11 * 0.3 + seq * unit + 0.15, "head 11", ha="center",
+            va="bottom", fontsize=8)
+    ax.text(x1 + 2.6, y0 - 0.85, "(12, seq, 32): the heads become a batch dimension;\n"
+                                 "one call attends in all twelve, each on its own 32 columns",
+            ha="center", va="top", fontsize=9, color=STRONG["grey"])
+    return fig
+
+
 # --------------------------------------------------------------------------------------------- chapter 03
 def _sublayer_stack(ax, x, y0, w, names, fills, residual_side="left"):
     """Post-norm sublayers stacked upwards: each is block → ⊕ (residual from below) → LayerNorm.
@@ -816,6 +848,7 @@ def wanda_versus_magnitude():
 
 DIAGRAMS = {
     "02_tiling.png": tiling,
+    "02_multihead_split.png": multihead_split,
     "03_encoder_decoder.png": encoder_decoder,
     "04_sparse_masks.png": sparse_masks,
     "05_kernel_trick.png": kernel_trick,

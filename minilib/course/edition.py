@@ -8,8 +8,10 @@ the edition also checks that every chapter runs under the tools teachers and rea
     python -m minilib edition --out build/edition                     # every chapter (the student edition)
     python -m minilib edition --out build/edition 02                  # one chapter (or a notebook's path)
 
-Then open ``build/edition/index.html``. A static page cannot run Python: widgets are drawn by a
-script the page fetches from a CDN (online only) and their sliders do not redraw; run the notebook for that.
+Then open ``build/edition/index.html``. The formulas are written into the pages as MathML when they are built
+(:func:`mathml`, with the latex2mathml package), which every current browser draws itself: the pages read the same offline, with no
+MathJax to fetch. A static page cannot run Python: widgets are drawn by a script the page fetches from a CDN (online
+only) and their sliders do not redraw; run the notebook for that.
 """
 from __future__ import annotations
 
@@ -66,11 +68,63 @@ def title(notebook, fallback: str) -> str:
     return fallback
 
 
-def to_html(notebook) -> str:
-    """A self-contained HTML page of an executed notebook: images are embedded, nothing is fetched to read it."""
-    from nbconvert import HTMLExporter
+def mathml(tex: str, display: bool = False) -> str:
+    """A formula (LaTeX, as between ``$…$`` or ``$$…$$`` in a notebook's markdown) as a MathML element.
 
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(notebook)
+    A formula the converter cannot read is kept as its LaTeX source in a ``<code>`` element, never dropped.
+    """
+    try:
+        from latex2mathml.converter import convert
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError("the executed edition writes formulas as MathML with the latex2mathml package: "
+                                  "pip install -r requirements.txt (or pip install latex2mathml)") from error
+    try:
+        return convert(tex, display="block" if display else "inline")
+    except Exception:  # the converter's errors have no common base class
+        return f'<code class="tex">{html.escape(tex)}</code>'
+
+
+# The lab template without MathJax (its formulas are MathML already), and math a little larger than the text, as
+# MathJax draws it.
+_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block extra_css -%}{{ super() }}<style>math { font-size: 1.1em; } math[display="block"] { margin: .6em 0; }</style>
+{%- endblock extra_css -%}"""
+
+
+def _exporter():
+    """nbconvert's HTML exporter (JupyterLab's look) whose markdown renderer writes each formula as MathML."""
+    import jinja2
+    from nbconvert import HTMLExporter
+    from nbconvert.filters.markdown_mistune import IPythonRenderer, MarkdownWithMath
+
+    class MathMLRenderer(IPythonRenderer):
+        def block_math(self, body: str) -> str:
+            return mathml(body, display=True)
+
+        def inline_math(self, body: str) -> str:
+            return mathml(body)
+
+        def latex_environment(self, name: str, body: str) -> str:
+            return mathml(f"\\begin{{{name}}}{body}\\end{{{name}}}", display=True)
+
+    class EditionExporter(HTMLExporter):
+        @jinja2.pass_context
+        def markdown2html(self, context, source):
+            cell = context.get("cell", {})
+            renderer = MathMLRenderer(escape=False, attachments=cell.get("attachments", {}),
+                                      embed_images=self.embed_images, anchor_link_text=self.anchor_link_text,
+                                      exclude_anchor_links=self.exclude_anchor_links, **self.lexer_options)
+            return MarkdownWithMath(renderer=renderer).render(source)
+
+    return EditionExporter(template_name="lab", template_file="edition.html.j2",
+                           extra_loaders=[jinja2.DictLoader({"edition.html.j2": _TEMPLATE})])
+
+
+def to_html(notebook) -> str:
+    """A self-contained HTML page of an executed notebook: images embedded, formulas as MathML; nothing is fetched to
+    read it (only the widgets' script, which needs a network to draw them)."""
+    body, _ = _exporter().from_notebook_node(notebook)
     return body
 
 

@@ -104,16 +104,9 @@ def onnx_dynamic_int8(onnx_path: str | Path, out_path: str | Path | None = None)
 
 
 def _import_torchao():
-    """Import torchao quietly: it logs about CUDA-only extensions a CPU machine cannot load."""
-    quiet = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [logger.level for logger in quiet]
-    for logger in quiet:
-        logger.setLevel(logging.ERROR)
-    try:
-        return require("torchao", TORCHAO_HINT)
-    finally:
-        for logger, level in zip(quiet, levels):
-            logger.setLevel(level)
+    """Import torchao, or raise NotAvailable. Its messages about CUDA-only extensions a CPU machine cannot load are
+    dropped as soon as ``minilib`` is imported (``minilib/__init__.py``)."""
+    return require("torchao", TORCHAO_HINT)
 
 
 def copy_sharing_embeddings(model: nn.Module) -> nn.Module:

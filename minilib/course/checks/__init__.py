@@ -19,12 +19,14 @@ import importlib
 
 from minilib.chapters import CHAPTERS, Chapter
 from minilib.course.checks.core import REGISTRY, CheckFailed, Exercise, exercise, expect_close, expect_equal
+from minilib.course.checks.quizzes import CHECKS as _RECAP_QUIZZES  # check_recap_NN: each chapter's recap quiz
 
 
 def chapter_checks(chapters: list[Chapter] | None = None) -> dict[str, Exercise]:
     """Every check of the chapters' check modules (all of :data:`~minilib.chapters.CHAPTERS` by default), by name.
 
-    Importing a module registers its exercises (:data:`~minilib.course.checks.core.REGISTRY`).
+    Importing a module registers its exercises (:data:`~minilib.course.checks.core.REGISTRY`); a chapter's recap quiz
+    (``check_recap_NN``, :mod:`~minilib.course.checks.quizzes`) counts as one of its checks.
     """
     checks = {}
     for chapter in CHAPTERS if chapters is None else chapters:
@@ -34,6 +36,7 @@ def chapter_checks(chapters: list[Chapter] | None = None) -> dict[str, Exercise]
         for name, value in vars(module).items():
             if isinstance(value, Exercise) and value.chapter == chapter.module:
                 checks[name] = value
+        checks.update({name: quiz for name, quiz in _RECAP_QUIZZES.items() if quiz.chapter == chapter.module})
     return checks
 
 
