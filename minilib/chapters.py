@@ -115,7 +115,7 @@ CHAPTERS: list[Chapter] = [
             "change costs in parameters and KV-cache bytes; each compression method beside llmcompressor",
             techniques=("rotary", "llama", "deploy.hf_llama", "quant.groupwise", "quant.layerwise", "quant.gptq",
                         "quant.awq", "quant.smoothquant", "prune.wanda", "prune.sparsegpt"),
-            runs=True, headlines=True, artefacts=("ch14_tokenizer", "ch14_decoder")),
+            runs=True, headlines=True, artefacts=("ch14_tokenizer", "ch14_decoder", "ch14_compression")),
 ]
 """Every chapter, in order."""
 

@@ -247,9 +247,10 @@ def llmcompressor_row(hf_model: nn.Module, run: Run, calibration: torch.Tensor, 
 
 
 def table_metrics(results: dict) -> dict:
-    """The shipped results' metrics: each row's perplexity, ``"<tool> <label> perplexity"``."""
+    """The shipped results' metrics: each row's perplexity, ``"<tool> <label> perplexity"`` (other entries, such as
+    an exercise's reference numbers, have none)."""
     return {f"{row['tool']} {row['label']} perplexity": row["perplexity"]
-            for row in results.values() if "perplexity" in row}
+            for row in results.values() if isinstance(row, dict) and "perplexity" in row}
 
 
 # ------------------------------------------------------------------------------------------ outlier features
