@@ -13,7 +13,13 @@ from test_assignments import ATTENTION_SOLUTION, SPLIT_SOLUTION, save, toy_chapt
 
 from minilib.cli import main
 from minilib.course.assignments.build import build, read_assignment
-from minilib.course.assignments.classroom import find_submissions, grade_class, write_gradebook, write_outputs
+from minilib.course.assignments.classroom import (
+    feedback,
+    find_submissions,
+    grade_class,
+    write_gradebook,
+    write_outputs,
+)
 from minilib.course.assignments.exercises import read_notebook
 from minilib.course.assignments.grade import grade_notebook
 
@@ -66,8 +72,8 @@ def test_a_faked_log_printout_or_display_earns_nothing(course, tmp_path, monkeyp
 @pytest.mark.parametrize("rebinding, named", [
     ("import minilib.course.checks.core as core\ncore.Exercise._report = lambda self, *a, **k: (True, '✔')",
      "minilib.course.checks.core.Exercise._report"),
-    ("import minilib.course.checks as checks\nchecks.check_split_heads = lambda answer: True",
-     "minilib.course.checks.check_split_heads"),
+    ("import minilib.course.checks as checks\nfor name in dir(checks):\n    if name.startswith('check_'):\n"
+     "        setattr(checks, name, lambda answer: True)", "minilib.course.checks.check_split_heads"),  # every check
     ("import torch\ntorch.allclose = lambda *args, **kwargs: True", "torch.allclose"),
     ("import builtins\nbuiltins.print = lambda *args, **kwargs: None", "builtins.print"),
     ("get_ipython().events.register('post_run_cell', lambda result: None)", "IPython.events.post_run_cell"),
@@ -79,6 +85,9 @@ def test_rebinding_the_check_machinery_is_flagged_and_earns_nothing_after_it(cou
     assert scores(grade) == {"2.1": (2, "passed"), "2.2": (0, "flagged"), "2.3": (None, "graded by hand")}
     assert grade.status == "flagged" and any(named in flag for flag in grade.flags), grade.flags
     assert named in grade.exercises[1].detail
+    changes = [flag.split(": ", 2)[2] for flag in grade.flags]                  # each change flagged once
+    assert len(changes) == len(set(changes)), grade.flags
+    assert len(feedback(grade).splitlines()) < 40                                # however many names were rebound
 
 
 def test_a_lesson_that_draws_a_figure_is_not_flagged(course, tmp_path):
@@ -143,7 +152,7 @@ def test_a_file_that_is_not_a_notebook_is_reported(course, tmp_path):
 
 def test_a_class_graded_in_parallel_into_a_gradebook_feedback_and_hand_grades(course, tmp_path, capsys):
     subs = tmp_path / "submissions"
-    submission(course, subs / "alice" / "work" / "02_toy.ipynb", SOLVED)                 # a folder per student
+    submission(course, subs / "alice" / "work" / "02_toy.ipynb", {**SOLVED, 10: "The softmax saturates."})
     submission(course, subs / "bob" / "02_toy.ipynb", {4: ATTENTION_SOLUTION})
     submission(course, subs / "carol_02_toy.ipynb", {7: SPLIT_SOLUTION})                # the name in the file name
     (subs / "dave").mkdir()
@@ -172,8 +181,8 @@ def test_a_class_graded_in_parallel_into_a_gradebook_feedback_and_hand_grades(co
 
     with open(out / "hand_grades.csv", newline="", encoding="utf-8") as file:
         template = list(csv.DictReader(file))
-    assert [(r["student"], r["exercise"], r["max_points"], r["points"]) for r in template] == [
-        ("alice", "2.3", "1", ""), ("bob", "2.3", "1", ""), ("carol", "2.3", "1", "")]
+    assert [(r["student"], r["exercise"], r["max_points"], r["points"], r["answer"]) for r in template] == [
+        ("alice", "2.3", "1", "", "The softmax saturates."), ("bob", "2.3", "1", "", ""), ("carol", "2.3", "1", "", "")]
     template[0].update(points="1", comment="saturation, well explained")
     template[1].update(points="3")                                                      # more than it is worth
     with open(out / "hand_grades.csv", "w", newline="", encoding="utf-8") as file:

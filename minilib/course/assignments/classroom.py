@@ -13,7 +13,8 @@ is the teacher's notebook whose name its file name contains, or else the one its
 **What is written** into ``--out`` (default ``grades/``): ``gradebook.csv`` (one row per student, a column per
 exercise, each chapter's total and the grand total), ``grades.json`` (everything, each check's message included),
 ``feedback/<student>/<chapter>.md`` (what each student gets back) and, unless it exists, ``hand_grades.csv``:
-a row per written exercise of each submission, its ``points`` and ``comment`` for the teacher to fill in.
+a row per written exercise of each submission with the student's ``answer``, its ``points`` and ``comment`` for the
+teacher to fill in.
 ``gradebook`` merges it without running anything again. Nothing a student submitted is written to.
 """
 from __future__ import annotations
@@ -32,7 +33,8 @@ from minilib.course.assignments.exercises import Assignment, AssignmentError
 from minilib.course.assignments.grade import EXERCISE_SECONDS, LESSON_SECONDS, Grade, grade_notebook
 
 HAND_GRADES = "hand_grades.csv"
-HAND_COLUMNS = ["student", "chapter", "exercise", "title", "max_points", "points", "comment"]
+HAND_COLUMNS = ["student", "chapter", "exercise", "title", "max_points", "points", "comment", "answer"]
+FLAGS_SHOWN = 10      # in a student's feedback; grades.json keeps them all
 
 
 @dataclass
@@ -217,8 +219,11 @@ def feedback(grade: Grade) -> str:
     if grade.cell_errors:
         lines += ["## Cells that failed", ""] + [f"- {error}" for error in grade.cell_errors] + [""]
     if grade.flags:
+        shown = grade.flags[:FLAGS_SHOWN]
+        more = [f"- … and {len(grade.flags) - len(shown)} more"] if len(grade.flags) > len(shown) else []
         lines += ["## Flagged", "", "Checks that ran after your notebook changed the course's check machinery give "
-                  "no points. What changed:", ""] + [f"- {flag}" for flag in grade.flags] + [""]
+                  "no points. What changed (each where it was first seen):", ""] + [f"- {flag}" for flag in shown]
+        lines += more + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -231,7 +236,7 @@ def _write_hand_grades_template(grades: list[Grade], path: Path) -> None:
         for grade in sorted(grades, key=lambda g: (g.student, g.chapter)):
             for e in grade.exercises:
                 if e.written:
-                    writer.writerow([grade.student, grade.chapter, e.number, e.title, e.max_points, "", ""])
+                    writer.writerow([grade.student, grade.chapter, e.number, e.title, e.max_points, "", "", e.answer])
 
 
 def read_hand_grades(path: Path, grades: list[Grade]):

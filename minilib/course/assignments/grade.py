@@ -34,6 +34,7 @@ from pathlib import Path
 from time import monotonic
 
 from minilib.course.assignments.exercises import (
+    ANSWER_STUB,
     Assignment,
     AssignmentError,
     check_calls,
@@ -127,7 +128,8 @@ class ExerciseScore:
     """The score of one exercise. ``points`` is None for a written answer until a teacher grades it.
 
     ``status``: "passed", "failed", "not run", "timed out", "crashed", "flagged" (its check ran after the submission
-    rebound the check machinery: no points) or "graded by hand"; ``detail``: why, in words a student can act on.
+    rebound the check machinery: no points) or "graded by hand"; ``detail``: why, in words a student can act on;
+    ``answer``: a written exercise's answer, the text the student wrote in its markdown cells.
     """
 
     number: str
@@ -137,6 +139,7 @@ class ExerciseScore:
     status: str
     detail: str = ""
     written: bool = False
+    answer: str = ""
 
 
 @dataclass
@@ -212,7 +215,7 @@ class _Run:
         self.timeout, self.lesson_timeout = timeout, lesson_timeout
         self.env = dict(os.environ if env is None else env)
         self.kernel, self.baseline, self.replay = None, {}, []
-        self.flags, self.errors = [], []
+        self.flags, self.errors, self.noticed = [], [], set()
 
     def grade(self) -> list[ExerciseScore]:
         scores, lesson_left = {}, self.lesson_timeout
@@ -281,16 +284,22 @@ class _Run:
         where = f"exercise {exercise.number}"
         spent, failure = self._run_cells(cells, self.timeout, where)
         if exercise.written:
-            return _score(exercise, "graded by hand", "a written answer: your teacher grades it")
+            score = _score(exercise, "graded by hand", "a written answer: your teacher grades it")
+            score.answer = written_answer(self.submission, exercise, self.teacher)
+            return score
         if not self.kernel.alive:
             self._start()
-        rebound = self._rebound("before its check")
+        before = self._rebound()
         results = self._checks(exercise, max(self.timeout - spent, 10.0))
-        rebound += self._rebound("while its check ran")
-        if rebound:
-            self.flags += [f"{where}: {item}" for item in rebound]
+        during = [change for change in self._rebound() if change not in before]
+        if before or during:
+            self._flag(where, "before its check", before)
+            self._flag(where, "while its check ran", during)
+            ours = self._expected(exercise)      # this exercise's own checks first, then the rest
+            changes = sorted(before + during, key=lambda change: not any(name in change for name in ours))
+            more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
             return _score(exercise, "flagged", "no points: the check ran after your code had changed the course's "
-                                               "check machinery (" + "; ".join(rebound[:3]) + ")")
+                                               f"check machinery ({'; '.join(changes[:3])}{more})")
         score = _score_from_checks(exercise, self._expected(exercise), results, failure)
         if note and score.status != "passed":
             score.detail = f"{score.detail} ({note})"
@@ -312,14 +321,20 @@ class _Run:
         return {"results": recorded.get("results", []), "crashed": recorded.get("crashed", []),
                 "status": result.status if not result.ok or recorded else "unreadable"}
 
-    def _rebound(self, when: str) -> list[str]:
-        """The fingerprinted names whose object changed since the kernel started (rebound or deleted)."""
+    def _rebound(self) -> list[str]:
+        """What changed since the kernel started: each fingerprinted name whose object was rebound or deleted."""
         if not self.kernel.alive:
             return []
         now = self._fingerprint()
         if not now:
-            return [f"{when}: the check machinery could not be inspected"]
-        return [f"{when}: {name} was rebound" for name, ident in self.baseline.items() if now.get(name) != ident]
+            return ["the check machinery could not be inspected"]
+        return [f"{name} was rebound" for name, ident in self.baseline.items() if now.get(name) != ident]
+
+    def _flag(self, where: str, when: str, changes: list[str]) -> None:
+        """Add to the grade's flags each change not flagged before, with the exercise where it was first seen."""
+        fresh = [change for change in changes if change not in self.noticed]
+        self.noticed.update(fresh)
+        self.flags += [f"{where}: {when}: {change}" for change in fresh]
 
 
 def segments(submission, exercises, teacher) -> list[tuple]:
@@ -341,6 +356,17 @@ def segments(submission, exercises, teacher) -> list[tuple]:
         else:
             runs.append((exercise, [index]))
     return runs
+
+
+def written_answer(submission, exercise, teacher) -> str:
+    """What the student wrote for the written ``exercise``: its markdown cells in the submission that are neither the
+    teacher's (the question), the empty answer stub nor the self-study edition's criteria, joined; "" if none."""
+    given = {teacher.cells[index].source.strip() for index in exercise.cells} | set(ANSWER_STUB)
+    theirs = next((e for e in find_exercises(submission, strict=False) if e.number == exercise.number), None)
+    cells = [submission.cells[index] for index in theirs.cells[1:]] if theirs else []
+    return "\n\n".join(cell.source.strip() for cell in cells
+                        if cell.cell_type == "markdown" and cell.source.strip() not in given
+                        and not str(cell.get("id", "")).endswith("-rubric"))
 
 
 def _score(exercise, status, detail="") -> ExerciseScore:
