@@ -13,6 +13,7 @@ import re as _re
 KNOWN_NOISE = {
     "torchao": _re.compile(r"^Failed to load \S*torchao[/\\]_C\w*\.\S+: "),
     "torch.utils._pytree": _re.compile(r"is an Enum subclass and is now natively supported by torch\.compile"),
+    "torchao.kernel.intmm": _re.compile(r"Detected no triton, on systems without Triton certain kernels will not work"),
 }
 
 

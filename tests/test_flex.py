@@ -129,7 +129,7 @@ def test_a_failed_compile_is_not_retried_at_every_call(monkeypatch):
             raise RuntimeError("the compiler crashed")
         return broken
 
-    monkeypatch.setattr(flex, "compiler_status", lambda: (True, "a compiler, pretended"))
+    monkeypatch.setattr(flex, "compiler_status", lambda: flex.CompilerStatus(True, "a compiler, pretended"))
     monkeypatch.setattr(flex.torch, "compile", failing_compile)
     flex._try_compile.cache_clear()
     try:

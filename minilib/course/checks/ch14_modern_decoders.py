@@ -155,7 +155,7 @@ def check_decoder_parameters(fn):
                            "d·H_kv·hd, SwiGLU 3·d·d_ff, two gains d; then the final gain d")
 
 # ------------------------------------------------------------------------------------------ compression: build it
-_GPTQ_HINT = ("add λ = damp · mean(diag H) to H's diagonal, take U = the upper Cholesky factor of H⁻¹, then for each "
+_GPTQ_HINT = ("add damping, λ = 0.01 · mean(diag H), to H's diagonal, take U = the upper Cholesky factor of H⁻¹, then for each "
               "column j: q = grid.round(W[:, j], j), e = (W[:, j] − q) / U[j, j], W[:, j:] −= e ⊗ U[j, j:]")
 LIBRARIES = ("llmcompressor", "auto_gptq", "gptqmodel")   # the compression libraries practitioners use, by any name
 _WANDA_HINT = ("score every weight by |W_ij| · ‖X_j‖₂ (the norm of input j over the tokens), then remove the "
