@@ -107,7 +107,7 @@ CHAPTERS: list[Chapter] = [
             "decoding: KV cache, grouped-query attention, q8_0/q4_0 weights, quantized KV cache, speculative decoding",
             "the same tokens with and without a cache, time per token against position, output identical to the "
             "large model's", techniques=("generation",), runs=True, headlines=True,
-            artefacts=("ch13_decoder", "ch13_draft", "ch13_decoder_gqa2")),
+            artefacts=("ch13_decoder", "ch13_draft", "ch13_decoder_gqa2", "ch13_gqa_fair")),
     Chapter(14, "modern_decoders", "Modern decoders",
             "the Llama block (RMSNorm, rotary positions, SwiGLU, grouped-query attention), byte-level BPE; "
             "compressing an LLM: GPTQ, AWQ, SmoothQuant, Wanda, SparseGPT",

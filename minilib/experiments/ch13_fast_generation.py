@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import Subset, TensorDataset
 
 from minilib.attention import fold_query_groups, scaled_dot_product_attention, unfold_query_groups
-from minilib.experiments.artefacts import Artefact, load_model
+from minilib.experiments.artefacts import Artefact, cached_result, load_model
 from minilib.generation import (
     KVCache,
     SpeculativeResult,
@@ -38,6 +38,8 @@ CONTEXT = 512
 DECODER = dict(d_model=256, n_heads=8, n_layers=4, d_ff=1024, dropout=0.1)
 DRAFT = dict(d_model=128, n_heads=2, n_layers=1, d_ff=512)
 GQA_KV_HEADS = 2            # n_heads / 4
+FAIR_SEEDS = (0, 1, 2)      # the fair grouped-query comparison: three seeds of each arm
+FAIR_STEPS = 120            # 5% of the decoder's training, as the GQA paper uptrains
 
 
 @functools.cache
@@ -136,6 +138,41 @@ def uptrain(model: LanguageModel, steps: int = 30, batch_size: int = 8, seed: in
     fit(model, subset, TrainConfig(loss_fn=lm_loss, metric_fn=None, batch_size=batch_size, lr=lr, warmup=0.1,
                                    seed=seed, device=device, progress=False))
     return model.cpu().eval()
+
+
+def fair_gqa_loss(n_kv_heads: int, seed: int, steps: int = FAIR_STEPS) -> float:
+    """Held-out loss (nats) of the trained decoder after ``steps`` more steps of :func:`uptrain` (seed ``seed``).
+
+    With ``n_kv_heads`` equal to the decoder's heads this trains the multi-head decoder on; with fewer it
+    mean-pools the key/value heads first (grouped-query attention). Same data, schedule and seed in both arms,
+    so their difference is what grouping costs, not what the extra steps gain. Shipped (``ch13_gqa_fair``).
+    """
+    def train() -> float:
+        model = decoder() if n_kv_heads == DECODER["n_heads"] else grouped_query_model(decoder(), n_kv_heads)
+        return validation_loss(uptrain(model, steps=steps, seed=seed, device=None))
+    return cached_result(_GQA_FAIR, ["fair", n_kv_heads, seed, steps], train)
+
+
+class FairRun(NamedTuple):
+    seed: int
+    multi_head: float           # held-out perplexity of the multi-head decoder trained FAIR_STEPS more steps
+    grouped: float              # the same for the grouped decoder, uptrained as many steps
+
+    @property
+    def change(self) -> float:
+        """Perplexity change of grouping, in percent of the multi-head model trained as long."""
+        return 100 * (self.grouped / self.multi_head - 1)
+
+
+def fair_gqa_comparison(n_kv_heads: int = GQA_KV_HEADS, seeds=FAIR_SEEDS, steps: int = FAIR_STEPS) -> list[FairRun]:
+    """Both arms of the fair grouped-query experiment for each seed (perplexities, shipped)."""
+    return [FairRun(seed, math.exp(fair_gqa_loss(DECODER["n_heads"], seed, steps)),
+                    math.exp(fair_gqa_loss(n_kv_heads, seed, steps))) for seed in seeds]
+
+
+def _fair_metrics(results: dict) -> dict:
+    runs = fair_gqa_comparison()
+    return {"mean_change_percent": statistics.mean(run.change for run in runs)}
 
 
 def time_per_token(fn, n_tokens: int, repeats: int = 3) -> float:
@@ -348,3 +385,11 @@ ARTEFACTS = {
                                           "batch_size": 8, "data": _DATA},
                                   upstream=(_DECODER,)),
 }
+_GQA_FAIR = Artefact("ch13_gqa_fair", "chapter 13's fair grouped-query experiment: the decoder trained on and its "
+                     "2-key/value-head copy uptrained the same steps, three seeds", "results",
+                     run=fair_gqa_comparison, metrics=_fair_metrics,
+                     depends=(fair_gqa_loss, fair_gqa_comparison, uptrain, validation_loss, held_out, lm_data),
+                     params={"seeds": list(FAIR_SEEDS), "steps": FAIR_STEPS, "n_kv_heads": GQA_KV_HEADS,
+                             "lr": 1e-3, "batch_size": 8, "data": _DATA},
+                     upstream=(_DECODER,))
+ARTEFACTS["ch13_gqa_fair"] = _GQA_FAIR
