@@ -1,9 +1,10 @@
 """Colab: chapter 00's first code cell installs the course next to Colab's own PyTorch, and does nothing elsewhere."""
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import nbformat
@@ -19,29 +20,45 @@ def colab_cell():
     return code[0].source
 
 
-@pytest.fixture
-def recorded(monkeypatch):
-    calls = []
-    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: calls.append((command, kwargs.get("cwd"))))
-    monkeypatch.setattr(os, "chdir", lambda path: calls.append(("chdir", path)))
-    monkeypatch.setattr(os.path, "isdir", lambda path: False)   # a fresh Colab runtime: no clone yet
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    return calls
+def run_cell(tmp_path, colab: bool) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run the cell itself in a fresh Python, as on Colab (a ``google.colab`` module) or elsewhere.
+
+    Its commands really run: git clones this repository's last commit in place of GitHub (git's ``insteadOf``: the
+    tests run offline), and pip resolves requirements-colab.txt in the clone against the packages installed here
+    (a dry run that writes its report, so this environment is left as it is). Only the clone's folder moves from
+    /content/course into ``tmp_path``.
+    """
+    target = tmp_path / "course"
+    source = colab_cell().replace("/content/course", str(target))
+    url = re.search(r'COURSE = "([^"]+)"', source)[1]
+    fake_colab = "sys.modules['google.colab'] = types.ModuleType('google.colab')" if colab else ""
+    program = f"import sys, types\n{fake_colab}\n{source}\nprint(sys.path[0])"
+    env = os.environ | {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": f"url.{REPO.as_uri()}.insteadOf",
+                        "GIT_CONFIG_VALUE_0": url, "PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "0",
+                        "PIP_DRY_RUN": "1", "PIP_REPORT": str(tmp_path / "pip-report.json")}
+    return subprocess.run([sys.executable, "-c", program], env=env, cwd=tmp_path, capture_output=True, text=True), target
 
 
-def test_on_colab_the_cell_clones_and_installs_without_touching_torch(recorded, monkeypatch):
-    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
-    exec(colab_cell(), {})
-    clone, install = recorded            # no chdir: the notebooks read no file relative to their folder
-    assert clone[0][:2] == ["git", "clone"] and clone[0][-1] == "/content/course"
-    assert install == ([sys.executable, "-m", "pip", "install", "-q", "-r", "requirements-colab.txt"], "/content/course")
-    assert sys.path[0] == "/content/course"
+needs_git = pytest.mark.skipif(not (REPO / ".git").exists() or shutil.which("git") is None,
+                               reason="the cell's clone needs this course as a git repository and git")
 
 
-def test_elsewhere_the_cell_does_nothing(recorded, monkeypatch):
-    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
-    exec(colab_cell(), {})
-    assert recorded == []
+@needs_git
+def test_on_colab_the_cell_clones_and_installs_without_touching_torch(tmp_path):
+    run, target = run_cell(tmp_path, colab=True)
+    assert run.returncode == 0, run.stderr
+    assert (target / "requirements-colab.txt").exists() and (target / "minilib" / "__init__.py").exists()
+    assert run.stdout.split()[-1] == str(target)            # the clone is importable without a restart
+    report = json.loads((tmp_path / "pip-report.json").read_text())
+    installed = {item["metadata"]["name"].lower() for item in report["install"]}
+    assert "minilib" in installed and "torch" not in installed, installed   # Colab's own torch is kept
+
+
+def test_elsewhere_the_cell_does_nothing(tmp_path):
+    run, target = run_cell(tmp_path, colab=False)
+    assert run.returncode == 0, run.stderr
+    assert not target.exists() and not (tmp_path / "pip-report.json").exists()
+    assert str(target) not in run.stdout                     # sys.path is left as it was
 
 
 def test_the_colab_requirements_keep_the_services_torch():

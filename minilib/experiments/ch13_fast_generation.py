@@ -170,6 +170,29 @@ def fair_gqa_comparison(n_kv_heads: int = GQA_KV_HEADS, seeds=FAIR_SEEDS, steps:
                     math.exp(fair_gqa_loss(n_kv_heads, seed, steps))) for seed in seeds]
 
 
+class FairSummary(NamedTuple):
+    mean: float                 # mean perplexity change of grouping over the seeds, percent
+    sd: float                   # its sample standard deviation over the seeds (the seed spread), percent
+    low: float                  # the smallest and largest change of a seed, percent
+    high: float
+
+    @property
+    def verdict(self) -> str:
+        """What the seeds say together: a cost, a gain, or no difference they can tell from their spread."""
+        if self.low > 0:
+            return f"every seed's grouped model is worse, by {self.low:.2f}% to {self.high:.2f}%"
+        if self.high < 0:
+            return f"every seed's grouped model is better, by {-self.high:.2f}% to {-self.low:.2f}%"
+        return (f"the seeds disagree in sign ({self.low:+.2f}% to {self.high:+.2f}%): grouping's cost is within "
+                "the seed spread here")
+
+
+def summarise_fair(runs: list[FairRun]) -> FairSummary:
+    """Mean, seed spread and range of the perplexity changes of :func:`fair_gqa_comparison`'s runs (2 or more)."""
+    changes = [run.change for run in runs]
+    return FairSummary(statistics.mean(changes), statistics.stdev(changes), min(changes), max(changes))
+
+
 def _fair_metrics(results: dict) -> dict:
     runs = fair_gqa_comparison()
     return {"mean_change_percent": statistics.mean(run.change for run in runs)}

@@ -276,6 +276,13 @@ QUIZZES: dict[str, Quiz] = {quiz.chapter: quiz for quiz in [
           Question("b26c599e9fcfe0930d2f6ec5", "reading the waterfall: pruning", "abcd"),
           Question("89ecc33c76050afa871065ac", "section 4, fairness", "abcd"),
           Question("54086fed98b851c0c8aad6f1", "section 6, trends: disaggregated prefill and decoding", "abcd")),
+    _quiz("13", "ch13_fast_generation",
+          Question("cca51009f59bbfbf48597a72", "section 2, the cache's memory: 2 · L · H_kv · d_head · bytes", slack=0),
+          Question("267fa3eb271993b7642400f9", "section 1, why generation is slow: bytes per FLOP", "abcd"),
+          Question("1c85a2c97a1d22816a2f84e0", "section 4, q4_0's formula and its clamp", "abcd"),
+          Question("91a9811667023934fde55231", "section 6, sampling: the acceptance rule min(1, p/q)", decimals=1,
+                   slack=0),
+          Question("d447ca0fdac6651649293298", "section 3, converting a trained model: the fair comparison", "abcd")),
 ]}
 
 # Run as a command (python -m …), this file is executed a second time as __main__ after the package has imported and
