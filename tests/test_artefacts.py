@@ -241,3 +241,29 @@ def test_artefacts_made_by_one_run_are_rebuilt_together():
 
 
 PAIR = {}
+
+
+def test_artefacts_loaded_by_one_run_are_checked_by_one_run_and_each_problem_still_named(private_folders):
+    runs, trainings = [], []
+
+    def run():
+        runs.append("run")
+        for name in ("first", "second", "third"):
+            artefacts.load_model(TRIO[name], lambda: nn.Linear(2, 2), lambda model, n=name: trainings.append(n))
+
+    TRIO.update({name: Artefact(name, f"the {name} third", "model", run=run) for name in ("first", "second", "third")})
+    artefacts.rebuild(list(TRIO.values()))
+    runs.clear()
+    assert artefacts.check_all([*TRIO.values(), TOY]) == {"first": None, "second": None, "third": None,
+                                                          "toy": "missing: data/manifest.json has no entry for it"}
+    assert runs == ["run"] and trainings == ["first", "second", "third"]          # one run loaded all three
+    (private_folders / "data" / "second.safetensors").write_bytes(b"not a safetensors file")
+    runs.clear()
+    problems = artefacts.check_all(list(TRIO.values()))
+    assert problems["second"].startswith("corrupt")                               # the file no longer matches
+    assert problems["first"] == problems["third"] == "not checked: loading it needs second, which is unusable"
+    assert runs == ["run"] * 3                                      # first and third together, then one by one
+    assert problems == {artefact.name: artefacts.check(artefact) for artefact in TRIO.values()}
+    assert trainings == ["first", "second", "third"]                                 # nothing trained
+
+TRIO = {}

@@ -39,13 +39,17 @@ def nbgrader(*args, cwd):
 def answered(released, teacher, answers):
     """The released notebook with the teacher's model answer (or ``answers[grade_id]``) in each solution cell."""
     nb = nbformat.reads(nbformat.writes(released), as_version=4)
-    models = {cell.metadata["nbgrader"]["grade_id"]: cell.source for cell in teacher.cells
-              if cell.get("metadata", {}).get("nbgrader", {}).get("solution")}
     for cell in nb.cells:
         grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
         if grade_id in answers:
-            cell.source = answers[grade_id] if answers[grade_id] is not None else models[grade_id]
+            cell.source = answers[grade_id] if answers[grade_id] is not None else models(teacher)[grade_id]
     return nb
+
+
+def models(teacher) -> dict:
+    """The teacher's model answer of each solution cell, by grade_id."""
+    return {cell.metadata["nbgrader"]["grade_id"]: cell.source for cell in teacher.cells
+            if cell.get("metadata", {}).get("nbgrader", {}).get("solution")}
 
 
 def test_nbgrader_generates_and_autogrades_a_chapter_as_the_course_grader_does(tmp_path):
@@ -68,10 +72,12 @@ def test_nbgrader_generates_and_autogrades_a_chapter_as_the_course_grader_does(t
         assert secret not in text, f"{secret!r} reached the students"
     assert "check_matmul_flops.assert_passes(matmul_flops)" in text and "YOUR ANSWER HERE" in text
 
-    solved = {"ex0_1-answer": None, "ex0_2-answer": None, "ex0_3-answer": None}
+    solved = {"ex0_1-answer": None, "ex0_2-answer": None, "ex0_3-answer": None, "ex0_5-answer": None}
+    quiz_wrong = 'def recap_00():\n    return {1: 64 * 128 * 32, 2: "b", 3: 100, 4: "b", 5: "a"}   # multiply-adds, not FLOPs'
     submissions = {
         "correct": answered(released, source, solved),
-        "wrong": answered(released, source, {**solved, "ex0_1-answer": "def matmul_flops(m, k, n):\n    return m * k * n"}),
+        "wrong": answered(released, source, {**solved, "ex0_1-answer": "def matmul_flops(m, k, n):\n    return m * k * n",
+                                             "ex0_5-answer": quiz_wrong}),
         "empty": released,
         "crashing": answered(released, source, {**solved, "ex0_1-answer": "def matmul_flops(m, k, n)\n    return 2 * m * k * n"}),
     }
@@ -89,11 +95,8 @@ def test_nbgrader_generates_and_autogrades_a_chapter_as_the_course_grader_does(t
     graded = grade_class(find_submissions([course / "submitted"], [read_assignment(teacher_path)]), jobs=2, timeout=60)
     ours = {grade.student: {f"ex{e.number.replace('.', '_')}-check": e.points for e in grade.exercises if not e.written}
             for grade in graded}
-    # the exercises these submissions answer (0.1-0.3); the chapter's recap quiz is left unanswered by all four
-    answered_here = {"ex0_1-check", "ex0_2-check", "ex0_3-check"}
-    theirs, ours = ({student: {name: points for name, points in scores.items() if name in answered_here}
-                     for student, scores in table.items()} for table in (theirs, ours))
     assert theirs == ours
-    assert ours["correct"] == {"ex0_1-check": 1, "ex0_2-check": 1, "ex0_3-check": 2}
-    assert ours["wrong"] == ours["crashing"] == {"ex0_1-check": 0, "ex0_2-check": 1, "ex0_3-check": 2}
-    assert ours["empty"] == {"ex0_1-check": 0, "ex0_2-check": 0, "ex0_3-check": 0}
+    assert ours["correct"] == {"ex0_1-check": 1, "ex0_2-check": 1, "ex0_3-check": 2, "ex0_5-check": 2}
+    assert ours["wrong"] == {"ex0_1-check": 0, "ex0_2-check": 1, "ex0_3-check": 2, "ex0_5-check": 0}
+    assert ours["crashing"] == {"ex0_1-check": 0, "ex0_2-check": 1, "ex0_3-check": 2, "ex0_5-check": 2}
+    assert ours["empty"] == {"ex0_1-check": 0, "ex0_2-check": 0, "ex0_3-check": 0, "ex0_5-check": 0}

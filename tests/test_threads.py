@@ -88,7 +88,8 @@ def test_busy_cpus_sees_a_busy_program_beside_us():
 def test_importing_the_course_under_taskset_uses_one_thread():
     code = "import minilib.support, torch; from minilib.support import threads; print(threads.usable_cpus(), torch.get_num_threads())"
     out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env=os.environ | {"OMP_NUM_THREADS": "8"})       # as if a launcher had set too many
+                         env={name: value for name, value in os.environ.items() if name != "MINILIB_THREADS"}
+                         | {"OMP_NUM_THREADS": "8"})       # as if a launcher had set too many (and no override)
     assert out.stdout.split() == ["1", "1"]
 
 

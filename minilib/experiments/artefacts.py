@@ -340,6 +340,39 @@ def _ship(artefact: Artefact, captured: dict, run_seconds: float) -> dict:
     return entry
 
 
+def check_all(artefacts: list[Artefact]) -> dict[str, str | None]:
+    """:func:`check` of each artefact, {name: problem or None}, with one run for the artefacts one run loads.
+
+    A chapter's run often loads several artefacts (chapter 04's experiment loads its four models, chapter 09's
+    its six designs): checked one by one, that run would load and evaluate all of them once per artefact. Here
+    the artefacts that share a run, and whose files match the manifest, are checked by one run of it with all of
+    them loading only their shipped files; when that run stops at an unusable one, each is checked alone, so
+    every problem is reported as :func:`check` reports it.
+    """
+    problems = {artefact.name: shipped_problem(artefact) for artefact in artefacts}
+    by_run: dict[Callable, list[Artefact]] = {}
+    for artefact in artefacts:
+        if problems[artefact.name] is None:
+            by_run.setdefault(artefact.run, []).append(artefact)
+    for run, group in by_run.items():
+        if len(group) > 1 and _loads_together(run, {artefact.name for artefact in group}):
+            continue
+        problems.update({artefact.name: check(artefact) for artefact in group})
+    return problems
+
+
+def _loads_together(run: Callable, names: set[str]) -> bool:
+    """Whether ``run`` completes while every artefact in ``names`` may only load its shipped file."""
+    _checking.update(names)
+    try:
+        run()
+    except ArtefactError:
+        return False
+    finally:
+        _checking.difference_update(names)
+    return True
+
+
 def check(artefact: Artefact) -> str | None:
     """None when the shipped artefact matches the current code and loads; else what is wrong."""
     problem = shipped_problem(artefact)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 
 from minilib.chapters import CHAPTERS, Chapter
-from minilib.experiments.artefacts import Artefact, ArtefactError, check, data_dir, read_manifest, rebuild
+from minilib.experiments.artefacts import Artefact, ArtefactError, check_all, data_dir, read_manifest, rebuild
 
 
 def _declared(module) -> dict[str, Artefact]:
@@ -103,12 +103,10 @@ def rebuild_artefacts(artefacts: list[Artefact]) -> int:
 def verify_artefacts(artefacts: list[Artefact]) -> int:
     """Check that each shipped artefact matches today's code and loads; 0 when all do, 1 otherwise."""
     problems = {}
-    for artefact in artefacts:
-        problem = check(artefact)
-        print(f"{'ok' if problem is None else 'PROBLEM':8} {artefact.name}" + (f": {problem}" if problem else ""),
-              flush=True)
+    for name, problem in check_all(artefacts).items():   # a run that loads several artefacts runs once
+        print(f"{'ok' if problem is None else 'PROBLEM':8} {name}" + (f": {problem}" if problem else ""), flush=True)
         if problem is not None:
-            problems[artefact.name] = problem
+            problems[name] = problem
     if problems:
         print(f"\n{len(problems)} of {len(artefacts)} shipped artefacts are unusable: {', '.join(problems)}.\n"
               f"Rebuild them: python -m minilib zoo rebuild {' '.join(problems)}")
