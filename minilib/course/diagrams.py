@@ -107,6 +107,60 @@ def _grid(ax, x, y, values, cell=0.4, cmap=None, on=STRONG["blue"], off="white",
     ax.add_patch(Rectangle((x, y), cols * cell, rows * cell, fill=False, edgecolor=INK, linewidth=1.0))
 
 
+# --------------------------------------------------------------------------------------------- chapter 00
+# NVIDIA H100 SXM datasheet: 989 TFLOP/s dense bfloat16 on the tensor cores (1,979 is with 2:4 sparsity), 3.35 TB/s
+H100_PEAK, H100_BANDWIDTH = 989e12, 3.35e12
+
+
+def roofline():
+    """Chapter 00: both roofs, min(peak, bandwidth × intensity), with the ridge and where four computations sit."""
+    ridge = H100_PEAK / H100_BANDWIDTH                                     # FLOPs per byte where the roofs meet
+    attainable = lambda intensity: min(H100_PEAK, H100_BANDWIDTH * intensity) / 1e12   # TFLOP/s
+    fig, ax = plt.subplots(figsize=(10.5, 5.2))
+    xs = torch.logspace(-2, 4, 400).tolist()
+    ax.loglog(xs, [H100_BANDWIDTH * x / 1e12 for x in xs], color=STRONG["blue"], linewidth=1, linestyle=":")
+    ax.loglog(xs, [H100_PEAK / 1e12] * len(xs), color=STRONG["orange"], linewidth=1, linestyle=":")
+    ax.loglog(xs, [attainable(x) for x in xs], color=INK, linewidth=2.6)
+    ax.fill_between([x for x in xs if x <= ridge], 1e-2, [attainable(x) for x in xs if x <= ridge], color=BLUE)
+    ax.fill_between([x for x in xs if x >= ridge], 1e-2, [attainable(x) for x in xs if x >= ridge], color=ORANGE)
+    ax.text(3.0, 0.02, "memory-bound: time = bytes ÷ bandwidth", ha="center", va="bottom", fontsize=10,
+            color=STRONG["blue"], weight="bold", zorder=4, bbox=dict(facecolor=BLUE, edgecolor="none"))
+    ax.text(1800, 0.02, "compute-bound:\ntime = FLOPs ÷ peak", ha="center", va="bottom", fontsize=10,
+            color=STRONG["orange"], weight="bold", zorder=4, bbox=dict(facecolor=ORANGE, edgecolor="none"))
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.88, bottom=0.11)
+    ax.set_xlim(1e-2, 1e4)
+    ax.set_ylim(1e-2, 1e4)
+    (x0, y0), (x1, y1) = ax.transData.transform([(0.05, 0.05), (5.0, 5.0)])   # the slanted roof's angle on screen
+    ax.text(0.03, H100_BANDWIDTH * 0.03 / 1e12 * 2.6, "bandwidth roof: bandwidth × intensity\n(slope 1: twice the "
+                                                     "FLOPs per byte, twice the speed)",
+            rotation=math.degrees(math.atan2(y1 - y0, x1 - x0)), rotation_mode="anchor", fontsize=9.5,
+            color=STRONG["blue"], ha="left", va="bottom")
+    ax.text(1300, H100_PEAK / 1e12 * 1.25, "compute roof: the peak", ha="center", fontsize=9.5,
+            color=STRONG["orange"])
+    ax.plot([ridge], [H100_PEAK / 1e12], "o", color=STRONG["red"], markersize=9, zorder=5)
+    ax.annotate(f"ridge point: peak ÷ bandwidth\n= {ridge:.0f} FLOPs per byte", xy=(ridge, H100_PEAK / 1e12),
+                xytext=(ridge / 40, H100_PEAK / 1e12 * 2.6), fontsize=9.5, color=STRONG["red"], ha="center",
+                arrowprops=dict(arrowstyle="-|>", color=STRONG["red"], lw=1.2))
+    # where computations sit: FLOPs per byte moved, from their formulas (bfloat16: 2 bytes a number; float32: 4)
+    n = 4096
+    workloads = [(1 / 12, "adding two float32\nvectors: 1/12"),
+                 (1.0, "generating 1 token,\nbatch 1 (bf16): ≈ 1"),
+                 (64.0, "batch of 64\ntokens: ≈ 64"),
+                 (2 * n ** 3 / (3 * n * n * 2), f"{n}×{n} matmul\n(bf16): n/3 ≈ {n // 3}")]
+    for x, label in workloads:
+        y = attainable(x)
+        ax.plot([x], [y], "s", color=STRONG["purple"], markersize=7, zorder=5)
+        ax.plot([x, x], [1e-2, y], color=STRONG["purple"], linewidth=0.8, linestyle="--")
+        ax.text(x, y * 0.55, label, ha="center", va="top", fontsize=8.5, color=STRONG["purple"],
+                bbox=dict(facecolor="white", edgecolor="none", pad=1.0, alpha=0.85))
+    ax.set_xlabel("arithmetic intensity: FLOPs per byte moved (log scale)")
+    ax.set_ylabel("attainable TFLOP/s (log scale)")
+    ax.set_title("The roofline of an NVIDIA H100 SXM (datasheet: 989 TFLOP/s dense bfloat16, 3.35 TB/s)\n"
+                 "speed ≤ min(peak, bandwidth × intensity)", fontsize=10.5)
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
 # --------------------------------------------------------------------------------------------- chapter 02
 # one query row's scores against 12 keys, seen in 3 chunks of 4 (the numbers are the picture's data)
 TILING_SCORES = torch.tensor([0.3, 1.1, -0.4, 0.8, 2.0, 0.1, 1.5, -1.0, 0.6, 2.6, 1.9, 0.2])
@@ -286,6 +340,63 @@ def encoder_decoder():
     return fig
 
 
+def teacher_forcing():
+    """Chapter 03: one target row, what the decoder reads (tgt[:, :-1]) and must predict (tgt[:, 1:]), all at once."""
+    from minilib.support.data import TARGET_CHARS, CharVocab
+
+    vocab = CharVocab(TARGET_CHARS)
+    tgt = vocab.encode_batch(["1998-03-03"], bos=True)[0]                 # as translation_dataset encodes a target
+    reads, predicts = tgt[:-1].tolist(), tgt[1:].tolist()                 # seq2seq_loss's tgt_in and tgt_out
+    pitch, w, x0, seen = 1.45, 1.15, 5.4, 4
+    fills = plt.get_cmap("Set3")(range(12))                              # one colour per element of tgt
+
+    def cell(x, y, index, token_id):
+        """Element ``index`` of tgt, coloured by its place in tgt, with its id below it."""
+        ax.add_patch(FancyBboxPatch((x, y), w, 0.9, boxstyle="round,pad=0,rounding_size=0.12", facecolor=fills[index],
+                                    edgecolor=INK, linewidth=1.0))
+        ax.text(x + w / 2, y + 0.45, vocab.itos[token_id], ha="center", va="center", fontsize=10, weight="bold",
+                family="DejaVu Sans Mono")
+        ax.text(x + w / 2, y - 0.1, f"id {token_id}", ha="center", va="top", fontsize=7, color=STRONG["grey"])
+
+    top = x0 + len(reads) * pitch
+    fig, ax = _canvas(top + 0.3, 11.6)
+    for t, (r, p) in enumerate(zip(reads, predicts)):
+        x = x0 + t * pitch
+        cell(x, 2.2, t, r)                                                # tgt[t]
+        cell(x, 7.1, t + 1, p)                                            # tgt[t + 1]: the colour one place left
+        _arrow(ax, (x + w / 2, 3.1), (x + w / 2, 3.75))
+        _arrow(ax, (x + w / 2, 5.75), (x + w / 2, 6.7))
+        ax.text(x + w / 2, 1.62, f"{t}", ha="center", va="top", fontsize=8.5, color=STRONG["grey"])
+    ax.text(x0 - 0.3, 2.65, "decoder reads\ntgt[:, :-1]", ha="right", va="center", fontsize=10, weight="bold")
+    ax.text(x0 - 0.3, 7.55, "must predict\ntgt[:, 1:]", ha="right", va="center", fontsize=10, weight="bold")
+    ax.text(x0 - 0.3, 1.5, "position t", ha="right", va="center", fontsize=8.5, color=STRONG["grey"])
+    _box(ax, x0, 3.75, top - x0 - (pitch - w), 2.0, "", BLUE)
+    ax.text((x0 + top) / 2, 5.2, "decoder, one pass over all positions", ha="center", va="center", fontsize=10.5,
+            weight="bold")
+    ax.text((x0 + top) / 2, 4.35, "masked self-attention: position t sees what is read at 0 … t;   "
+                                  "cross-attention: the encoder's memory", ha="center", va="center", fontsize=9)
+    _box(ax, 0.3, 3.95, 3.6, 1.6, "encoder memory\nof the source\n\"march 3rd, 1998\"", PURPLE, size=9)
+    _arrow(ax, (3.9, 4.75), (x0, 4.75), color=STRONG["purple"], width=1.6)
+    # what one position may see
+    right = x0 + seen * pitch + w
+    ax.plot([x0, x0, right, right], [1.15, 1.0, 1.0, 1.15], color=STRONG["red"], linewidth=1.4)
+    ax.text(x0, 0.75, f"position {seen} reads {' '.join(vocab.itos[i] for i in reads[:seen + 1])} and must predict "
+                      f"\"{vocab.itos[predicts[seen]]}\": the mask hides what comes after",
+            ha="left", va="top", fontsize=9, color=STRONG["red"])
+    ax.add_patch(Rectangle((x0 + seen * pitch - 0.08, 7.02), w + 0.16, 1.06, fill=False, edgecolor=STRONG["red"],
+                           linewidth=1.6))
+    # the loss and the idea
+    middle = (x0 + top) / 2
+    ax.text(middle, 8.55, f"loss: cross-entropy at all {len(reads)} positions at once (padding, <pad> = id 0, "
+                          "left out)", ha="center", va="bottom", fontsize=10)
+    ax.text(middle, 10.55, "Teacher forcing: same colour = same element of tgt", ha="center", va="bottom",
+            fontsize=11.5, weight="bold")
+    ax.text(middle, 9.3, "the row to predict is the row read, shifted one place left; the decoder reads the TRUE\n"
+                         "previous character, never its own guess (generation feeds its guesses back, one pass each)",
+            ha="center", va="bottom", fontsize=9.5, color=STRONG["grey"])
+    return fig
+
+
 # --------------------------------------------------------------------------------------------- chapter 04
 def sparse_masks():
     """Chapter 04: sliding window, global tokens, random blocks and their union (BigBird), as (n, n) masks."""
@@ -362,6 +473,80 @@ def kernel_trick():
                        "so softmax attention must form the n×n matrix;\na feature map with sim(q, k) = φ(q)·φ(k) "
                        "is what makes the reordering possible.",
             ha="center", va="bottom", fontsize=9, color=STRONG["grey"])
+    return fig
+
+
+def _numbers(ax, x, y, values, cell, vmax, cmap="RdBu_r"):
+    """A (rows, cols) tensor as cells with their values printed, shaded from blue (−vmax) to red (+vmax), row 0 on top."""
+    rows, cols = values.shape
+    for i in range(rows):
+        for j in range(cols):
+            value = round(float(values[i, j]), 1) + 0.0                  # + 0.0: no "-0.0"
+            ax.add_patch(Rectangle((x + j * cell, y + (rows - 1 - i) * cell), cell, cell, edgecolor="#888888",
+                                   facecolor=plt.get_cmap(cmap)(0.5 + 0.28 * value / vmax), linewidth=0.6))
+            ax.text(x + (j + 0.5) * cell, y + (rows - 0.5 - i) * cell, f"{value:.1f}", ha="center", va="center",
+                    fontsize=6.5)
+    ax.add_patch(Rectangle((x, y), cols * cell, rows * cell, fill=False, edgecolor=INK, linewidth=1.0))
+
+
+def linear_attention_rnn():
+    """Chapter 05: causal linear attention read token by token, S_t = S_{t-1} + φ(k_t)v_tᵀ, beside a growing KV cache."""
+    from minilib.linear_attention import step
+
+    steps, d, cell, pitch = 4, 3, 0.42, 5.2
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1, steps, d, generator=generator) for _ in range(3))
+    states, outputs, state = [torch.zeros(d, d)], [], None
+    for t in range(steps):
+        state, out = step(state, q[:, :, t], k[:, :, t], v[:, :, t])
+        states.append(state[0][0, 0])
+        outputs.append(out[0, 0])
+    vmax = max(float(s.abs().max()) for s in states)
+    fig, ax = _canvas(23.2, 13.4)
+    chain, size = 7.4, d * cell
+    ax.text(11.6, 12.6, "Causal linear attention is an RNN: the state S (f × d per head) is all it keeps",
+            ha="center", fontsize=12, weight="bold")
+    ax.text(11.6, 11.8, r"$S_t = S_{t-1} + \phi(k_t)\,v_t^\top,\quad z_t = z_{t-1} + \phi(k_t),\quad "
+                        r"\mathrm{out}_t = \phi(q_t)^\top S_t \,/\, \phi(q_t)^\top z_t$"
+                        "        (here f = d = 3, φ = elu + 1; the numbers are minilib's step)",
+            ha="center", fontsize=10.5)
+    _numbers(ax, 0.5, chain - size / 2, states[0], cell, vmax)
+    ax.text(0.5 + size / 2, chain - size / 2 - 0.2, r"$S_0 = 0$", ha="center", va="top", fontsize=10)
+    previous_right = 0.5 + size
+    for t in range(1, steps + 1):
+        plus = 3.2 + (t - 1) * pitch
+        _arrow(ax, (previous_right, chain), (plus - 0.28, chain), color=STRONG["purple"], width=1.8)
+        _plus(ax, plus, chain)
+        left = plus + 0.75
+        _arrow(ax, (plus + 0.28, chain), (left, chain), color=STRONG["purple"], width=1.8)
+        _numbers(ax, left, chain - size / 2, states[t], cell, vmax)
+        ax.text(left + size / 2, chain - size / 2 - 0.2, f"$S_{t}$", ha="center", va="top", fontsize=11,
+                weight="bold", color=STRONG["purple"])
+        previous_right = left + size
+        # the write: φ(k_t) v_tᵀ, a rank-1 f × d matrix, from this token's key and value
+        update = states[t] - states[t - 1]
+        _numbers(ax, plus - size / 2, 4.3, update, cell, vmax)
+        ax.text(plus, 4.1, rf"$\phi(k_{t})\,v_{t}^\top$", ha="center", va="top", fontsize=10)
+        _arrow(ax, (plus, 4.3 + size), (plus, chain - 0.28))
+        _box(ax, plus - 1.0, 2.4, 2.0, 0.75, rf"$k_{t},\ v_{t}$", GREEN, size=10)
+        _arrow(ax, (plus, 3.15), (plus, 3.55))
+        # the read: out_t from φ(q_t) and S_t
+        top = left + size / 2
+        _box(ax, top - 1.5, 9.55, 3.0, 0.8, rf"$\mathrm{{out}}_{t}$ = ({', '.join(f'{float(x):.1f}' for x in outputs[t - 1])})",
+             ORANGE, size=8.5)
+        _arrow(ax, (top, chain + size / 2), (top, 9.55))
+        ax.text(top + 0.12, 9.0, rf"$\phi(q_{t})$", fontsize=9.5, va="center")
+        # softmax attention instead: a cache that holds every key and value so far
+        ax.add_patch(Rectangle((plus - 1.0, 0.4), 2.0, 0.32 * t, facecolor=RED, edgecolor=STRONG["red"]))
+        for row in range(1, t):
+            ax.plot([plus - 1.0, plus + 1.0], [0.4 + 0.32 * row] * 2, color=STRONG["red"], linewidth=0.6)
+        ax.text(plus + 1.1, 0.4 + 0.16 * t, f"{t} key{'s' * (t > 1)},\n{t} value{'s' * (t > 1)}", fontsize=7.5,
+                va="center", color=STRONG["red"])
+    ax.text(0.3, 1.05, "softmax:\nKV cache\ngrows with t", fontsize=9, color=STRONG["red"], va="center")
+    ax.text(0.3, 2.78, "token t", fontsize=9, va="center")
+    ax.text(0.3, 10.6, "read: one product\nwith the state", fontsize=9, va="center")
+    ax.text(20.3, 4.9, "S keeps its size\nat every step:\nconstant memory\nand work per token", fontsize=8.5,
+            va="center", color=STRONG["purple"])
     return fig
 
 
@@ -528,6 +713,76 @@ def sparsity_patterns():
     return fig
 
 
+def head_removal():
+    """Chapter 08: prune.prune_heads on a 4-head layer: heads 1 and 3 lose their rows of W_q, W_k, W_v and columns of W_o."""
+    from minilib import prune
+    from minilib.transformer import Encoder, TransformerConfig
+
+    heads, head_dim, removed = 4, 3, [1, 3]
+    d = heads * head_dim
+    model = Encoder(TransformerConfig(vocab_size=8, d_model=d, n_heads=heads, n_layers=1, d_ff=2 * d))
+    attn = model.layers[0].attn
+    names = {"W_q": attn.q_proj, "W_k": attn.k_proj, "W_v": attn.v_proj, "W_o": attn.out_proj}
+    before = {name: linear.weight.detach().clone() for name, linear in names.items()}
+    prune.prune_heads(model, {0: removed})
+    after = {name: linear.weight.detach() for name, linear in
+             {"W_q": attn.q_proj, "W_k": attn.k_proj, "W_v": attn.v_proj, "W_o": attn.out_proj}.items()}
+
+    def origin(name):
+        """The head each kept row (W_q, W_k, W_v) or column (W_o) of the pruned weight came from."""
+        old, new = (before[name], after[name]) if name != "W_o" else (before[name].T, after[name].T)
+        return [next(i for i in range(d) if torch.equal(old[i], row)) // head_dim for row in new]
+
+    fills = [BLUE, GREEN, ORANGE, PURPLE]
+    cell = 0.3
+    fig, ax = _canvas(20.4, 14.6)
+
+    def matrix(x, top, heads_of_lines, by_rows, struck=()):
+        """A weight hanging from ``top``: each row (or column) in its head's colour; struck heads crossed out in red."""
+        lines = len(heads_of_lines)
+        rows, cols = (lines, d) if by_rows else (d, lines)
+        for line, head in enumerate(heads_of_lines):
+            for k in range(d):
+                i, j = (line, k) if by_rows else (k, line)
+                gone = head in struck
+                ax.add_patch(Rectangle((x + j * cell, top - (i + 1) * cell), cell, cell,
+                                       facecolor="white" if gone else fills[head],
+                                       edgecolor="#e8a0a0" if gone else "#aaaaaa", linewidth=0.4,
+                                       hatch="xxx" if gone else None))
+        ax.add_patch(Rectangle((x, top - rows * cell), cols * cell, rows * cell, fill=False, edgecolor=INK,
+                               linewidth=1.1))
+        return cols * cell, rows * cell
+
+    every = [line // head_dim for line in range(d)]
+    for x, name in zip([0.6, 5.4, 10.2, 15.0], names):
+        by_rows = name != "W_o"
+        w, h = matrix(x, 12.0, every, by_rows, struck=removed)
+        ax.text(x + w / 2, 12.2, f"{name} ({d} × {d})", ha="center", va="bottom", fontsize=10, weight="bold")
+        ax.text(x + w / 2, 12.0 - h - 0.15, "rows: a block of 3 per head" if by_rows else
+                "columns: a block of 3 per head", ha="center", va="top", fontsize=8, color=STRONG["grey"])
+        kept = origin(name)
+        w2, _ = matrix(x, 6.4, kept, by_rows)
+        shape = f"({len(kept)} × {d})" if by_rows else f"({d} × {len(kept)})"
+        ax.text(x + w2 / 2, 6.6, f"{name} {shape}", ha="center", va="bottom", fontsize=10, weight="bold")
+    _arrow(ax, (10.0, 7.9), (10.0, 7.15), width=1.8)
+    ax.text(10.25, 7.55, f"prune.prune_heads(model, {{0: {removed}}})", va="center", fontsize=9.5,
+            family="DejaVu Sans Mono")
+    for head in range(heads):
+        gone = head in removed
+        ax.add_patch(Rectangle((0.6 + head * 3.8, 13.35), 0.4, 0.4, facecolor="white" if gone else fills[head],
+                               edgecolor=STRONG["red"] if gone else INK, hatch="xxx" if gone else None))
+        ax.text(1.15 + head * 3.8, 13.55, f"head {head}" + (" (removed)" if gone else ""), va="center", fontsize=9)
+    ax.text(0.6, 14.1, f"Removing heads {removed[0]} and {removed[1]} of a layer of {heads} heads of {head_dim} "
+                       f"(d_model = {d}; nn.Linear weights are out × in)", fontsize=11, weight="bold")
+    ax.text(10.2, 4.0, "every matmul of the layer\nshrinks: Q, K, V have 6\nfeatures, W_o reads 6", ha="center",
+            va="top", fontsize=9, color=STRONG["grey"])
+    minilm = 4 * 32 * 384
+    ax.text(0.6, 1.6, f"In MiniLM (12 heads of 32, d_model = 384) each head removed takes 32 rows of W_q, W_k, W_v "
+                      f"(with their biases)\nand 32 columns of W_o, each of 384 weights: {minilm:,} weights per head "
+                      "and layer.", va="center", fontsize=9.5)
+    return fig
+
+
 # --------------------------------------------------------------------------------------------- chapter 09
 def grouped_and_bottleneck():
     """Chapter 09: a dense vs a block-diagonal (grouped) weight with the channel shuffle, and MobileBERT's bottleneck."""
@@ -599,6 +854,133 @@ def deployment_pipeline():
     ax.plot([0.3, 17.1], [5.3, 5.3], color=STRONG["grey"], linewidth=0.8)
     ax.text(8.5, 1.6, "each step is measured in the chapter's before/after table: size, latency, accuracy",
             ha="center", fontsize=9, color=STRONG["grey"])
+    return fig
+
+
+# --------------------------------------------------------------------------------------------- chapter 11
+BLEU_EXAMPLE = ("the cat the cat sat on the mat", "the cat sat on the mat")      # (hypothesis, reference)
+ROUGE_EXAMPLE = ("a cat sat on the red mat", "the cat sat on the mat")
+
+
+def _tokens(ax, x, y, words, fills, width=1.25, label=""):
+    """A sentence as a row of word boxes from (x, y); returns the x of each box's centre."""
+    ax.text(x - 0.2, y + 0.35, label, ha="right", va="center", fontsize=10, weight="bold")
+    centres = []
+    for i, (word, fill) in enumerate(zip(words, fills)):
+        centres.append(_box(ax, x + i * (width + 0.15), y, width, 0.7, word, fill, size=10)[0])
+    return centres
+
+
+def bleu_clipping():
+    """Chapter 11: BLEU's clipped unigram and bigram counts on one sentence, by minilib.metrics."""
+    from minilib.metrics import bleu, ngram_counts
+
+    hypothesis, reference = (s.split() for s in BLEU_EXAMPLE)
+    fig, ax = _canvas(22, 11.3)
+    ax.text(11, 10.7, "BLEU's clip: a hypothesis n-gram counts at most as often as it occurs in the reference",
+            ha="center", fontsize=12, weight="bold")
+    unigram_clip = ngram_counts(reference, 1)
+    seen, fills = {}, []
+    for word in hypothesis:                                   # the first occurrences up to the clip count, the rest not
+        seen[word] = seen.get(word, 0) + 1
+        fills.append(GREEN if seen[word] <= unigram_clip[(word,)] else RED)
+    _tokens(ax, 4.2, 9.1, reference, [GREY] * len(reference), label="reference")
+    _tokens(ax, 4.2, 7.9, hypothesis, fills, label="hypothesis")
+    ax.text(4.2, 7.35, "green: counted; red: beyond the reference's count (which copy is red does not matter, only "
+                       "how many)", fontsize=9, color=STRONG["grey"], va="center")
+    precisions = bleu([BLEU_EXAMPLE[0]], [BLEU_EXAMPLE[1]], max_order=2).precisions
+    for n, x in ((1, 0.6), (2, 11.4)):
+        hyp, ref = ngram_counts(hypothesis, n), ngram_counts(reference, n)
+        rows = [(" ".join(g), count, ref[g], min(count, ref[g])) for g, count in hyp.items()]
+        matches, total = sum(r[3] for r in rows), sum(hyp.values())
+        assert abs(100 * matches / total - precisions[n - 1]) < 1e-9      # the table is what bleu() counts
+        top, widths = 6.5, (3.6, 2.0, 2.0, 2.4)
+        headers = (f"{n}-gram", "in hyp.", "in ref.", "clipped: min")
+        for k, (header, width) in enumerate(zip(headers, widths)):
+            left = x + sum(widths[:k])
+            ax.text(left + width / 2, top, header, ha="center", va="center", fontsize=9.5, weight="bold")
+        ax.plot([x, x + sum(widths)], [top - 0.35] * 2, color=INK, linewidth=1.0)
+        for r, row in enumerate(rows):
+            y = top - 0.8 - r * 0.62
+            if row[3] < row[1]:                                  # clipped (red), or not in the reference (grey)
+                ax.add_patch(Rectangle((x, y - 0.29), sum(widths), 0.58, facecolor=RED if row[2] else GREY,
+                                       edgecolor="none"))
+            for k, (value, width) in enumerate(zip(row, widths)):
+                ax.text(x + sum(widths[:k]) + width / 2, y, str(value), ha="center", va="center", fontsize=9.5,
+                        family="DejaVu Sans Mono" if k == 0 else None, weight="bold" if k == 3 else "normal")
+        y = top - 0.8 - len(rows) * 0.62
+        ax.plot([x, x + sum(widths)], [y + 0.3] * 2, color=INK, linewidth=1.0)
+        ax.text(x + widths[0] / 2, y - 0.05, "sum", ha="center", va="center", fontsize=9.5, weight="bold")
+        ax.text(x + widths[0] + widths[1] / 2, y - 0.05, str(total), ha="center", va="center", fontsize=9.5)
+        ax.text(x + sum(widths[:3]) + widths[3] / 2, y - 0.05, str(matches), ha="center", va="center", fontsize=9.5,
+                weight="bold")
+        unclipped = sum(count for g, count in hyp.items() if ref[g])
+        ax.text(x + sum(widths) / 2, y - 0.8, f"p{n} = {matches}/{total} = {100 * matches / total:.1f}%", ha="center",
+                va="center", fontsize=10.5, weight="bold")
+        ax.text(x + sum(widths) / 2, y - 1.4, f"(without the clip: {unclipped}/{total})", ha="center", va="center",
+                fontsize=9, color=STRONG["grey"])
+    ax.add_patch(Rectangle((0.6, 0.35), 0.5, 0.35, facecolor=RED, edgecolor="none"))
+    ax.text(1.25, 0.52, "clipped: occurs more often than in the reference", va="center", fontsize=9)
+    ax.add_patch(Rectangle((9.0, 0.35), 0.5, 0.35, facecolor=GREY, edgecolor="none"))
+    ax.text(9.65, 0.52, "not in the reference: counts 0", va="center", fontsize=9)
+    return fig
+
+
+def lcs_table():
+    """Chapter 11: ROUGE-L's dynamic-programming table, each entry minilib.metrics.lcs_length of two prefixes."""
+    from minilib.metrics import lcs_length, rouge_l
+
+    hypothesis, reference = (s.split() for s in ROUGE_EXAMPLE)
+    rows, cols = len(hypothesis), len(reference)
+    table = [[lcs_length(hypothesis[:i], reference[:j]) for j in range(cols + 1)] for i in range(rows + 1)]
+    path, (i, j) = set(), (rows, cols)                              # walk back from the corner: where the LCS came from
+    while i and j:
+        if hypothesis[i - 1] == reference[j - 1]:
+            path.add((i, j))
+            i, j = i - 1, j - 1
+        elif table[i - 1][j] >= table[i][j - 1]:
+            i -= 1
+        else:
+            j -= 1
+    common = [hypothesis[i - 1] for i, _ in sorted(path)]
+    score = rouge_l(hypothesis, reference)
+    assert len(common) == table[rows][cols] == round(score.recall * cols)
+    cell, x0, top = 1.0, 2.4, 8.9
+    fig, ax = _canvas(20.5, 10.5)
+    ax.text(10.25, 9.95, "ROUGE-L's table: L[i][j] = LCS of the first i hypothesis words and "
+                                              "the first j reference words", ha="center", fontsize=11.5, weight="bold")
+    for j in range(cols + 1):
+        ax.text(x0 + (j + 0.5) * cell, top + 0.35, reference[j - 1] if j else "", ha="center", va="bottom",
+                fontsize=10, weight="bold")
+    for i in range(rows + 1):
+        ax.text(x0 - 0.2, top - (i + 0.5) * cell, hypothesis[i - 1] if i else "", ha="right", va="center",
+                fontsize=10, weight="bold")
+        for j in range(cols + 1):
+            match = i and j and hypothesis[i - 1] == reference[j - 1]
+            fill = GREEN if (i, j) in path else YELLOW if match else GREY if not (i and j) else "white"
+            ax.add_patch(Rectangle((x0 + j * cell, top - (i + 1) * cell), cell, cell, facecolor=fill,
+                                   edgecolor="#999999", linewidth=0.6))
+            ax.text(x0 + (j + 0.5) * cell, top - (i + 0.5) * cell, str(table[i][j]), ha="center", va="center",
+                    fontsize=10, weight="bold" if (i, j) in path else "normal")
+    ax.text(x0 - 0.2, top + 0.35, "hyp. ↓  ref. →", ha="right", va="bottom", fontsize=8.5, color=STRONG["grey"])
+    right = x0 + (cols + 1) * cell + 0.8
+    ax.text(right, 8.2, "L[i][j] = L[i−1][j−1] + 1          if the words match\n"
+                        "L[i][j] = max(L[i−1][j], L[i][j−1])   otherwise", fontsize=10, va="center",
+            family="DejaVu Sans Mono")
+    legend = [(YELLOW, "the words match: the diagonal + 1"),
+              (GREEN, "a match on the longest common subsequence"),
+              (GREY, "an empty prefix: 0")]
+    for k, (fill, text) in enumerate(legend):
+        ax.add_patch(Rectangle((right, 6.7 - k * 0.7), 0.45, 0.45, facecolor=fill, edgecolor="#999999"))
+        ax.text(right + 0.65, 6.92 - k * 0.7, text, va="center", fontsize=9.5)
+    ax.text(right, 4.3, f"LCS = \"{' '.join(common)}\": {len(common)} words, in order, gaps allowed",
+            fontsize=10, weight="bold", va="center")
+    ax.text(right, 3.0, f"P = LCS / |hyp| = {len(common)}/{rows} = {score.precision:.3f}\n"
+                        f"R = LCS / |ref| = {len(common)}/{cols} = {score.recall:.3f}\n"
+                        f"F = 2PR / (P + R) = {score.fmeasure:.3f}", fontsize=10, va="center")
+    ax.text(right, 1.5, "the answer is the bottom-right corner (minilib.metrics.lcs_length keeps\none row of this "
+                        "table at a time); rouge_l divides it by the two lengths", fontsize=9,
+            va="center", color=STRONG["grey"])
     return fig
 
 
@@ -847,17 +1229,23 @@ def wanda_versus_magnitude():
 
 
 DIAGRAMS = {
+    "00_roofline.png": roofline,
     "02_tiling.png": tiling,
     "02_multihead_split.png": multihead_split,
     "03_encoder_decoder.png": encoder_decoder,
+    "03_teacher_forcing.png": teacher_forcing,
     "04_sparse_masks.png": sparse_masks,
     "05_kernel_trick.png": kernel_trick,
+    "05_linear_attention_rnn.png": linear_attention_rnn,
     "06_distillation.png": distillation,
     "07_number_line.png": number_line,
     "07_int8_gemm.png": int8_gemm,
     "08_sparsity_patterns.png": sparsity_patterns,
+    "08_head_removal.png": head_removal,
     "09_grouped_bottleneck.png": grouped_and_bottleneck,
     "10_deployment_pipeline.png": deployment_pipeline,
+    "11_bleu_clipping.png": bleu_clipping,
+    "11_lcs_table.png": lcs_table,
     "13_kv_cache.png": kv_cache,
     "13_grouped_heads.png": grouped_heads,
     "13_q4_0_block.png": q4_0_block,
