@@ -14,6 +14,8 @@ KNOWN_NOISE = {
     "torchao": _re.compile(r"^Failed to load \S*torchao[/\\]_C\w*\.\S+: "),
     "torch.utils._pytree": _re.compile(r"is an Enum subclass and is now natively supported by torch\.compile"),
     "torchao.kernel.intmm": _re.compile(r"Detected no triton, on systems without Triton certain kernels will not work"),
+    # torch.onnx's exporter (dynamo=True) registers torchvision's operators, and says so when torchvision is absent
+    "torch.onnx._internal.exporter._registration": _re.compile(r"^torchvision is not installed\. Skipping torchvision::"),
 }
 
 
