@@ -4,8 +4,9 @@ Importing it (any ``minilib.…`` module) first quiets what torchao logs on a ma
 cannot load (every CPU, and any Python other than the one they were built for): "Failed to load …/torchao/_C….so",
 and torch's notice about how torchao registers its enums. They are messages for torchao's developers that a learner
 reads as errors, and transformers imports torchao whenever it is installed, so every chapter that loads a model
-would print them. The course uses none of those extensions. Only those messages are dropped: every other message of
-the two loggers, and every warning, still shows.
+would print them. The course uses none of those extensions. Likewise torch.onnx's current exporter logs one line
+per torchvision operator when torchvision is not installed (the course does not need it). Only those messages are
+dropped: every other message of those loggers, and every warning, still shows.
 """
 import logging as _logging
 import re as _re
