@@ -4,8 +4,9 @@ Importing it (any ``minilib.…`` module) first quiets what torchao logs on a ma
 cannot load (every CPU, and any Python other than the one they were built for): "Failed to load …/torchao/_C….so",
 and torch's notice about how torchao registers its enums. They are messages for torchao's developers that a learner
 reads as errors, and transformers imports torchao whenever it is installed, so every chapter that loads a model
-would print them. The course uses none of those extensions. Only those messages are dropped: every other message of
-the two loggers, and every warning, still shows.
+would print them. The course uses none of those extensions. Likewise torch.onnx's current exporter logs one line
+per torchvision operator when torchvision is not installed (the course does not need it). Only those messages are
+dropped: every other message of those loggers, and every warning, still shows.
 """
 import logging as _logging
 import re as _re
@@ -14,6 +15,8 @@ KNOWN_NOISE = {
     "torchao": _re.compile(r"^Failed to load \S*torchao[/\\]_C\w*\.\S+: "),
     "torch.utils._pytree": _re.compile(r"is an Enum subclass and is now natively supported by torch\.compile"),
     "torchao.kernel.intmm": _re.compile(r"Detected no triton, on systems without Triton certain kernels will not work"),
+    # torch.onnx's exporter (dynamo=True) registers torchvision's operators, and says so when torchvision is absent
+    "torch.onnx._internal.exporter._registration": _re.compile(r"^torchvision is not installed\. Skipping torchvision::"),
 }
 
 

@@ -83,8 +83,11 @@ def test_onnx_logits(stub, refused):
     refused(check_onnx_logits, without_mask, "logits of 6 padded texts")
 
 
-def head_export_answer(freeze=True, dynamic=True, optimizer_class=torch.optim.AdamW):
-    """The model answer of Exercise 10.5, with switches for the mistakes the check must catch."""
+def head_export_answer(freeze=True, dynamic=True, optimizer_class=torch.optim.AdamW, dynamo=True):
+    """The model answer of Exercise 10.5, with switches for the mistakes the check must catch.
+
+    ``dynamo``: the current exporter (torch.export, ``dynamic_shapes``) or the older TorchScript one (``dynamic_axes``).
+    """
     def fine_tune_head_and_export(model, batches, path, lr=1e-3):
         parameters = list(model.parameters())
         if freeze:
@@ -107,12 +110,18 @@ def head_export_answer(freeze=True, dynamic=True, optimizer_class=torch.optim.Ad
             def forward(self, input_ids, attention_mask):
                 return self.classifier(input_ids=input_ids, attention_mask=attention_mask).logits
 
-        axes = {0: "batch", 1: "seq"}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(Logits(model).eval(), batches[0][:2], str(path), dynamo=False,
-                              input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                              **({"dynamic_axes": {"input_ids": axes, "attention_mask": axes}} if dynamic else {}))
+        names = {"input_names": ["input_ids", "attention_mask"], "output_names": ["logits"]}
+        if dynamo:
+            dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")}
+            shapes = {"dynamic_shapes": {"input_ids": dims, "attention_mask": dims}} if dynamic else {}
+            torch.onnx.export(Logits(model).eval(), batches[0][:2], str(path), dynamo=True, verbose=False, **names,
+                              **shapes)   # external data (the default): a .data file beside the graph
+        else:
+            axes = {0: "batch", 1: "seq"}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # the exporter's deprecation notice
+                torch.onnx.export(Logits(model).eval(), batches[0][:2], str(path), dynamo=False, **names,
+                                  **({"dynamic_axes": {"input_ids": axes, "attention_mask": axes}} if dynamic else {}))
         return path
     return fine_tune_head_and_export
 
@@ -124,10 +133,14 @@ def library_export(model, batches, path, lr=1e-3):
 
 
 def test_fine_tune_head_and_export(stub, refused):
-    assert check_fine_tune_head_and_export(head_export_answer())
+    assert check_fine_tune_head_and_export(head_export_answer())               # dynamo=True, dynamic_shapes
+    assert check_fine_tune_head_and_export(head_export_answer(dynamo=False))   # the older exporter, dynamic_axes
     assert not check_fine_tune_head_and_export(stub)
     refused(check_fine_tune_head_and_export, library_export, "minilib.deploy.export")
-    refused(check_fine_tune_head_and_export, head_export_answer(freeze=False), "frozen", "must stay as it was")
-    refused(check_fine_tune_head_and_export, head_export_answer(dynamic=False), "dynamic")
-    refused(check_fine_tune_head_and_export, head_export_answer(optimizer_class=torch.optim.Adam),
+    refused(check_fine_tune_head_and_export, head_export_answer(dynamic=False), "dynamic", "dynamic_shapes")
+    # the mistakes in training, exported by the faster TorchScript exporter: the export is not what they get wrong
+    refused(check_fine_tune_head_and_export, head_export_answer(freeze=False, dynamo=False), "frozen",
+            "must stay as it was")
+    refused(check_fine_tune_head_and_export, head_export_answer(dynamic=False, dynamo=False), "dynamic", "dynamic_axes")
+    refused(check_fine_tune_head_and_export, head_export_answer(optimizer_class=torch.optim.Adam, dynamo=False),
             "torch.optim.Adam", "use torch.optim.AdamW")

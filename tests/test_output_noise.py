@@ -74,3 +74,23 @@ def test_torchao_imported_by_transformers_prints_no_noise_and_real_messages_stil
     output = run.stdout + run.stderr
     assert "a real torchao warning" in output and "a real pytree message" in output
     assert "Failed to load" not in output and "Enum subclass" not in output, output
+
+
+def test_the_onnx_exporter_says_nothing_about_a_missing_torchvision_and_real_messages_still_show(tmp_path):
+    """torch.onnx's current exporter (dynamo=True, chapter 10's Exercise 10.5) logs a line per torchvision operator
+    when torchvision is absent; after `import minilib` those lines are gone, other messages of its logger show."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("torchvision") is not None:
+        pytest.skip("torchvision is installed: the exporter has nothing to say about it")
+    code = ("import logging, torch\nimport minilib\n"
+            f"torch.onnx.export(torch.nn.Linear(3, 2), (torch.ones(1, 3),), {str(tmp_path / 'linear.onnx')!r}, "
+            "dynamo=True, verbose=False)\n"
+            "logging.getLogger('torch.onnx._internal.exporter._registration').warning('a real exporter message')\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    output = run.stdout + run.stderr
+    assert "a real exporter message" in output
+    assert "torchvision is not installed" not in output, output

@@ -196,7 +196,9 @@ def check_fine_tune_head_and_export(fn):
     except Exception as error:  # onnxruntime rejects a shape that was fixed at export
         raise CheckFailed("running the ONNX file on a batch of 3 sentences of 17 tokens", "the model's logits",
                           f"{type(error).__name__}: {str(error)[:160]}",
-                          hint="mark batch (0) and sequence (1) dynamic: dynamic_axes={name: {0: 'batch', 1: 'seq'}} "
-                               "for both inputs") from None
+                          hint="mark batch (0) and sequence (1) dynamic for both inputs: with dynamo=True, "
+                               "dynamic_shapes={name: {0: batch, 1: seq}} where batch, seq = torch.export.Dim('batch'), "
+                               "torch.export.Dim('seq'); with the older dynamo=False exporter, "
+                               "dynamic_axes={name: {0: 'batch', 1: 'seq'}}") from None
     expect_close("ONNX logits on a batch of 3 sentences of 17 tokens (exported with a different shape)", got, expected,
                  atol=1e-4, hint="export the model in eval mode, returning .logits")
