@@ -636,6 +636,55 @@ def number_line():
     return fig
 
 
+SCALE_FILLS = ("#c6dbef", "#fdd0a2", "#c7e9c0", "#dadaeb", "#fcbba1", "#fff3bf",    # one fill per scale
+               "#9ecae1", "#fdae6b", "#a1d99b", "#bcbddc", "#fc9272", "#ffe066")
+
+
+def _scaled_matrix(ax, x, y, rows, cols, scale_of, cell=0.5):
+    """A (rows, cols) matrix whose cell (i, j) is filled with the colour of its scale ``scale_of(i, j)``."""
+    for i in range(rows):
+        for j in range(cols):
+            ax.add_patch(Rectangle((x + j * cell, y + (rows - 1 - i) * cell), cell, cell,
+                                   facecolor=SCALE_FILLS[scale_of(i, j) % len(SCALE_FILLS)], edgecolor="#999999",
+                                   linewidth=0.5))
+    ax.add_patch(Rectangle((x, y), cols * cell, rows * cell, fill=False, edgecolor=INK, linewidth=1.2))
+
+
+def scale_layouts():
+    """Chapter 07: which numbers share a scale: per tensor, per output channel (weights), per token (activations),
+    per group of inputs (4-bit weights); each colour is one scale."""
+    rows, cols, cell = 6, 8, 0.5
+    fig, ax = _canvas(27.5, 8.4)
+    panels = [
+        ("per tensor", "W or x: one scale s", lambda i, j: 0, "1 scale"),
+        ("per channel (weights)", "W (out, in): a scale per row", lambda i, j: i, "s_w: (out,)"),
+        ("per token (activations)", "x (tokens, in): a scale per row", lambda i, j: i, "s_x: (tokens, 1)"),
+        ("per group (4-bit weights)", "W (out, in): a scale per g inputs", lambda i, j: 2 * i + j // 4,
+         "(out, in / g); here g = 4"),
+    ]
+    for k, (title, shape, scale_of, count) in enumerate(panels):
+        x0 = 0.6 + k * 6.8
+        ax.text(x0 + cols * cell / 2 + 0.5, 7.8, title, ha="center", fontsize=11, weight="bold")
+        ax.text(x0 + cols * cell / 2 + 0.5, 7.2, shape, ha="center", fontsize=9)
+        _scaled_matrix(ax, x0, 3.4, rows, cols, scale_of, cell)
+        if k:                                                                # the scales beside the rows
+            groups = 2 if k == 3 else 1
+            _scaled_matrix(ax, x0 + cols * cell + 0.35, 3.4, rows, groups, lambda i, j: scale_of(i, 4 * j), cell)
+            ax.text(x0 + cols * cell + 0.35 + groups * cell / 2, 2.9, "s", ha="center", fontsize=10, style="italic")
+        else:
+            ax.add_patch(Rectangle((x0 + cols * cell + 0.35, 3.4 + (rows - 1) * cell / 2), cell, cell,
+                                   facecolor=SCALE_FILLS[0], edgecolor=INK, linewidth=0.8))
+            ax.text(x0 + cols * cell + 0.6, 2.9, "s", ha="center", fontsize=10, style="italic")
+        ax.text(x0 + cols * cell / 2 + 0.5, 2.2, count, ha="center", fontsize=9, color=STRONG["grey"])
+    ax.text(0.6, 1.4, "per tensor: the largest value sets the step of all   ·   per channel × per token: "
+                      "y[m, n] ≈ s_x[m] · s_w[n] · Σ_k x_q[m, k] W_q[n, k], both scales outside the integer sum",
+            fontsize=9.5, va="center")
+    ax.text(0.6, 0.6, "a scale per input column k would sit inside the sum: that is why activations get one per token, "
+                      "and an outlier feature (a column) still stretches every token's step",
+            fontsize=9.5, va="center")
+    return fig
+
+
 def int8_gemm():
     """Chapter 07: the W8A8 linear layer's dataflow, which steps are integer and which are float."""
     fig, ax = _canvas(21, 8.6)
@@ -1240,6 +1289,7 @@ DIAGRAMS = {
     "06_distillation.png": distillation,
     "07_number_line.png": number_line,
     "07_int8_gemm.png": int8_gemm,
+    "07_scale_layouts.png": scale_layouts,
     "08_sparsity_patterns.png": sparsity_patterns,
     "08_head_removal.png": head_removal,
     "09_grouped_bottleneck.png": grouped_and_bottleneck,

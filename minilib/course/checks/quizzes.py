@@ -252,6 +252,13 @@ QUIZZES: dict[str, Quiz] = {quiz.chapter: quiz for quiz in [
           Question("dab7a41a68ad11e4597c239c", "section 4, building a student: the word-embedding table", decimals=1),
           Question("71c79bb215c032b355af6310", "section 7, when distillation helps most", "abcd"),
           Question("32b0c4244be0e554eb55c093", "section 6, the methods' table", "abcd")),
+    _quiz("07", "ch07_quantization",
+          Question("eac349732138afc03860f9d8", "section 2, how much each bit buys", slack=0),
+          Question("2082e3a3a5f9f305218ea104", "section 4, the scales outside the integer sum (and the picture of "
+                   "the scale layouts)", "abcd"),
+          Question("d8d2e19699d92f2a16c83155", "section 4, which kernel runs the integer sum", "abcd"),
+          Question("60fa6b7157172a222e660534", "section 3, outlier features and their standard fixes", "abcd"),
+          Question("81d9e424a4492e654222aca5", "section 5, reading the table: weight-only rows", "abcd")),
     _quiz("08", "ch08_pruning",
           Question("49d4ff9890a6647327e44749", "section 4, 90% zeros and no faster", "abcd"),
           Question("c75c4f1e79ba5d0a09066d98", "section 4, N:M sparsity", slack=0),
@@ -289,6 +296,12 @@ QUIZZES: dict[str, Quiz] = {quiz.chapter: quiz for quiz in [
           Question("91a9811667023934fde55231", "section 6, sampling: the acceptance rule min(1, p/q)", decimals=1,
                    slack=0),
           Question("d447ca0fdac6651649293298", "section 3, converting a trained model: the fair comparison", "abcd")),
+    _quiz("14", "ch14_modern_decoders",
+          Question("ddd47355c5d79621f9ae2ec2", "section 2, RMSNorm", "abcd"),
+          Question("c8bcaf6c7b1ea34b5d1aabb1", "section 3, why rotations", "abcd"),
+          Question("f07933425fc57f007bd2c1c9", "section 6, the KV cache", slack=0),
+          Question("d64fc815d71401800d528228", "section 11, GPTQ", "abcd"),
+          Question("9aa471c6213e7349fafd794b", "section 14, Wanda and SparseGPT", "abcd")),
 ]}
 
 # Run as a command (python -m …), this file is executed a second time as __main__ after the package has imported and
