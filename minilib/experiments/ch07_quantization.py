@@ -99,6 +99,18 @@ def latency(variants: dict[str, nn.Module], batch: int = 32, seq: int = 128, war
                        baseline=FP32, warmup=warmup, repeats=repeats)
 
 
+def too_slow_here(variants: dict[str, nn.Module], limit: float = 5.0) -> dict[str, float]:
+    """The variants whose forward pass takes over ``limit`` × fp32's time on this CPU: ``{name: × faster}``.
+
+    Measured once on a small batch (4 × 128). A library's CPU kernel can be a slow fallback on some CPUs (torchao's
+    int8 dynamic path takes about 15× fp32's time on a 2-core AMD EPYC without VNNI or AMX): the chapter reports its
+    ratio and leaves it out of the cells that run each variant many times.
+    """
+    comparison = latency(variants, batch=4, warmup=0, repeats=1)
+    return {name: comparison.ratio(name) for name in runnable(variants)
+            if name != FP32 and comparison.ratio(name) < 1 / limit}
+
+
 # ----------------------------------------------------------------------------- where the time goes
 OPERATION_KINDS = {   # kind of work: the operations (PyTorch's, ONNX Runtime's node types) that do it
     "int8 GEMM": ("aten::_int_mm", "minilib::u8s8_linear", "quantized::linear_dynamic", "onednn::qlinear_pointwise",
