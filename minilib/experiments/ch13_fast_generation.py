@@ -200,7 +200,7 @@ def _fair_metrics(results: dict) -> dict:
         return math.exp(results[cache.key_id(["fair", n_kv_heads, seed, FAIR_STEPS])])
     runs = [FairRun(seed, perplexity_of(DECODER["n_heads"], seed), perplexity_of(GQA_KV_HEADS, seed))
             for seed in FAIR_SEEDS]
-    return {"mean_change_percent": statistics.mean(run.change for run in runs)}
+    return {"mean_change_percent": summarise_fair(runs).mean}
 
 
 def time_per_token(fn, n_tokens: int, repeats: int = 3) -> float:

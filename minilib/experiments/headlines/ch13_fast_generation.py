@@ -11,6 +11,7 @@
 from minilib.experiments.artefacts import shipped_problem
 from minilib.experiments.ch13_fast_generation import (
     ARTEFACTS,
+    FAIR_SEEDS,
     FAIR_STEPS,
     UPTRAIN_STEPS,
     acceptance_rate,
@@ -64,7 +65,7 @@ def _gqa_rows(model, base, validation):
     size = Headline.at_least(f"GQA ({model.config.n_heads} → {n_kv} kv heads) cache × smaller", smaller,
                              GQA_SIZE_TARGET, "×")
     name = (f"GQA ({model.config.n_heads} → {n_kv} kv heads) perplexity cost against the multi-head model trained as "
-            "long: the smallest of 3 seeds")
+            f"long: the smallest of {len(FAIR_SEEDS)} seeds")
     problem = shipped_problem(ARTEFACTS["ch13_gqa_fair"])
     if problem is not None:      # six training runs: never measured here unasked
         return [size, Headline.unavailable(name, GQA_COST_FLOOR, "%", "≥", f"ch13_gqa_fair {problem}; `python -m "
