@@ -267,6 +267,11 @@ def test_weight_bits_follow_the_cpu_and_eight_bits_run_exactly_everywhere(monkey
         torch.testing.assert_close(layer(x).double(), exact + linear.bias.double(), rtol=1e-5, atol=1e-5)
     monkeypatch.setattr(quant.int8, "_U8S8_WEIGHT_BITS", [7])     # an AVX2-only CPU
     assert quant.int8.default_weight_bits() == 7 and not quant.int8.u8s8_kernel_available(8)
+    saved_on_vnni = QuantLinear(96, 40, weight_bits=8)                # 8-bit codes loaded on the AVX2-only CPU
+    saved_on_vnni.load_state_dict(eight.state_dict())
+    with pytest.raises(ValueError, match=r"up to ±63 exactly, got codes up to ±127"):
+        quant.int8.u8s8_linear_op(quantize_rows(x, unsigned=True)[0], saved_on_vnni.weight_q,
+                                  saved_on_vnni.weight_scale)
     with pytest.raises(ValueError, match="weight_bits must be 8, 7 or None"):
         QuantLinear(4, 4, weight_bits=4)
 

@@ -177,10 +177,11 @@ def u8s8_linear_op(x_u8: torch.Tensor, weight_q: torch.Tensor, w_scale: torch.Te
     version = 0 if weight_q.is_inference() else weight_q._version   # a weight made under inference_mode has none
     cached = _PACKED_WEIGHTS.get(id(weight_q))
     if cached is None or cached[0]() is not weight_q or cached[1] != version:
-        limit = 2 ** ((u8s8_weight_bits() or 8) - 1)
-        if weight_q.abs().max() > limit:   # e.g. 8-bit codes saved on a VNNI CPU, loaded on an AVX2 one
+        limit = 2 ** ((u8s8_weight_bits() or 8) - 1) - 1          # ±127 or ±63: what the probe found exact
+        largest = int(weight_q.to(torch.int16).abs().max())        # int16: in int8, |−128| and 128 wrap around
+        if largest > limit:   # e.g. 8-bit codes saved on a VNNI CPU, loaded on an AVX2 one
             raise ValueError(f"this CPU's u8·s8 kernel multiplies weights up to ±{limit} exactly, got codes up to "
-                             f"±{int(weight_q.abs().max())}: quantize the layer here (QuantLinear.from_linear)")
+                             f"±{largest}: quantize the layer here (QuantLinear.from_linear)")
         key = id(weight_q)
         forget = lambda _, key=key: _PACKED_WEIGHTS.pop(key, None)   # noqa: E731  (the weight is gone)
         cached = weakref.ref(weight_q, forget), version, torch.ops.onednn.qlinear_prepack(weight_q, None)
