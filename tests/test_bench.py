@@ -94,6 +94,26 @@ def test_machine_label_names_threads_and_torch_version():
     assert f"{torch.get_num_threads()} torch threads" in label and torch.__version__ in label
 
 
+@pytest.mark.parametrize("flags, expected", [
+    ({"sse2", "avx2", "fma"}, "AVX2"),                                        # AMD EPYC Rome, Intel Haswell
+    ({"avx2", "avx512f", "avx512_vnni"}, "AVX-512 VNNI"),                     # AMD EPYC Genoa, Intel Cascade Lake
+    ({"avx2", "avx512_vnni", "amx_tile", "amx_int8"}, "AVX-512 VNNI, AMX"),   # Intel Sapphire Rapids
+    ({"avx2", "avx_vnni"}, "AVX-VNNI"),                                       # Intel Alder Lake
+    (set(), ""),                                                              # an Arm CPU: none of these
+])
+def test_int8_instructions_name_what_decides_an_int8_gemm(flags, expected):
+    assert bench.int8_instructions(flags) == expected
+
+
+def test_machine_kind_separates_one_model_name_by_its_int8_instructions(monkeypatch):
+    monkeypatch.setattr(bench, "_cpu_model", lambda: "AMD EPYC")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(bench, "_cpu_flags", lambda: {"avx2"})
+    rome = bench.machine_kind()
+    monkeypatch.setattr(bench, "_cpu_flags", lambda: {"avx2", "avx512_vnni"})
+    assert (rome, bench.machine_kind()) == ("AMD EPYC (AVX2)", "AMD EPYC (AVX-512 VNNI)")
+
+
 def test_peak_matmul_gflops_is_a_positive_rate():
     assert peak_matmul_gflops(size=64, device="cpu", repeats=3) > 0
     with pytest.raises(ValueError, match="size must be a positive integer"):

@@ -240,9 +240,39 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def int8_instructions(flags: set[str] | None = None) -> str:
+    """The x86 instructions that decide an int8 GEMM's speed (``flags``: /proc/cpuinfo's, read when not given):
+    "AVX-512 VNNI, AMX", "AVX-512 VNNI", "AVX-VNNI", "AVX2", or "" where none is listed (not x86, not Linux).
+
+    Two CPUs sold under one name differ here: an AMD EPYC of 2019 has AVX2 alone, one of 2022 AVX-512 VNNI.
+    """
+    flags = _cpu_flags() if flags is None else flags
+    vnni = "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX-VNNI" if "avx_vnni" in flags else ""
+    if vnni and "amx_int8" in flags:
+        return f"{vnni}, AMX"
+    return vnni or ("AVX2" if "avx2" in flags else "")
+
+
+def _cpu_name() -> str:
+    instructions = int8_instructions()
+    return f"{_cpu_model()} ({instructions})" if instructions else _cpu_model()
+
+
 def machine_kind() -> str:
-    """The kind of machine, for keeping one result per kind: the CPU model (and the GPU, when there is one)."""
-    kind = _cpu_model()
+    """The kind of machine, for keeping one result per kind: the CPU model and its int8 instructions
+    (:func:`int8_instructions`), and the GPU when there is one."""
+    kind = _cpu_name()
     if torch.cuda.is_available():
         kind += f" + {torch.cuda.get_device_name()}"
     return kind
@@ -250,7 +280,7 @@ def machine_kind() -> str:
 
 def machine_label() -> str:
     """Where a measurement was taken: CPU model, torch threads, torch version (and the GPU if any)."""
-    label = f"{_cpu_model()} · {torch.get_num_threads()} torch threads · torch {torch.__version__}"
+    label = f"{_cpu_name()} · {torch.get_num_threads()} torch threads · torch {torch.__version__}"
     if torch.cuda.is_available():
         label += f" · GPU {torch.cuda.get_device_name()}"
     return label
