@@ -54,18 +54,25 @@ def test_other_torch_version_is_a_warning():
 
 
 def test_threads_fewer_than_cores_is_a_warning():
-    assert envcheck.check_threads(threads=1, cpus=4, quota=None).status == "warn"
-    assert "set_num_threads(4)" in envcheck.check_threads(threads=1, cpus=4, quota=None).fix
-    assert envcheck.check_threads(threads=4, cpus=4, quota=None).status == "ok"
+    assert envcheck.check_threads(threads=1, cpus=4, quota=None, busy=0.0).status == "warn"
+    assert "set_num_threads(4)" in envcheck.check_threads(threads=1, cpus=4, quota=None, busy=0.0).fix
+    assert envcheck.check_threads(threads=4, cpus=4, quota=None, busy=0.0).status == "ok"
+
+
+def test_threads_leave_the_cores_a_busy_neighbour_keeps():
+    beside_one = envcheck.check_threads(threads=1, cpus=2, quota=None, busy=1.0)   # a hub neighbour's training job
+    assert beside_one.status == "ok" and "other programs keep 1.0 CPUs busy" in beside_one.found
+    too_many = envcheck.check_threads(threads=2, cpus=2, quota=None, busy=1.0)
+    assert too_many.status == "warn" and "keep some of them busy" in too_many.fix and "set_num_threads(1)" in too_many.fix
 
 
 def test_threads_report_the_quota_and_never_suggest_more_threads_than_it_allows(monkeypatch):
     monkeypatch.setattr("minilib.support.threads.affinity_cpus", lambda: 16)   # a hub pod sees 16 host cores
-    check = envcheck.check_threads(threads=16, quota=1.5)
+    check = envcheck.check_threads(threads=16, quota=1.5, busy=0.0)
     assert check.status == "warn" and "a CPU quota of 1.5 CPUs" in check.found and "2 CPUs usable" in check.found
     assert "set_num_threads(2)" in check.fix
-    assert envcheck.check_threads(threads=2, quota=1.5).status == "ok"
-    assert "no CPU quota" in envcheck.check_threads(threads=16, quota=None).found
+    assert envcheck.check_threads(threads=2, quota=1.5, busy=0.0).status == "ok"
+    assert "no CPU quota" in envcheck.check_threads(threads=16, quota=None, busy=0.0).found
 
 
 def test_cache_dir_writable_and_not(tmp_path):

@@ -93,6 +93,18 @@ def test_importing_the_course_under_taskset_uses_one_thread():
     assert out.stdout.split() == ["1", "1"]
 
 
+def test_importing_the_course_beside_a_busy_program_leaves_it_its_core():
+    code = "import minilib.support, torch; print(torch.get_num_threads())"
+    env = {name: value for name, value in os.environ.items() if name != "MINILIB_THREADS"}
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        beside = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert int(beside.stdout) <= max(1, threads.usable_cpus() - 1)       # at least the neighbour's core is left to it
+
+
 def test_threads_context_restores_the_count_and_rejects_nonsense():
     before = torch.get_num_threads()
     with threads.threads(1):

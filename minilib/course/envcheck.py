@@ -106,10 +106,12 @@ def check_torch_build(cuda_version: str | None = None, cuda_available: bool | No
                  + CPU_TORCH_INSTALL)
 
 
-def check_threads(threads: int | None = None, cpus: int | None = None, quota: float | None | str = "read") -> Check:
+def check_threads(threads: int | None = None, cpus: int | None = None, quota: float | None | str = "read",
+                  busy: float | None = None) -> Check:
     """PyTorch's thread count against the CPUs this process may use: its affinity mask capped by the cgroup CPU
     quota (a Binder or hub pod sees the host's cores but may get only one core's worth of time), never the
-    host's count. Without arguments, reads them (:mod:`minilib.support.threads`)."""
+    host's count, less the CPUs other programs keep busy (``busy``, measured when not given). Without arguments,
+    reads them (:mod:`minilib.support.threads`)."""
     from minilib.support import threads as course_threads
 
     if threads is None:
@@ -118,14 +120,18 @@ def check_threads(threads: int | None = None, cpus: int | None = None, quota: fl
         threads = torch.get_num_threads()
     quota = course_threads.cpu_quota() if quota == "read" else quota
     cpus = course_threads.usable_cpus(quota) if cpus is None else cpus
+    busy = course_threads.busy_cpus() if busy is None else busy
+    free = max(1, min(cpus, round(cpus - busy)))     # as course_threads counts them
     limit = "no CPU quota" if quota is None else f"a CPU quota of {quota:g} CPUs"
-    found = f"{threads} torch threads; {cpus} CPUs usable ({limit})"
-    if threads < cpus:
+    neighbours = f"; other programs keep {busy:.1f} CPUs busy" if busy >= 0.5 else ""
+    found = f"{threads} torch threads; {cpus} CPUs usable ({limit}){neighbours}"
+    if threads < free:
         return Check("threads", "warn", found, f"PyTorch uses fewer CPUs than it may (is OMP_NUM_THREADS or MINILIB_THREADS "
-                     f"set?); for timings as in the course run `torch.set_num_threads({cpus})`")
-    if threads > cpus:
+                     f"set?); for timings as in the course run `torch.set_num_threads({free})`")
+    if threads > free:
+        why = "other programs keep some of them busy" if free < cpus else "they have no CPU"
         return Check("threads", "warn", found, f"more threads than CPUs this process may use: each operation waits for "
-                     f"threads that have no CPU; run `torch.set_num_threads({cpus})`")
+                     f"threads that have no CPU ({why}); run `torch.set_num_threads({free})`")
     return Check("threads", "ok", found)
 
 

@@ -80,7 +80,10 @@ _COMPETITORS: set[int] = set()   # process ids of busy_competitor's programs, le
 def busy_competitor():
     """Keep one CPU busy with another program while the block runs: a Python loop that never sleeps, as a
     neighbour's training job on a shared hub would. ``python -m minilib notebooks --competitor`` uses it."""
-    competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    loop = ("import os\nparent = os.getppid()\n"
+            "while os.getppid() == parent:   # ends with us, even if we are killed\n"
+            "    for _ in range(1_000_000): pass")
+    competitor = subprocess.Popen([sys.executable, "-c", loop])
     _COMPETITORS.add(competitor.pid)
     try:
         yield competitor

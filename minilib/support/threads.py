@@ -13,9 +13,10 @@ Either way an operation that takes 50 µs alone can take several milliseconds. T
 thousands of such operations, so a chapter that trains one can run ten times slower beside one busy program.
 This module counts the CPUs the course may use (:func:`usable_cpus`: the affinity mask and the cgroup quota,
 never the host's count), and importing ``minilib.support`` lowers PyTorch's threads to that count
-(:func:`use_usable_cpus`). :func:`minilib.support.train.fit` trains small models on one thread
-(:func:`training_threads`): alone that costs them about a sixth of their speed, beside a busy program it saves
-most of it; larger models get the usable CPUs minus those other programs keep busy (:func:`busy_cpus`).
+less the CPUs other programs keep busy at that moment (:func:`use_usable_cpus`, :func:`busy_cpus`).
+:func:`minilib.support.train.fit` looks again when training starts: small models train on one thread
+(:func:`training_threads`; alone that costs them about a sixth of their speed, beside a busy program it saves
+most of it), larger models on the usable CPUs minus those other programs keep busy then.
 
 ``MINILIB_THREADS=n`` overrides the choice everywhere (for example to time the course as it ran before).
 """
@@ -171,12 +172,18 @@ def threads(n: int):
 
 
 def use_usable_cpus() -> int:
-    """Lower PyTorch's threads to :func:`usable_cpus` (or ``MINILIB_THREADS``) when it would use more; return the
-    count now in use. Done once when ``minilib.support`` is imported; it never raises a count that a learner or
-    ``OMP_NUM_THREADS`` lowered, and it does not look at other programs (a moment's neighbour must not halve a
-    whole session's timings): :func:`training_threads` does that where it matters, when training starts."""
+    """Lower PyTorch's threads to :func:`course_threads` (the usable CPUs less those other programs keep busy,
+    or ``MINILIB_THREADS``) when it would use more; return the count now in use. Done once when
+    ``minilib.support`` is imported; it never raises a count that a learner or ``OMP_NUM_THREADS`` lowered.
+
+    Why look at the neighbours at all: guessing wrong costs little one way and much the other. Chapter 01's first
+    run on a 2-core AMD EPYC took 14.7 s alone on 2 threads and 13.4 s on 1; beside one busy program, 88.3 s on 2
+    threads (each operation waits for the thread that has no core) and 13.4 s on 1. A neighbour that happened to
+    be busy for a moment costs at most the second core's speed-up; the count can be raised again with
+    ``torch.set_num_threads`` or ``MINILIB_THREADS``.
+    """
     wanted = os.environ.get("MINILIB_THREADS", "").strip()
-    limit = course_threads(busy=0.0) if wanted else usable_cpus()
+    limit = course_threads()
     if torch.get_num_threads() > limit or wanted:
         torch.set_num_threads(limit)
     return torch.get_num_threads()
