@@ -152,7 +152,8 @@ def measure_classifiers(models: dict[str, Logits], sizes_bytes: dict[str, int], 
     ``minilib`` classifier as it is, a Hugging Face one as ``lambda i, m: hf(input_ids=i, attention_mask=m).logits``,
     an ONNX Runtime session likewise). ``sizes_bytes[name]``: its weights (``minilib.support.bench.model_size_bytes``,
     or the file size of an exported model). Latency: one batch of the first ``batch_size`` rows of ``data``,
-    all models interleaved in one run (median). Accuracy: every row of ``data``.
+    all models interleaved in one run (median). Accuracy: every row of ``data``, ``batch_size`` rows at a time
+    (a larger batch would hold more activations in memory at once).
     """
     if set(models) != set(sizes_bytes):
         raise ValueError(f"need a size for every model; models {sorted(models)}, sizes {sorted(sizes_bytes)}")
@@ -164,8 +165,8 @@ def measure_classifiers(models: dict[str, Logits], sizes_bytes: dict[str, int], 
     with torch.inference_mode():
         timings = compare({name: (lambda fn=fn, name=name: fn(*batches[name])) for name, fn in models.items()},
                           warmup=warmup, repeats=repeats)
-    return [Measurement(name, 1000 * timings.timings[name].median, sizes_bytes[name] / 1e6, accuracy(fn, data))
-            for name, fn in models.items()]
+    return [Measurement(name, 1000 * timings.timings[name].median, sizes_bytes[name] / 1e6,
+                        accuracy(fn, data, batch_size)) for name, fn in models.items()]
 
 
 def candidates_table(candidates: Sequence[Measurement], baseline: str | None = None, budget: Budget | None = None) -> str:
