@@ -333,6 +333,13 @@ def _takes_dropout(fn):
     return any(p.name == "dropout_p" or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
+def causal_bias_after_past(n_q, n_k, dtype, device):
+    """:func:`causal_after_past` as an additive bias (n_q, n_k) of 0 and −∞, or None for one new query: a model
+    builds it once per forward pass and hands it to every layer, instead of each layer building its own."""
+    mask = causal_after_past(None, n_q, n_k, device)
+    return None if mask is None else _as_bias(mask, dtype)
+
+
 def causal_after_past(attn_mask, n_q, n_k, device):
     """Causal mask for n_q new queries after n_k - n_q cached positions: query i sees keys ≤ past + i.
 

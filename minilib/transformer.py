@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minilib.attention import MultiHeadAttention
+from minilib.attention import MultiHeadAttention, causal_bias_after_past
 from minilib.generation import decode
 from minilib.support.device import model_device, to_device
 from minilib.support.train import evaluating
@@ -311,8 +311,12 @@ class LanguageModel(nn.Module):
             raise ValueError(f"the cache was built for {cache.n_layers} layers; this model has {len(self.layers)}")
         start = 0 if cache is None else cache.length
         x = self.embeddings(input_ids, start=start)
+        if cache is None:
+            past_mask = None
+        else:   # new tokens after a cached past: causality is offset by the past, one mask for every layer
+            past_mask = causal_bias_after_past(input_ids.shape[1], start + input_ids.shape[1], x.dtype, x.device)
         for i, layer in enumerate(self.layers):
-            x, _ = layer(x, is_causal=True, cache=None if cache is None else cache.layer(i))
+            x, _ = layer(x, attn_mask=past_mask, is_causal=cache is None, cache=None if cache is None else cache.layer(i))
         if cache is not None:
             cache.advance(input_ids.shape[1])
         return self.lm_head(self.final_norm(x[:, -logits_to_keep:] if logits_to_keep else x))

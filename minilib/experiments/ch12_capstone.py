@@ -4,7 +4,8 @@ A deployment target is a *stated budget* (a named :class:`~minilib.picker.Budget
 way that device runs the model:
 
 - ``phone``: at most 10 MB of weights and 20 ms per sentence, one sentence at a time, on one thread;
-- ``edge box``: at most 50 ms for a batch of 8 sentences on two threads;
+- ``edge box``: at most 50 ms for a batch of 8 sentences on two threads (on one where this machine has only one
+  free: :func:`timing_threads`);
 - ``cloud``: sentences per second per core (batch 32, one thread), at an accuracy floor.
 
 :func:`measure` runs a classifier under a target's conditions (batch size, thread count) and returns a
@@ -37,7 +38,7 @@ from minilib.support.bench import model_size_bytes, time_fn
 from minilib.support.cache import cached_model
 from minilib.support.data import sentiment_dataset
 from minilib.support.device import model_device, to_device
-from minilib.support.threads import threads
+from minilib.support.threads import course_threads, threads
 from minilib.support.train import TrainConfig, accuracy, predict_logits, trim_padding
 from minilib.transformer import Classifier
 
@@ -60,23 +61,31 @@ def resolve_target(target) -> Budget:
     raise ValueError(f"target must be a Budget or one of {sorted(TARGETS)}, got {target!r}")
 
 
-def latency_seconds(model: nn.Module, target, data: TensorDataset, repeats: int = 10) -> float:
+def timing_threads(target) -> int:
+    """Threads to time ``target`` on here: its own count, unless this machine has fewer free (a CPU quota, or cores
+    a busy neighbour keeps: :func:`~minilib.support.threads.course_threads`). Two threads on one free core would
+    time the threads waiting for each other, not the model."""
+    return min(resolve_target(target).threads, course_threads())
+
+
+def latency_seconds(model: nn.Module, target, data: TensorDataset, repeats: int = 10,
+                    n_threads: int | None = None) -> float:
     """Median seconds of one call on the first ``batch_size`` sentences of ``data`` (padding trimmed), on
-    ``threads`` threads: the target's conditions."""
+    ``n_threads`` threads (default :func:`timing_threads`: the target's, where this machine has them free)."""
     target = resolve_target(target)
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a classifier (an nn.Module), got {type(model).__name__}")
     model.eval()
     input_ids, attention_mask = to_device(trim_padding(*[t[:target.batch_size] for t in data.tensors[:2]]),
                                           model_device(model))
-    with threads(target.threads), torch.inference_mode():
+    with threads(n_threads or timing_threads(target)), torch.inference_mode():
         return time_fn(lambda: model(input_ids, attention_mask), warmup=2, repeats=repeats).median
 
 
 def measure(model: nn.Module, target, data: TensorDataset, name: str = "model", repeats: int = 10) -> Measurement:
     """Size, latency, throughput and accuracy of ``model`` under ``target``'s conditions.
 
-    Latency: :func:`latency_seconds`. Throughput per core = batch_size / latency / threads.
+    Latency: :func:`latency_seconds`. Throughput per core = batch_size / latency / threads it ran on.
     Accuracy: every sentence of ``data`` = (input_ids, attention_mask, labels).
     """
     return measure_steps({name: model}, [target], data, repeats)[resolve_target(target).name][0]
@@ -89,12 +98,13 @@ def measure_steps(models: dict, targets, data: TensorDataset, repeats: int = 10)
     """
     targets = [resolve_target(t) for t in targets]
     results = {t.name: [] for t in targets}
+    used = {t.name: timing_threads(t) for t in targets}       # once, so latency and throughput agree
     for name, model in models.items():
-        seconds = {t.name: latency_seconds(model, t, data, repeats) for t in targets}
+        seconds = {t.name: latency_seconds(model, t, data, repeats, used[t.name]) for t in targets}
         size_mb, correct = model_size_bytes(model) / 1e6, accuracy(model, data)
         for t in targets:
             results[t.name].append(Measurement(name, 1000 * seconds[t.name], size_mb, correct,
-                                               throughput=t.batch_size / seconds[t.name] / t.threads))
+                                               throughput=t.batch_size / seconds[t.name] / used[t.name]))
     return results
 
 
