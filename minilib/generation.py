@@ -40,6 +40,7 @@ from minilib.attention import (
 from minilib.quant.affine import absmax_quantize
 from minilib.quant.int4 import pack_int4, unpack_int4
 from minilib.support.device import model_device
+from minilib.support.threads import decoding_threads, threads
 from minilib.support.train import evaluating
 
 # ------------------------------------------------------------------------------------------------
@@ -444,7 +445,8 @@ def generate(model, input_ids, max_new_tokens, *, use_cache=True, cache=None, te
         step = lambda tokens: model(tokens[:, cache.length:], cache=cache, logits_to_keep=1)[:, -1]  # noqa: E731
     else:
         step = lambda tokens: model(tokens, logits_to_keep=1)[:, -1]  # noqa: E731
-    with evaluating(model):
+    per_pass = input_ids.shape[0] * (1 if use_cache else input_ids.shape[1] + max_new_tokens)
+    with evaluating(model), threads(decoding_threads(model, per_pass)):
         return decode(step, input_ids, max_new_tokens, temperature=temperature, top_k=top_k, eos_id=eos_id,
                       generator=generator)
 
@@ -561,7 +563,7 @@ def speculative_generate(target, draft, input_ids, max_new_tokens, *, k=4, min_c
     total = input_ids.shape[1] + max_new_tokens
     caches = KVCache.for_model(target, 1, total), KVCache.for_model(draft, 1, total)
     tokens, drafted, accepted, target_calls, draft_calls = input_ids, 0, 0, 0, 0
-    with evaluating(target, draft):
+    with evaluating(target, draft), threads(decoding_threads(target, k + 1)):   # the verification: k + 1 tokens
         while tokens.shape[1] < total:
             n_draft = min(k, total - tokens.shape[1] - 1)                   # never draft past max_new_tokens
             tokens, n, kept, calls = speculative_round(target, draft, tokens, *caches, n_draft, temperature=temperature,

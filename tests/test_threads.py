@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 
 from minilib.support import threads
 from minilib.support.train import TrainConfig, fit
-from minilib.transformer import Classifier, Encoder, TransformerConfig
+from minilib.transformer import Classifier, Encoder, LanguageModel, TransformerConfig
 
 
 def fake_cgroup(tmp_path, proc_lines, files):
@@ -125,6 +125,24 @@ def test_small_models_train_on_one_thread_and_large_ones_on_the_course_threads(m
     assert threads.training_threads(large, 32 * 128) == 2
     monkeypatch.setenv("MINILIB_THREADS", "2")
     assert threads.training_threads(small, 32 * 24) == 2
+
+
+def test_small_models_decode_on_one_thread_and_the_count_comes_back(monkeypatch):
+    from minilib.generation import generate, speculative_generate
+
+    monkeypatch.delenv("MINILIB_THREADS", raising=False)
+    config = TransformerConfig(vocab_size=30, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_len=32, dropout=0.0)
+    model, seen = LanguageModel(config).eval(), []
+    model.register_forward_pre_hook(lambda module, args: seen.append(torch.get_num_threads()))
+    assert threads.decoding_threads(model, 1) == 1
+    before, prompt = torch.get_num_threads(), torch.randint(0, 30, (1, 4))
+    generate(model, prompt, 5)
+    speculative_generate(model, model, prompt, 5, k=2)
+    assert set(seen) == {1} and torch.get_num_threads() == before
+    wide = nn.Sequential(nn.Linear(2048, 8192), nn.Linear(8192, 2048))            # 34 MFLOP a token
+    assert threads.decoding_threads(wide, 4) == torch.get_num_threads()          # large work keeps the count
+    monkeypatch.setenv("MINILIB_THREADS", "2")
+    assert threads.decoding_threads(model, 1) == torch.get_num_threads()
 
 
 def test_fit_trains_a_small_model_on_one_thread_and_restores_the_count(monkeypatch):

@@ -31,6 +31,7 @@ from minilib.metrics import perplexity
 from minilib.support import cache
 from minilib.support.bench import compare
 from minilib.support.data import CharLMData, char_lm_dataset
+from minilib.support.threads import decoding_threads, threads
 from minilib.support.train import TrainConfig, fit, init_weights, lm_loss, set_seed
 from minilib.transformer import LanguageModel, TransformerConfig
 
@@ -287,7 +288,8 @@ def pass_costs(target, draft, prompt, max_k: int = 8, repeats: int = 15) -> Pass
 
     variants = {f"target, {n} tokens": run(target, caches["target"], n) for n in range(1, max_k + 2)}
     variants["draft, 1 token"] = run(draft, caches["draft"], 1)
-    timing = compare(variants, baseline="target, 1 tokens", warmup=2, repeats=repeats)
+    with threads(decoding_threads(target, max_k + 1)):         # as speculative_generate runs them
+        timing = compare(variants, baseline="target, 1 tokens", warmup=2, repeats=repeats)
     step = timing.timings["target, 1 tokens"].median
     return PassCosts(step, 1 / timing.ratio("draft, 1 token"),
                      {k: 1 / timing.ratio(f"target, {k + 1} tokens") for k in range(1, max_k + 1)})
