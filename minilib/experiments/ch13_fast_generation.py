@@ -26,6 +26,7 @@ from minilib.generation import (
     expected_speedup,
     expected_tokens_per_round,
     grouped_query_model,
+    speculative_generate,
 )
 from minilib.metrics import perplexity
 from minilib.support import cache
@@ -308,8 +309,13 @@ def acceptance_rate(result: SpeculativeResult, k: int) -> float:
 
 class SpeculationPlan(NamedTuple):
     k: int                      # tokens to draft per round, at most
-    min_confidence: float       # the draft ends its round after a token it is less sure of than this
+    min_confidence: float | None   # the draft ends its round after a token it is less sure of (None: never)
     predicted: float            # the cost model's speed-up at k
+
+    def describe(self) -> str:
+        rule = (f"the draft stops below {self.min_confidence:.0%} confidence" if self.min_confidence is not None
+                else "the draft always drafts k")
+        return f"k ≤ {self.k}, {rule}"
 
 
 def plan_speculation(costs: PassCosts, alpha: float) -> SpeculationPlan:
@@ -326,14 +332,31 @@ def plan_speculation(costs: PassCosts, alpha: float) -> SpeculationPlan:
     return SpeculationPlan(k, min(predicted * per_token, 0.99), predicted)      # a probability: at most 0.99
 
 
+def keep_rule_if_it_pays(plan: SpeculationPlan, target, draft, prompt, new_tokens: int = 64,
+                         repeats: int = 3) -> SpeculationPlan:
+    """``plan``, without its stopping rule unless a short trial says the rule pays here.
+
+    The cost model counts passes, not rounds: each round also costs the verification's call and its bookkeeping,
+    so stopping early (more, shorter rounds) can lose what it saves. Both ways are timed on ``new_tokens`` tokens
+    after ``prompt``, interleaved (median of ``repeats``); the output is the same either way.
+    """
+    if plan.min_confidence is None:
+        return plan
+    run = lambda rule: lambda: speculative_generate(target, draft, prompt, new_tokens, k=plan.k,   # noqa: E731
+                                                    min_confidence=rule)
+    timing = compare({"always k": run(None), "stopping rule": run(plan.min_confidence)}, baseline="always k",
+                     warmup=1, repeats=repeats)
+    return plan if timing.ratio("stopping rule") > 1 else plan._replace(min_confidence=None)
+
+
 def speedup_explorer(k: int = 4, alpha: float = 0.6, draft_cost: float = 0.15, verify_per_token: float = 0.0,
                      measured: dict | None = None, verify: dict | None = None, max_k: int = 10,
                      planned: float | None = None):
     """The cost model's speed-up against k (1 … max_k): acceptance ``alpha``, a draft pass costing ``draft_cost``
     target passes, verifying k + 1 tokens costing ``verify[k]`` passes when given (measured), else
     1 + ``verify_per_token`` · k (0 where reading the weights dominates, as on a GPU). ``measured``: {k: speed-up
-    measured with k drafted every round} drawn on top; ``planned``: the speed-up measured at ``k`` with the draft
-    stopping early when unsure, a point of its own. Returns the figure (the chapter's widget redraws it)."""
+    measured with k drafted every round} drawn on top; ``planned``: the speed-up measured with the planner's
+    choice (k at most, the draft stopping early when unsure if that pays), a point of its own. Returns the figure (the chapter's widget redraws it)."""
     import matplotlib.pyplot as plt
 
     ks = [n for n in range(1, max_k + 1) if verify is None or n in verify]
@@ -349,7 +372,7 @@ def speedup_explorer(k: int = 4, alpha: float = 0.6, draft_cost: float = 0.15, v
         ax.plot(list(measured), list(measured.values()), "x", color="#c53030", ms=10, mew=2,
                 label="measured here, k drafted every round")
     if planned is not None:
-        ax.plot([k], [planned], "*", color="#2f855a", ms=13, label=f"measured here, k ≤ {k} and the stopping rule")
+        ax.plot([k], [planned], "*", color="#2f855a", ms=13, label=f"measured here, the planner's choice (k ≤ {k})")
     ax.axhline(1, color="gray", ls="--", lw=1)
     shown = [chosen, *(measured or {}).values(), *([] if planned is None else [planned])]
     ax.set(xlabel="k, tokens drafted per round", ylabel="speed-up over the target alone", xticks=ks,
