@@ -5,11 +5,19 @@ cannot load (every CPU, and any Python other than the one they were built for): 
 and torch's notice about how torchao registers its enums. They are messages for torchao's developers that a learner
 reads as errors, and transformers imports torchao whenever it is installed, so every chapter that loads a model
 would print them. The course uses none of those extensions. Likewise torch.onnx's current exporter logs one line
-per torchvision operator when torchvision is not installed (the course does not need it). Only those messages are
-dropped: every other message of those loggers, and every warning, still shows.
+per torchvision operator when torchvision is not installed (the course does not need it), and PyTorch's profiler
+prints its trace points. Only those messages are dropped: every other message of those loggers, and every warning,
+still shows.
 """
 import logging as _logging
+import os as _os
 import re as _re
+
+# PyTorch's profiler (Kineto) writes "USDT:… profiler_start" and "… profiler_stop" to stderr around every profiled
+# block (trace points for its developers' tools), and a notebook shows them as output. Its log level is read when
+# the profiler first starts; 6 is the lowest that leaves those lines out (it also leaves out Kineto's own error
+# lines; the profiler's results and Python's warnings are not affected). A level the learner set wins.
+_os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
 KNOWN_NOISE = {
     "torchao": _re.compile(r"^Failed to load \S*torchao[/\\]_C\w*\.\S+: "),

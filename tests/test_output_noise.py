@@ -15,6 +15,7 @@ stream = nbformat.v4.new_output
      "raw log line"),
     ("ok\nWARNING:root:something for developers\n", "raw log line"),
     ("I1207 09:00:01.000001 77 torch/_dynamo/eval_frame.py:12] compiling\n", "raw log line"),
+    ("USDT:2026-12-07 21:22:23 11330:11330 SyncActivityProfilerHandler.cpp:52] profiler_start\n", "raw log line"),
 ])
 def test_noise_is_found_and_named(text, kind):
     found = noise([stream("stream", name="stderr", text=text)])
@@ -94,3 +95,21 @@ def test_the_onnx_exporter_says_nothing_about_a_missing_torchvision_and_real_mes
     output = run.stdout + run.stderr
     assert "a real exporter message" in output
     assert "torchvision is not installed" not in output, output
+
+
+def test_the_profiler_prints_no_trace_points_after_importing_minilib():
+    """PyTorch's profiler (chapters 07 and 08 profile a forward pass) writes "USDT:… profiler_start" lines to stderr
+    unless its log level is raised; importing minilib raises it, unless the learner set one."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch, minilib\nfrom torch.profiler import profile\n"
+            "with profile() as p:\n    torch.ones(4) @ torch.ones(4)\nprint(len(p.key_averages()) > 0)\n")
+    env = {name: value for name, value in os.environ.items() if name != "KINETO_LOG_LEVEL"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0 and run.stdout.strip() == "True", run.stderr[-2000:]
+    assert noise([stream("stream", name="stderr", text=run.stderr)]) == [], run.stderr
+    chosen = subprocess.run([sys.executable, "-c", "import os, minilib; print(os.environ['KINETO_LOG_LEVEL'])"],
+                            capture_output=True, text=True, env=env | {"KINETO_LOG_LEVEL": "3"})
+    assert chosen.stdout.strip() == "3"

@@ -14,10 +14,12 @@ import pytest
 
 # glog-style lines (PyTorch's C++ and torch._logging): a level letter, the date, the time, a thread id, file:line]
 GLOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+\s+\S+:\d+\]", re.M)
+# Kineto's (PyTorch's profiler) lines: a kind, the date and time, process:thread, file:line]
+KINETO_LINE = re.compile(r"^[A-Z]+:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \d+:\d+ \S+:\d+\]", re.M)
 # the logging module's default format, LEVEL:logger.name:message (logging.basicConfig())
 LOGGING_LINE = re.compile(r"^(?:DEBUG|INFO|WARNING|ERROR|CRITICAL):[\w.]+:", re.M)
 LOAD_FAILURE = re.compile(r"Failed to load\b", re.M)
-PATTERNS = {"a raw log line": (GLOG_LINE, LOGGING_LINE), "a library's failure to load a part of itself": (LOAD_FAILURE,)}
+PATTERNS = {"a raw log line": (GLOG_LINE, KINETO_LINE, LOGGING_LINE), "a library's failure to load a part of itself": (LOAD_FAILURE,)}
 
 
 def output_text(output) -> str:
