@@ -115,7 +115,7 @@ def _speculative_rows(model, prompt):
     result = planned()
     same = result.tokens.equal(generate(model, prompt, NEW)) and fixed().tokens.equal(result.tokens)
     timing = compare({"target alone": lambda: generate(model, prompt, NEW),     # interleaved: load hits all alike
-                      "planned": planned, "always drafting 4": fixed}, baseline="target alone", warmup=1, repeats=5)
+                      "planned": planned, "always drafting 4": fixed}, baseline="target alone", warmup=1, repeats=9)
     verify = ", ".join(f"{costs.verify[k]:.2f}" for k in (1, 2, 4, MAX_K))
     return [Headline.at_least(f"speculative decoding ({plan.describe()}: chosen from measured costs) × faster",
                               timing.ratio("planned"),
