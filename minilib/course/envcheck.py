@@ -119,9 +119,10 @@ def check_threads(threads: int | None = None, cpus: int | None = None, quota: fl
 
         threads = torch.get_num_threads()
     quota = course_threads.cpu_quota() if quota == "read" else quota
+    seen = course_threads.affinity_cpus() if cpus is None else cpus     # the CPUs the busy count covers
     cpus = course_threads.usable_cpus(quota) if cpus is None else cpus
     busy = course_threads.busy_cpus() if busy is None else busy
-    free = max(1, min(cpus, round(cpus - busy)))     # as course_threads counts them
+    free = course_threads.free_cpus(cpus, seen, busy)                   # as the course counts them
     limit = "no CPU quota" if quota is None else f"a CPU quota of {quota:g} CPUs"
     neighbours = f"; other programs keep {busy:.1f} CPUs busy" if busy >= 0.5 else ""
     found = f"{threads} torch threads; {cpus} CPUs usable ({limit}){neighbours}"

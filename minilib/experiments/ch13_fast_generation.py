@@ -342,10 +342,9 @@ def keep_rule_if_it_pays(plan: SpeculationPlan, target, draft, prompt, new_token
     """
     if plan.min_confidence is None:
         return plan
-    run = lambda rule: lambda: speculative_generate(target, draft, prompt, new_tokens, k=plan.k,   # noqa: E731
-                                                    min_confidence=rule)
-    timing = compare({"always k": run(None), "stopping rule": run(plan.min_confidence)}, baseline="always k",
-                     warmup=1, repeats=repeats)
+    run = functools.partial(speculative_generate, target, draft, prompt, new_tokens, k=plan.k)
+    timing = compare({"always k": run, "stopping rule": functools.partial(run, min_confidence=plan.min_confidence)},
+                     baseline="always k", warmup=1, repeats=repeats)
     return plan if timing.ratio("stopping rule") > 1 else plan._replace(min_confidence=None)
 
 

@@ -229,26 +229,24 @@ class Headline:
 
 
 # ------------------------------------------------------------------------------ the machine itself
-def _cpu_model() -> str:
+def _cpuinfo(field: str) -> str | None:
+    """The first CPU's ``field`` in /proc/cpuinfo ("model name", "flags"), or None (not Linux, no such field)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("model name"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    return None
+
+
+def _cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown CPU"
 
 
 def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set((_cpuinfo("flags") or "").split())
 
 
 def int8_instructions(flags: set[str] | None = None) -> str:

@@ -137,10 +137,13 @@ def course_threads(busy: float | None = None, quota: float | None | str = "read"
         if not wanted.isdigit() or int(wanted) < 1:
             raise ValueError(f"MINILIB_THREADS must be a positive whole number of threads, got {wanted!r}")
         return int(wanted)
-    usable = usable_cpus(quota)
-    busy = busy_cpus() if busy is None else busy
-    free = min(usable, affinity_cpus() - busy)   # a core kept busy by another program is not ours to use
-    return max(1, min(usable, round(free)))
+    return free_cpus(usable_cpus(quota), affinity_cpus(), busy_cpus() if busy is None else busy)
+
+
+def free_cpus(usable: int, seen: int, busy: float) -> int:
+    """Of the ``usable`` CPUs, those other programs leave free: ``seen`` (the CPUs the busy count covers) less
+    ``busy``, rounded, at most ``usable`` and at least 1. A core kept busy by another program is not ours to use."""
+    return max(1, min(usable, round(seen - busy)))
 
 
 def matmul_flops_per_step(model: nn.Module, tokens: int) -> float:
@@ -150,27 +153,24 @@ def matmul_flops_per_step(model: nn.Module, tokens: int) -> float:
     return 2 * tokens * sum(sizes) / len(sizes) if sizes else 0.0
 
 
-def is_small_work(model: nn.Module, tokens: int) -> bool:
-    """Whether a pass of ``model`` over ``tokens`` tokens is "many small operations": its average matrix product
-    below :data:`SMALL_MATMUL_FLOPS`, where a second thread costs as much as it saves."""
-    return matmul_flops_per_step(model, tokens) < SMALL_MATMUL_FLOPS
+def one_thread_for(model: nn.Module, tokens: int) -> bool:
+    """Whether a pass of ``model`` over ``tokens`` tokens should run on one thread: it is "many small operations"
+    (its average matrix product below :data:`SMALL_MATMUL_FLOPS`, where a second thread costs as much as it saves)
+    and ``MINILIB_THREADS`` does not say otherwise."""
+    return not os.environ.get("MINILIB_THREADS", "").strip() and matmul_flops_per_step(model, tokens) < SMALL_MATMUL_FLOPS
 
 
 def training_threads(model: nn.Module, tokens: int) -> int:
-    """Threads to train ``model`` on batches of ``tokens`` tokens: one for small work (:func:`is_small_work`),
+    """Threads to train ``model`` on batches of ``tokens`` tokens: one for small work (:func:`one_thread_for`),
     else :func:`course_threads` (``MINILIB_THREADS`` wins)."""
-    if not os.environ.get("MINILIB_THREADS", "").strip() and is_small_work(model, tokens):
-        return 1
-    return course_threads()
+    return 1 if one_thread_for(model, tokens) else course_threads()
 
 
 def decoding_threads(model: nn.Module, tokens: int) -> int:
     """Threads to generate with ``model``, ``tokens`` new tokens a pass (batch × tokens per step): one for small
-    work (:func:`is_small_work`), else the count in use (``MINILIB_THREADS`` wins). Chapter 13's decoder on the
-    2-core AMD EPYC with AVX-512 VNNI: 2.86 ms a token on one thread, 3.13 ms on two."""
-    if not os.environ.get("MINILIB_THREADS", "").strip() and is_small_work(model, tokens):
-        return 1
-    return torch.get_num_threads()
+    work (:func:`one_thread_for`), else the count in use. Chapter 13's decoder on the 2-core AMD EPYC with AVX-512
+    VNNI: 2.86 ms a token on one thread, 3.13 ms on two."""
+    return 1 if one_thread_for(model, tokens) else torch.get_num_threads()
 
 
 @contextlib.contextmanager
