@@ -89,25 +89,31 @@ def memory_efficient_attention(q, k, v, attn_mask=None, is_causal=False, chunk_s
     v3 = v.reshape(-1, n_k, d_v)
     needs_grad = any(isinstance(t, torch.Tensor) and t.requires_grad for t in (q, k, v, attn_mask))
     in_place = not (torch.is_grad_enabled() and needs_grad)       # a learned bias needs its scores kept too
+    # One buffer for every tile's scores, and each block accumulated in place in the output: fresh memory
+    # each time would cost the system's page faults too. Autograd keeps every tile, so with gradients each is new.
+    buffer = q3.new_empty(q3.shape[0], min(query_chunk_size, n_q) * min(chunk_size, n_k)) if in_place else None
+    output = q3.new_empty(q3.shape[0], n_q, d_v) if in_place else None
     blocks = []
     for i0 in range(0, n_q, query_chunk_size):
         i1 = min(i0 + query_chunk_size, n_q)
         last_key = min(n_k, i1) if is_causal else n_k              # causal: later keys are all masked
-        tiles = (_scores_tile(q3, k3_t, mask, is_causal, lead, i0, i1, j0, min(j0 + chunk_size, last_key))
+        tiles = (_scores_tile(q3, k3_t, mask, is_causal, lead, i0, i1, j0, min(j0 + chunk_size, last_key), buffer)
                  for j0 in range(0, last_key, chunk_size))
-        blocks.append(_online_softmax(tiles, v3, in_place, rows_may_be_empty=mask is not None))
-    return torch.cat(blocks, dim=1).view(*lead, n_q, d_v)
+        blocks.append(_online_softmax(tiles, v3, rows_may_be_empty=mask is not None,
+                                      out=None if output is None else output[:, i0:i1]))
+    return (torch.cat(blocks, dim=1) if output is None else output).view(*lead, n_q, d_v)
 
 
-def _online_softmax(tiles, v3, in_place, rows_may_be_empty):
+def _online_softmax(tiles, v3, rows_may_be_empty, out=None):
     """Σ_j softmax(s)_j v_j from score tiles that arrive one key chunk at a time.
 
-    In place saves passes over memory; when gradients are needed autograd must keep the
-    originals, so ``in_place=False`` computes the same updates out of place.
+    out: (batch·heads, block, d_v), where to accumulate the result, in place: that saves passes over memory.
+    None when gradients are needed (autograd must keep the originals): the same updates, out of place.
     rows_may_be_empty: a mask may hide every key of a row (causality alone never does: key 0
     is always seen first); only then are the -∞ guards below needed.
     """
     running_max = running_sum = accumulator = None
+    in_place = out is not None
     for (j0, j1), scores in tiles:
         chunk_max = scores.amax(dim=-1, keepdim=True)
         new_max = chunk_max if running_max is None else torch.maximum(running_max, chunk_max)   # -∞: nothing seen yet
@@ -115,7 +121,7 @@ def _online_softmax(tiles, v3, in_place, rows_may_be_empty):
         probs = scores.sub_(shift).exp2_() if in_place else torch.exp2(scores - shift)   # 2^(s₂ - m₂') = e^(s - m')
         chunk_sum, values = probs.sum(dim=-1, keepdim=True), v3[:, j0:j1]
         if running_max is None:
-            running_sum, accumulator = chunk_sum, probs @ values
+            running_sum, accumulator = chunk_sum, torch.bmm(probs, values, out=out)
         elif in_place:
             correction = torch.exp2(running_max - shift)                # e^(m - m'); 0 while m = -∞
             running_sum.mul_(correction).add_(chunk_sum)
@@ -127,12 +133,16 @@ def _online_softmax(tiles, v3, in_place, rows_may_be_empty):
         running_max = new_max
     if rows_may_be_empty:
         running_sum = running_sum.masked_fill(running_sum == 0, 1.0)    # ℓ = 0: fully masked row → zeros
-    return accumulator / running_sum
+    return accumulator.div_(running_sum) if in_place else accumulator / running_sum
 
 
-def _scores_tile(q3, k3_t, mask, is_causal, lead, i0, i1, j0, j1):
-    """Base-2 scores of queries i0:i1 against keys j0:j1, with the mask's bias: ((j0, j1), (batch·heads, i1-i0, j1-j0))."""
-    scores = torch.bmm(q3[:, i0:i1], k3_t[:, :, j0:j1])
+def _scores_tile(q3, k3_t, mask, is_causal, lead, i0, i1, j0, j1, buffer=None):
+    """Base-2 scores of queries i0:i1 against keys j0:j1, with the mask's bias: ((j0, j1), (batch·heads, i1-i0, j1-j0)).
+
+    buffer: (batch·heads, ≥ (i1-i0)·(j1-j0)) memory to write the scores into, or None for a new tensor.
+    """
+    out = None if buffer is None else buffer[:, :(i1 - i0) * (j1 - j0)].view(-1, i1 - i0, j1 - j0)
+    scores = torch.bmm(q3[:, i0:i1], k3_t[:, :, j0:j1], out=out)
     if mask is not None:                                            # a mask dim of size 1 broadcasts
         rows = slice(i0, i1) if mask.shape[-2] > 1 else slice(None)
         cols = slice(j0, j1) if mask.shape[-1] > 1 else slice(None)
