@@ -124,3 +124,15 @@ def test_a_nan_never_passes_and_an_unavailable_row_neither_passes_nor_misses():
         Headline("x", math.nan, 1.0, "×", True)   # by position: gone
     with pytest.raises(ValueError, match="goal"):
         Headline(name="x", measured=1.0, target=1.0, unit="×", goal=">")
+
+
+def test_a_target_changed_since_an_older_run_is_shown_beside_that_run(scratch):
+    older = readme.record_headlines([_result("02", Headline.at_most("attention time", 1.35, 1.5, "×"))],
+                                    "AMD EPYC 9B14", "AMD EPYC 9B14 · 2 torch threads")   # the first column
+    record = json.loads(older.read_text())
+    record["chapters"]["02_self_attention"]["date"] = "2026-11-29"          # measured before the target was raised
+    older.write_text(json.dumps(record))
+    readme.record_headlines([_result("02", Headline.at_most("attention time", 1.42, 1.3, "×"))],
+                            "Intel Xeon 8481C", "Intel Xeon 8481C · 2 torch threads")
+    table = readme.headlines_section()
+    assert "| 02 | attention time | ≤ 1.3× | 1.35× (target then ≤ 1.5×) | 1.42× (**missed**) |" in table

@@ -95,15 +95,16 @@ def headlines_section() -> str:
         return "No measurements recorded yet: `python -m minilib bench --markdown` records this machine's."
     order = {chapter.name: index for index, chapter in enumerate(CHAPTERS)}
     claims: dict[tuple, dict] = {}   # (chapter, row name) -> {"target": ..., kind: cell}
+    current = _current_targets(records)
     for record in records:
         for chapter, run in record["chapters"].items():
             if run["error"]:
                 claims.setdefault((chapter, "(the chapter's headlines failed)"), {"target": ""})[record["kind"]] = \
                     f"error: {run['error']}"
             for row in run["rows"]:
-                claim = claims.setdefault((chapter, row["name"]), {"target": f"{row['goal']} "
-                                                                             f"{_number(row['target'], row['unit'])}"})
-                claim[record["kind"]] = _cell(row)
+                target = _target(row)
+                claim = claims.setdefault((chapter, row["name"]), {"target": current[chapter, row["name"]]})
+                claim[record["kind"]] = _cell(row, then=None if target == claim["target"] else target)
     kinds = [record["kind"] for record in records]
     lines = ["| chapter | claim | target | " + " | ".join(kinds) + " |", "|" + "---|" * (3 + len(kinds))]
     for (chapter, name), cells in sorted(claims.items(), key=lambda item: order.get(item[0][0], len(order))):
@@ -115,6 +116,17 @@ def headlines_section() -> str:
     return "\n".join(lines)
 
 
+def _target(row: dict) -> str:
+    return f"{row['goal']} {_number(row['target'], row['unit'])}"
+
+
+def _current_targets(records: list[dict]) -> dict[tuple, str]:
+    """(chapter, row name) -> the target of its most recent measurement: a target raised since holds for all."""
+    dated = sorted((run["date"], chapter, row["name"], _target(row)) for record in records
+                   for chapter, run in record["chapters"].items() for row in run["rows"])
+    return {(chapter, name): target for _, chapter, name, target in dated}     # later dates overwrite
+
+
 def _provenance(entries: dict[str, dict]) -> list[str]:
     """``"<machine>, 2026-11-29: chapters 02, 04 (note)"`` for each group of entries measured alike."""
     groups: dict[tuple, list[str]] = {}
@@ -124,11 +136,15 @@ def _provenance(entries: dict[str, dict]) -> list[str]:
             + (f" ({note})" if note else "") for (machine, date, note), names in groups.items()]
 
 
-def _cell(row: dict) -> str:
+def _cell(row: dict, then: str | None = None) -> str:
+    """A row's measurement as a table cell; ``then``: the target it was held to, where that is not the column's."""
     if row["status"] == "N/A":
         return "not measurable here"
     measured = _number(row["measured"], row["unit"]) if not math.isnan(row["measured"]) else "—"
-    return measured if row["status"] == "PASS" else f"{measured} (**missed**)"
+    verdict = "" if row["status"] == "PASS" else "**missed**"
+    held_to = "" if then is None else f"target then {then}"
+    notes = "; ".join(note for note in (verdict, held_to) if note)
+    return f"{measured} ({notes})" if notes else measured
 
 
 def budgets_section() -> str:
