@@ -17,13 +17,15 @@ prefix that agrees with the target's own choices is kept, plus the target's next
 drafted token d_i, drawn from the draft's distribution q_i, is kept with probability min(1, p_i(d_i) / q_i(d_i))
 (p_i: the target's); the first rejected one is replaced by a draw from max(0, p_i − q_i), renormalised.
 Either way the output has exactly the target's distribution (for greedy: its tokens); the speed-up
-comes from running the target once per round.
+comes from running the target once per round. The draft need not be a network: :class:`NGramDraft` proposes
+the tokens that most often followed the last few in a text, for the cost of a table lookup.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import math
+import sys
 from typing import Callable, NamedTuple
 
 import torch
@@ -489,7 +491,7 @@ def _draft(draft, cache, tokens, k, temperature, top_k, generator, min_confidenc
         if min_confidence is not None and torch.softmax(logits.float(), dim=-1)[0, new[0, 0]] < min_confidence:
             break
     if not proposal:
-        return tokens[:, :0], torch.zeros(0, draft.lm_head.out_features, device=tokens.device)
+        return tokens[:, :0], torch.zeros(0, draft.config.vocab_size, device=tokens.device)
     return torch.cat(proposal, dim=1), torch.cat(q)
 
 
@@ -552,7 +554,7 @@ def speculative_generate(target, draft, input_ids, max_new_tokens, *, k=4, min_c
     if min_confidence is not None and not 0 < min_confidence < 1:
         raise ValueError(f"min_confidence must be a probability between 0 and 1 (or None), got {min_confidence!r}")
     _check_sampling(temperature, top_k)
-    vocab = (target.lm_head.out_features, draft.lm_head.out_features)
+    vocab = (target.config.vocab_size, draft.config.vocab_size)
     if vocab[0] != vocab[1]:
         raise ValueError(f"the draft must share the target's vocabulary: target has {vocab[0]} tokens, "
                          f"draft has {vocab[1]}")
@@ -561,7 +563,7 @@ def speculative_generate(target, draft, input_ids, max_new_tokens, *, k=4, min_c
     if input_ids.shape[0] != 1:
         raise ValueError(f"speculative_generate decodes one sequence at a time: expected batch 1, got {input_ids.shape[0]}")
     total = input_ids.shape[1] + max_new_tokens
-    caches = KVCache.for_model(target, 1, total), KVCache.for_model(draft, 1, total)
+    caches = new_cache(target, 1, total), new_cache(draft, 1, total)
     tokens, drafted, accepted, target_calls, draft_calls = input_ids, 0, 0, 0, 0
     with evaluating(target, draft), threads(decoding_threads(target, k + 1)):   # the verification: k + 1 tokens
         while tokens.shape[1] < total:
@@ -570,6 +572,108 @@ def speculative_generate(target, draft, input_ids, max_new_tokens, *, k=4, min_c
                                                        top_k=top_k, generator=generator, min_confidence=min_confidence)
             drafted, accepted, target_calls, draft_calls = drafted + n, accepted + kept, target_calls + 1, draft_calls + calls
     return SpeculativeResult(tokens, drafted, accepted, target_calls, draft_calls)
+
+
+def new_cache(model, batch: int, max_len: int):
+    """An empty cache of the kind ``model`` keeps: a :class:`KVCache`, or an n-gram draft's :class:`TokenHistory`."""
+    if isinstance(model, NGramDraft):
+        return TokenHistory(batch, max_len)
+    return KVCache.for_model(model, batch, max_len)
+
+
+class TokenHistory:
+    """An :class:`NGramDraft`'s cache: the tokens it has been fed, for batch 1 (a table needs no keys or values).
+
+    Like a :class:`KVCache` it has a ``length`` and forgets its newest tokens with ``truncate``.
+    """
+
+    def __init__(self, batch: int = 1, max_len: int = sys.maxsize):
+        if batch != 1:
+            raise ValueError(f"an n-gram draft keeps one sequence's history: expected batch 1, got {batch}")
+        self.tokens: list[int] = []
+        self.max_len = max_len
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+    def truncate(self, length: int) -> None:
+        """Forget every token from ``length`` on (speculative decoding rejects drafted tokens)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"can truncate to 0 … {self.length} tokens, got {length}")
+        del self.tokens[length:]
+
+
+@dataclasses.dataclass(frozen=True)
+class NGramConfig:
+    vocab_size: int
+    n: int                              # a context is up to n - 1 tokens
+    max_len: int = sys.maxsize          # no context window: the table looks at the last n - 1 tokens only
+
+
+class NGramDraft(nn.Module):
+    """A draft without a network: the tokens that followed the last n − 1 most often in a text.
+
+    Counting the text gives, for every context of 0 … n − 1 tokens that occurs in it, how often each token followed
+    it. A pass looks up the longest context that ends the sequence and was seen (backing off to shorter ones; the
+    empty context, the unigram counts, always is) and returns log counts as logits: greedy drafting proposes the
+    most frequent follower, sampling draws in proportion to the counts (any draft distribution keeps speculative
+    sampling exact). No weights and no matrix products: a pass is a dictionary lookup, where even a one-layer
+    network is dozens of PyTorch operations. vLLM's "ngram" speculator and llama.cpp's lookup decoding draft the
+    same way, from the prompt and from a corpus.
+
+    sequences: (n_sequences, seq) token ids to count (windows never cross from one sequence into the next).
+    """
+
+    def __init__(self, sequences: torch.Tensor, vocab_size: int, n: int = 5):
+        super().__init__()
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n (the n-gram's length: context + next token) must be a positive int, got {n!r}")
+        if not isinstance(sequences, torch.Tensor) or sequences.dim() != 2 or sequences.dtype != torch.long:
+            raise ValueError("sequences must be a (n_sequences, seq) tensor of token ids (torch.long), got "
+                             f"{tuple(sequences.shape) if isinstance(sequences, torch.Tensor) else type(sequences).__name__}")
+        if sequences.numel() and not 0 <= int(sequences.min()) <= int(sequences.max()) < vocab_size:
+            raise ValueError(f"token ids must lie in 0 … {vocab_size - 1}, got {int(sequences.min())} … {int(sequences.max())}")
+        if vocab_size ** n >= 2 ** 63:                                      # a window is counted as one int64
+            raise ValueError(f"vocab_size ** n must stay below 2**63 (windows are counted as 64-bit numbers): "
+                             f"{vocab_size} ** {n} does not; use a smaller n")
+        self.config = NGramConfig(vocab_size, n)
+        contexts, rows = [], []
+        for width in range(min(n, sequences.shape[1])):                       # context lengths 0 … n - 1
+            windows = sequences.unfold(1, width + 1, 1).reshape(-1, width + 1)   # (all windows, context + next)
+            places = vocab_size ** torch.arange(width, -1, -1)                # a window as one number, base vocab
+            grams, counts = torch.unique((windows * places).sum(dim=1), return_counts=True)
+            seen, which = torch.unique(grams // vocab_size, return_inverse=True)   # each distinct context
+            table = torch.full((len(seen), vocab_size), -math.inf)
+            table[which, grams % vocab_size] = counts.float().log()         # log count of each follower
+            contexts += [tuple(context) for context in (seen[:, None] // places[1:] % vocab_size).tolist()]
+            rows.append(table)
+        self.register_buffer("log_counts", torch.cat(rows), persistent=False)   # (contexts, vocab)
+        self.row = {context: i for i, context in enumerate(contexts)}           # context tuple → its row
+
+    def forward(self, input_ids, cache: TokenHistory | None = None, logits_to_keep: int = 0):
+        """input_ids (1, seq), after the tokens ``cache`` holds (appended to it) → logits (1, positions, vocab) for
+        the last ``logits_to_keep`` positions (0: every position of input_ids), as a network's forward gives."""
+        from minilib.transformer import check_token_ids  # here: minilib.transformer imports this module
+        check_token_ids(input_ids)
+        if input_ids.shape[0] != 1:
+            raise ValueError(f"an n-gram draft reads one sequence: expected batch 1, got {input_ids.shape[0]}")
+        past = [] if cache is None else cache.tokens
+        start, new = len(past), input_ids[0].tolist()
+        history = past + new
+        if cache is not None:
+            cache.tokens.extend(new)
+        keep = len(new) if logits_to_keep == 0 else min(logits_to_keep, len(new))
+        ends = range(start + len(new) - keep, start + len(new))               # positions whose next token we predict
+        return torch.stack([self.log_counts[self._longest_context(history[:end + 1])] for end in ends])[None]
+
+    def _longest_context(self, history: list[int]) -> int:
+        """The row of the longest context, of at most n − 1 tokens, that ends ``history`` and occurs in the text."""
+        for width in range(min(self.config.n - 1, len(history)), -1, -1):
+            row = self.row.get(tuple(history[len(history) - width:]))
+            if row is not None:
+                return row
+        raise ValueError("the n-gram table counted no tokens")
 
 
 # ------------------------------------------------------------------------------------------------

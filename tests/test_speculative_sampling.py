@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from minilib.generation import speculative_generate, token_probabilities
+from minilib.generation import NGramDraft, speculative_generate, token_probabilities
 from minilib.transformer import LanguageModel, TransformerConfig
 
 VOCAB, DRAWS, ALPHA = 6, 2000, 1e-3
@@ -42,8 +42,17 @@ def _close_draft():
     return draft
 
 
-DRAFTS = {"a good draft": _close_draft, "a poor draft": lambda: _tiny_model(7), "the target itself": lambda: TARGET}
-SETTINGS = {"a good draft": (1.0, None), "a poor draft": (0.8, 4), "the target itself": (1.3, None)}
+def _table_draft():
+    """A 3-gram table counted from text that never contains the last token: the draft never proposes it, so every
+    draw of it must come from the residual max(0, p − q)."""
+    text = torch.randint(0, VOCAB - 1, (40, 25), generator=torch.Generator().manual_seed(3))
+    return NGramDraft(text, VOCAB, n=3)
+
+
+DRAFTS = {"a good draft": _close_draft, "a poor draft": lambda: _tiny_model(7), "the target itself": lambda: TARGET,
+          "an n-gram table missing a token": _table_draft}
+SETTINGS = {"a good draft": (1.0, None), "a poor draft": (0.8, 4), "the target itself": (1.3, None),
+            "an n-gram table missing a token": (1.0, None)}
 
 
 @torch.no_grad()
@@ -89,8 +98,8 @@ def test_speculative_sampling_draws_from_the_targets_distribution(name):
         assert torch.all(observed[expected == 0] == 0)                     # nothing outside the top_k is drawn
         assert _p_value(observed, expected, DRAWS) > ALPHA
     acceptance = accepted / drafted
-    assert {"a good draft": acceptance > 0.8, "a poor draft": acceptance < 0.7,
-            "the target itself": acceptance > 0.999}[name], acceptance
+    assert {"a good draft": acceptance > 0.8, "a poor draft": acceptance < 0.7, "the target itself": acceptance > 0.999,
+            "an n-gram table missing a token": 0.1 < acceptance < 0.9}[name], acceptance
 
 
 def test_speculative_sampling_is_reproducible_with_a_generator():

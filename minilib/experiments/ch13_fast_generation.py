@@ -22,10 +22,12 @@ from minilib.attention import fold_query_groups, scaled_dot_product_attention, u
 from minilib.experiments.artefacts import Artefact, cached_result, load_model
 from minilib.generation import (
     KVCache,
+    NGramDraft,
     SpeculativeResult,
     expected_speedup,
     expected_tokens_per_round,
     grouped_query_model,
+    new_cache,
     speculative_generate,
 )
 from minilib.metrics import perplexity
@@ -105,6 +107,13 @@ def decoder(retrain: bool | None = None) -> LanguageModel:
 def draft_model(retrain: bool | None = None) -> LanguageModel:
     """Chapter 13's one-layer draft model for speculative decoding (same vocabulary), as shipped."""
     return load_model(ARTEFACTS["ch13_draft"], _fresh(DRAFT, 1), train_draft, retrain)
+
+
+def ngram_draft(n: int = 5) -> NGramDraft:
+    """A draft that is a table: the characters that followed each context of up to n − 1 in the training text,
+    counted (a fraction of a second; nothing to ship). n = 5 agreed most often with the decoder's greedy choices."""
+    data = lm_data()
+    return NGramDraft(data.train.tensors[0], len(data.vocab), n)
 
 
 def _grouped_and_uptrained(model: LanguageModel) -> None:
@@ -274,7 +283,7 @@ def pass_costs(target, draft, prompt, max_k: int = 8, repeats: int = 15) -> Pass
 
     Interleaved (:func:`minilib.support.bench.compare`): a busy spell slows every variant alike.
     """
-    caches = {name: KVCache.for_model(model, 1, prompt.shape[1] + max_k + 1)
+    caches = {name: new_cache(model, 1, prompt.shape[1] + max_k + 1)
               for name, model in (("target", target), ("draft", draft))}
     for name, model in (("target", target), ("draft", draft)):
         model(prompt, cache=caches[name], logits_to_keep=1)
