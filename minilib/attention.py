@@ -89,7 +89,7 @@ def memory_efficient_attention(q, k, v, attn_mask=None, is_causal=False, chunk_s
     v3 = v.reshape(-1, n_k, d_v)
     needs_grad = any(isinstance(t, torch.Tensor) and t.requires_grad for t in (q, k, v, attn_mask))
     in_place = not (torch.is_grad_enabled() and needs_grad)       # a learned bias needs its scores kept too
-    # One buffer for every tile's scores, and each block accumulated in place in the output: fresh memory
+    # One buffer for every tile's scores, and each block's result written straight into the output: fresh memory
     # each time would cost the system's page faults too. Autograd keeps every tile, so with gradients each is new.
     buffer = q3.new_empty(q3.shape[0], min(query_chunk_size, n_q) * min(chunk_size, n_k)) if in_place else None
     output = q3.new_empty(q3.shape[0], n_q, d_v) if in_place else None
@@ -107,8 +107,10 @@ def memory_efficient_attention(q, k, v, attn_mask=None, is_causal=False, chunk_s
 def _online_softmax(tiles, v3, rows_may_be_empty, out=None):
     """Σ_j softmax(s)_j v_j from score tiles that arrive one key chunk at a time.
 
-    out: (batch·heads, block, d_v), where to accumulate the result, in place: that saves passes over memory.
-    None when gradients are needed (autograd must keep the originals): the same updates, out of place.
+    out: (batch·heads, block, d_v), where to write the result; the updates are then made in place, which saves
+    passes over memory. None when gradients are needed (autograd must keep the originals): the same updates, out of
+    place. (The weighted sum accumulates in a tensor of its own: ``baddbmm_`` into a slice of the output, whose
+    matrices are not adjacent in memory, would fall back to one product per head.)
     rows_may_be_empty: a mask may hide every key of a row (causality alone never does: key 0
     is always seen first); only then are the -∞ guards below needed.
     """
@@ -121,7 +123,7 @@ def _online_softmax(tiles, v3, rows_may_be_empty, out=None):
         probs = scores.sub_(shift).exp2_() if in_place else torch.exp2(scores - shift)   # 2^(s₂ - m₂') = e^(s - m')
         chunk_sum, values = probs.sum(dim=-1, keepdim=True), v3[:, j0:j1]
         if running_max is None:
-            running_sum, accumulator = chunk_sum, torch.bmm(probs, values, out=out)
+            running_sum, accumulator = chunk_sum, probs @ values
         elif in_place:
             correction = torch.exp2(running_max - shift)                # e^(m - m'); 0 while m = -∞
             running_sum.mul_(correction).add_(chunk_sum)
@@ -133,7 +135,7 @@ def _online_softmax(tiles, v3, rows_may_be_empty, out=None):
         running_max = new_max
     if rows_may_be_empty:
         running_sum = running_sum.masked_fill(running_sum == 0, 1.0)    # ℓ = 0: fully masked row → zeros
-    return accumulator.div_(running_sum) if in_place else accumulator / running_sum
+    return torch.div(accumulator, running_sum, out=out) if in_place else accumulator / running_sum
 
 
 def _scores_tile(q3, k3_t, mask, is_causal, lead, i0, i1, j0, j1, buffer=None):
