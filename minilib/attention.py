@@ -67,9 +67,9 @@ def memory_efficient_attention(q, k, v, attn_mask=None, is_causal=False, chunk_s
     Blocking over queries as well keeps that tile in the CPU's cache, and updating in place
     (``exp2_``, ``mul_``, ``baddbmm_``) saves passes over memory: that is where the speed comes from.
 
-    The scores are kept in base 2, as FlashAttention's kernels do: with q scaled by log₂e/√d_k,
-    2^(s₂ - m₂) = e^(s - m), the same numbers, and PyTorch's ``exp2`` is several times cheaper
-    than ``exp`` on a CPU (chapter 02 times both).
+    The scores are kept in base 2, as FlashAttention's kernels do: with the products scaled by log₂e/√d_k
+    (``baddbmm``'s alpha, free inside the matrix product), 2^(s₂ - m₂) = e^(s - m), the same numbers, and
+    PyTorch's ``exp2`` is several times cheaper than ``exp`` on a CPU (chapter 02 times both).
 
     m stays -∞ until the row meets a score that is not masked, so that exp(s - m) is never taken
     against a stand-in maximum (which would underflow to 0/0 when the real scores are below about
@@ -84,7 +84,7 @@ def memory_efficient_attention(q, k, v, attn_mask=None, is_causal=False, chunk_s
             raise ValueError(f"{name} must be a positive integer, got {size!r}")
     lead, (n_q, d), (n_k, d_v) = q.shape[:-2], q.shape[-2:], v.shape[-2:]
     mask = _check_mask(attn_mask, n_q, n_k)
-    q3 = (q * (LOG2_E / math.sqrt(d))).reshape(-1, n_q, d)       # scale once, scores in base 2; (batch·heads, n_q, d)
+    q3 = q.reshape(-1, n_q, d)                                     # (batch·heads, n_q, d)
     k3_t = k.reshape(-1, n_k, d).transpose(1, 2)                   # (batch·heads, d, n_k)
     v3 = v.reshape(-1, n_k, d_v)
     needs_grad = any(isinstance(t, torch.Tensor) and t.requires_grad for t in (q, k, v, attn_mask))
@@ -143,8 +143,10 @@ def _scores_tile(q3, k3_t, mask, is_causal, lead, i0, i1, j0, j1, buffer=None):
 
     buffer: (batch·heads, ≥ (i1-i0)·(j1-j0)) memory to write the scores into, or None for a new tensor.
     """
-    out = None if buffer is None else buffer[:, :(i1 - i0) * (j1 - j0)].view(-1, i1 - i0, j1 - j0)
-    scores = torch.bmm(q3[:, i0:i1], k3_t[:, :, j0:j1], out=out)
+    shape = (q3.shape[0], i1 - i0, j1 - j0)
+    tile = q3.new_empty(shape) if buffer is None else buffer[:, :shape[1] * shape[2]].view(shape)
+    scale = LOG2_E / math.sqrt(q3.shape[-1])                        # 1/√d_k, and log₂e for base 2: inside the product
+    scores = torch.baddbmm(tile, q3[:, i0:i1], k3_t[:, :, j0:j1], beta=0, alpha=scale, out=None if buffer is None else tile)
     if mask is not None:                                            # a mask dim of size 1 broadcasts
         rows = slice(i0, i1) if mask.shape[-2] > 1 else slice(None)
         cols = slice(j0, j1) if mask.shape[-1] > 1 else slice(None)
