@@ -104,7 +104,8 @@ CHAPTERS: list[Chapter] = [
             "one model compressed to a budget, and what it cost", techniques=("picker",), runs=True,
             artefacts=("capstone_student", "capstone_pruned")),
     Chapter(13, "fast_generation", "Fast generation",
-            "decoding: KV cache, grouped-query attention, q8_0/q4_0 weights, quantized KV cache, speculative decoding",
+            "decoding: KV cache, grouped-query attention, q8_0/q4_0 weights, quantized KV cache, speculative decoding "
+            "with a network and with an n-gram table as the draft",
             "the same tokens with and without a cache, time per token against position, output identical to the "
             "large model's", techniques=("generation",), runs=True, headlines=True,
             artefacts=("ch13_decoder", "ch13_draft", "ch13_decoder_gqa2", "ch13_gqa_fair")),
