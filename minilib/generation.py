@@ -41,6 +41,7 @@ from minilib.attention import (
 )
 from minilib.quant.affine import absmax_quantize
 from minilib.quant.int4 import pack_int4, unpack_int4
+from minilib.support.data import check_token_ids
 from minilib.support.device import model_device
 from minilib.support.threads import decoding_threads, threads
 from minilib.support.train import evaluating
@@ -654,7 +655,6 @@ class NGramDraft(nn.Module):
     def forward(self, input_ids, cache: TokenHistory | None = None, logits_to_keep: int = 0):
         """input_ids (1, seq), after the tokens ``cache`` holds (appended to it) → logits (1, positions, vocab) for
         the last ``logits_to_keep`` positions (0: every position of input_ids), as a network's forward gives."""
-        from minilib.transformer import check_token_ids  # here: minilib.transformer imports this module
         check_token_ids(input_ids)
         if input_ids.shape[0] != 1:
             raise ValueError(f"an n-gram draft reads one sequence: expected batch 1, got {input_ids.shape[0]}")

@@ -26,7 +26,8 @@ from torch import nn
 
 from minilib.attention import MultiHeadAttention
 from minilib.rotary import RotaryEmbedding, apply_rotary
-from minilib.transformer import check_token_ids, padding_mask
+from minilib.support.data import check_token_ids
+from minilib.transformer import padding_mask
 
 
 @dataclass

@@ -19,6 +19,7 @@ from torch import nn
 
 from minilib.attention import MultiHeadAttention, causal_bias_after_past
 from minilib.generation import decode
+from minilib.support.data import check_token_ids
 from minilib.support.device import model_device, to_device
 from minilib.support.train import evaluating
 
@@ -345,11 +346,3 @@ class Classifier(nn.Module):
         hidden = self.encoder(input_ids, attention_mask=attention_mask, **encoder_kwargs).last_hidden_state
         pooled = mean_pool(hidden, attention_mask) if self.pooling == "mean" else hidden[:, 0]
         return self.head(self.dropout(pooled))
-
-
-def check_token_ids(input_ids):
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int, torch.int32):
-        got = input_ids.dtype if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-        raise TypeError(f"input_ids must be an integer tensor of token ids (batch, seq), got {got}")
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}")

@@ -452,3 +452,12 @@ def char_lm_dataset(block_size: int = 64, seed: int = 0,
             raise ValueError(f"block_size={block_size} is longer than every document of a split")
         parts.append(TensorDataset(ids[:, :-1], ids[:, 1:]))
     return CharLMData(*parts, vocab)
+
+
+def check_token_ids(input_ids):
+    """TypeError/ValueError unless ``input_ids`` is an integer tensor of token ids shaped (batch, seq)."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int, torch.int32):
+        got = input_ids.dtype if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise TypeError(f"input_ids must be an integer tensor of token ids (batch, seq), got {got}")
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}")
