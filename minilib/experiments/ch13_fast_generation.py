@@ -375,7 +375,9 @@ def speedup_explorer(k: int = 4, alpha: float = 0.6, draft_cost: float = 0.15, v
             label=f"predicted: α = {alpha:.2f}, draft {draft_cost:.2f}, {label}")
     chosen = expected_speedup(alpha, k, draft_cost, cost(k))
     ax.plot([k], [chosen], "o", color="#2b6cb0", ms=9)
-    ax.annotate(f"k = {k}: {chosen:.2f}×", (k, chosen), textcoords="offset points", xytext=(8, 8))
+    right_half = k > (ks[0] + ks[-1]) / 2                        # label towards the middle: never off the figure
+    ax.annotate(f"k = {k}: {chosen:.2f}×", (k, chosen), textcoords="offset points", xytext=(-8 if right_half else 8, 8),
+                ha="right" if right_half else "left")
     if measured:
         ax.plot(list(measured), list(measured.values()), "x", color="#c53030", ms=10, mew=2,
                 label="measured here, k drafted every round")
