@@ -150,8 +150,8 @@ def _scores_tile(q3, k3_t, mask, is_causal, lead, i0, i1, j0, j1, buffer=None):
     if mask is not None:                                            # a mask dim of size 1 broadcasts
         rows = slice(i0, i1) if mask.shape[-2] > 1 else slice(None)
         cols = slice(j0, j1) if mask.shape[-1] > 1 else slice(None)
-        tile = mask[..., rows, cols].expand(*lead, i1 - i0, j1 - j0).reshape(-1, i1 - i0, j1 - j0)
-        scores = scores + _as_bias(tile, scores.dtype) * LOG2_E          # the bias is in natural units
+        mask_tile = mask[..., rows, cols].expand(*lead, i1 - i0, j1 - j0).reshape(-1, i1 - i0, j1 - j0)
+        scores = scores + _as_bias(mask_tile, scores.dtype) * LOG2_E     # the bias is in natural units
     if is_causal and j1 - 1 > i0:                                   # the tile crosses the diagonal
         above = torch.arange(j0, j1, device=scores.device) > torch.arange(i0, i1, device=scores.device)[:, None]
         scores.masked_fill_(above, -math.inf)
