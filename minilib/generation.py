@@ -658,6 +658,8 @@ class NGramDraft(nn.Module):
         check_token_ids(input_ids)
         if input_ids.shape[0] != 1:
             raise ValueError(f"an n-gram draft reads one sequence: expected batch 1, got {input_ids.shape[0]}")
+        if not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an int ≥ 0 (0 = every position), got {logits_to_keep!r}")
         past = [] if cache is None else cache.tokens
         start, new = len(past), input_ids[0].tolist()
         history = past + new

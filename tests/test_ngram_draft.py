@@ -91,6 +91,7 @@ def test_speculative_decoding_with_a_table_gives_the_targets_greedy_tokens(k):
     (lambda: NGramDraft(_text(), 50_000, n=5), "use a smaller n"),
     (lambda: NGramDraft(_text(), VOCAB)(torch.tensor([[1, 2], [3, 4]])), "one sequence: expected batch 1, got 2"),
     (lambda: TokenHistory(batch=2), "expected batch 1, got 2"),
+    (lambda: NGramDraft(_text(), VOCAB)(torch.tensor([[1, 2]]), logits_to_keep=-1), "logits_to_keep must be an int ≥ 0"),
 ])
 def test_bad_input_says_what_was_expected(bad, message):
     with pytest.raises(ValueError, match=message):
