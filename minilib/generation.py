@@ -443,7 +443,7 @@ def generate(model, input_ids, max_new_tokens, *, use_cache=True, cache=None, te
     _check_sampling(temperature, top_k)
     input_ids = _check_prompt(model, input_ids, max_new_tokens, cache)
     if use_cache:
-        cache = cache or KVCache.for_model(model, input_ids.shape[0], input_ids.shape[1] + max_new_tokens)
+        cache = cache or new_cache(model, input_ids.shape[0], input_ids.shape[1] + max_new_tokens)
         cache.truncate(0)
         step = lambda tokens: model(tokens[:, cache.length:], cache=cache, logits_to_keep=1)[:, -1]  # noqa: E731
     else:
@@ -607,6 +607,8 @@ class TokenHistory:
 
 @dataclasses.dataclass(frozen=True)
 class NGramConfig:
+    """What speculative decoding and generate read of a draft: its vocabulary and how far back it looks."""
+
     vocab_size: int
     n: int                              # a context is up to n - 1 tokens
     max_len: int = sys.maxsize          # no context window: the table looks at the last n - 1 tokens only
@@ -639,17 +641,8 @@ class NGramDraft(nn.Module):
             raise ValueError(f"vocab_size ** n must stay below 2**63 (windows are counted as 64-bit numbers): "
                              f"{vocab_size} ** {n} does not; use a smaller n")
         self.config = NGramConfig(vocab_size, n)
-        contexts, rows = [], []
-        for width in range(min(n, sequences.shape[1])):                       # context lengths 0 … n - 1
-            windows = sequences.unfold(1, width + 1, 1).reshape(-1, width + 1)   # (all windows, context + next)
-            places = vocab_size ** torch.arange(width, -1, -1)                # a window as one number, base vocab
-            grams, counts = torch.unique((windows * places).sum(dim=1), return_counts=True)
-            seen, which = torch.unique(grams // vocab_size, return_inverse=True)   # each distinct context
-            table = torch.full((len(seen), vocab_size), -math.inf)
-            table[which, grams % vocab_size] = counts.float().log()         # log count of each follower
-            contexts += [tuple(context) for context in (seen[:, None] // places[1:] % vocab_size).tolist()]
-            rows.append(table)
-        self.register_buffer("log_counts", torch.cat(rows), persistent=False)   # (contexts, vocab)
+        contexts, log_counts = _count_ngrams(sequences, vocab_size, n)
+        self.register_buffer("log_counts", log_counts, persistent=False)        # (contexts, vocab)
         self.row = {context: i for i, context in enumerate(contexts)}           # context tuple → its row
 
     def forward(self, input_ids, cache: TokenHistory | None = None, logits_to_keep: int = 0):
@@ -676,6 +669,22 @@ class NGramDraft(nn.Module):
             if row is not None:
                 return row
         raise ValueError("the n-gram table counted no tokens")
+
+
+def _count_ngrams(sequences: torch.Tensor, vocab_size: int, n: int) -> tuple[list[tuple], torch.Tensor]:
+    """Every context of 0 … n − 1 tokens in ``sequences`` (n_sequences, seq), and the log counts of the tokens that
+    followed it: (contexts, (len(contexts), vocab_size) with −∞ for a token that never followed)."""
+    contexts, rows = [], []
+    for width in range(min(n, sequences.shape[1])):                       # context lengths 0 … n - 1
+        windows = sequences.unfold(1, width + 1, 1).reshape(-1, width + 1)   # (all windows, context + next)
+        places = vocab_size ** torch.arange(width, -1, -1)                # a window as one number, base vocab
+        grams, counts = torch.unique((windows * places).sum(dim=1), return_counts=True)
+        seen, which = torch.unique(grams // vocab_size, return_inverse=True)   # each distinct context
+        table = torch.full((len(seen), vocab_size), -math.inf)
+        table[which, grams % vocab_size] = counts.float().log()         # log count of each follower
+        contexts += [tuple(context) for context in (seen[:, None] // places[1:] % vocab_size).tolist()]
+        rows.append(table)
+    return contexts, torch.cat(rows)
 
 
 # ------------------------------------------------------------------------------------------------

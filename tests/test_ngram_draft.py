@@ -102,3 +102,11 @@ def test_a_draft_with_another_vocabulary_is_refused():
     draft = NGramDraft(_text(), VOCAB + 1)
     with pytest.raises(ValueError, match="share the target's vocabulary"):
         speculative_generate(_target(), draft, torch.tensor([[1, 2]]), 5)
+
+
+def test_generate_runs_a_table_on_its_own_as_it_runs_a_network():
+    text = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 4, 0, 1, 2, 3]])
+    draft = NGramDraft(text, VOCAB, n=3)
+    tokens = generate(draft, torch.tensor([[0, 1]]), 6)
+    assert tokens.tolist() == [[0, 1, 2, 3, 0, 1, 2, 3]]                   # the most frequent follower each time
+    assert torch.equal(generate(draft, torch.tensor([[0, 1]]), 6, use_cache=False), tokens)

@@ -111,9 +111,10 @@ def _kv_cache_rows(model, base, validation):
 
 def _speculative_rows(model, prompt):
     drafts = {"a 5-gram table": ngram_draft(5), "the 1-layer network": draft_model()}
-    plans = {name: _plan(model, draft, prompt) for name, draft in drafts.items()}
-    runs = {name: functools.partial(speculative_generate, model, draft, prompt, NEW, k=plans[name][0].k,
-                                    min_confidence=plans[name][0].min_confidence) for name, draft in drafts.items()}
+    plans = {name: _plan(model, draft, prompt) for name, draft in drafts.items()}      # (plan, costs, α) each
+    runs = {name: functools.partial(speculative_generate, model, draft, prompt, NEW, k=plan.k,
+                                    min_confidence=plan.min_confidence)
+            for (name, draft), (plan, _, _) in zip(drafts.items(), plans.values())}
     greedy = generate(model, prompt, NEW)
     same = {name: run().tokens.equal(greedy) for name, run in runs.items()}
     timing = compare({"target alone": lambda: generate(model, prompt, NEW), **runs},     # interleaved: load hits all alike
