@@ -136,3 +136,28 @@ def test_a_target_changed_since_an_older_run_is_shown_beside_that_run(scratch):
                             "Intel Xeon 8481C", "Intel Xeon 8481C · 2 torch threads")
     table = readme.headlines_section()
     assert "| 02 | attention time | ≤ 1.3× | 1.35× (target then ≤ 1.5×) | 1.42× (**missed**) |" in table
+
+
+def test_a_claim_the_chapter_no_longer_makes_is_shown_apart_as_measured_then(scratch):
+    older = readme.record_headlines([_result("13", Headline.at_least("draft (k ≤ 2, stops below 57%)", 1.04, 1.3, "×"),
+                                             Headline.at_least("KV cache", 6.1, 5.0, "×"))],
+                                    "AMD EPYC (AVX2)", "AMD EPYC · 2 torch threads")
+    record = json.loads(older.read_text())
+    record["chapters"]["13_fast_generation"]["date"] = "2026-12-07"          # before the claim was reworded
+    older.write_text(json.dumps(record))
+    readme.record_headlines([_result("13", Headline.at_least("table draft", 1.7, 1.3, "×"),
+                                     Headline.at_least("KV cache", 5.6, 5.0, "×"))],
+                            "AMD EPYC (AVX-512 VNNI)", "AMD EPYC · 2 torch threads")
+    current, retired = readme.headlines_section().split("no longer make")
+    assert "| 13 | KV cache | ≥ 5× | 5.6× | 6.1× |" in current and "| 13 | table draft | ≥ 1.3× | 1.7× |  |" in current
+    assert "stops below 57%" not in current
+    assert "| 13 | draft (k ≤ 2, stops below 57%) | ≥ 1.3× |  | 1.04× (**missed**) |" in retired
+    assert "KV cache" not in retired.split("\n\n")[1]                 # the retired claims' table holds nothing else
+
+
+def test_a_chapter_whose_newest_run_failed_keeps_its_claims_current(scratch):
+    readme.record_headlines([_result("09", Headline.at_least("half the layers", 2.0, 1.6, "×"))], "A", "A")
+    readme.record_headlines([ChapterResult(find("09"), [], "RuntimeError: boom (x.py:3)")], "B", "B")
+    table = readme.headlines_section()
+    assert "no longer make" not in table and "| 09 | half the layers | ≥ 1.6× | 2× |  |" in table
+    assert "| 09 | (the chapter's headlines failed) |  |  | error: RuntimeError: boom (x.py:3) |" in table

@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 MEASUREMENTS = ROOT / "data" / "measurements"
 """Where the README is and where the measurements are kept (read when a function runs: tests point them elsewhere)."""
+FAILED = "(the chapter's headlines failed)"
+"""The claim a chapter's row shows when its headline module raised."""
 SECTIONS = ("chapters", "headlines", "notebook-budgets", "artefacts")
 _BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) \(python -m minilib readme\) -->\n)(?P<body>.*?)"
                     r"(<!-- end of generated: (?P=name) -->)", re.DOTALL)
@@ -89,31 +91,53 @@ def _number(value: float, unit: str) -> str:
 
 
 def headlines_section() -> str:
-    """The headline table: one row per claim, one column per kind of machine (its latest run of each chapter)."""
+    """The headline table: one row per claim, one column per kind of machine (its latest run of each chapter).
+
+    A claim that a chapter's most recent run no longer makes (replaced or withdrawn since) goes to a second table, as
+    it was measured, so that an old miss is never read as today's."""
     records = _records("headlines")
     if not records:
         return "No measurements recorded yet: `python -m minilib bench --markdown` records this machine's."
-    order = {chapter.name: index for index, chapter in enumerate(CHAPTERS)}
     claims: dict[tuple, dict] = {}   # (chapter, row name) -> {"target": ..., kind: cell}
     current = _current_targets(records)
     for record in records:
         for chapter, run in record["chapters"].items():
             if run["error"]:
-                claims.setdefault((chapter, "(the chapter's headlines failed)"), {"target": ""})[record["kind"]] = \
-                    f"error: {run['error']}"
+                claims.setdefault((chapter, FAILED), {"target": ""})[record["kind"]] = f"error: {run['error']}"
             for row in run["rows"]:
                 target = _target(row)
                 claim = claims.setdefault((chapter, row["name"]), {"target": current[chapter, row["name"]]})
                 claim[record["kind"]] = _cell(row, then=None if target == claim["target"] else target)
     kinds = [record["kind"] for record in records]
-    lines = ["| chapter | claim | target | " + " | ".join(kinds) + " |", "|" + "---|" * (3 + len(kinds))]
-    for (chapter, name), cells in sorted(claims.items(), key=lambda item: order.get(item[0][0], len(order))):
-        lines.append(f"| {chapter[:2]} | {name} | {cells['target']} | "
-                     + " | ".join(cells.get(kind, "") for kind in kinds) + " |")
+    made = _claims_made_now(records) | {(chapter, FAILED) for chapter, _ in claims}
+    lines = _claims_table({key: cells for key, cells in claims.items() if key in made}, kinds)
+    retired = {key: cells for key, cells in claims.items() if key not in made}
+    if retired:
+        lines += ["", "Claims the chapters no longer make in these words (replaced or withdrawn since), as they were "
+                  "measured then:", ""] + _claims_table(retired, kinds)
     lines.append("")
     for record in records:
         lines.append(f"- **{record['kind']}**: " + "; ".join(_provenance(record["chapters"])) + ".")
     return "\n".join(lines)
+
+
+def _claims_table(claims: dict[tuple, dict], kinds: list[str]) -> list[str]:
+    order = {chapter.name: index for index, chapter in enumerate(CHAPTERS)}
+    lines = ["| chapter | claim | target | " + " | ".join(kinds) + " |", "|" + "---|" * (3 + len(kinds))]
+    for (chapter, name), cells in sorted(claims.items(), key=lambda item: order.get(item[0][0], len(order))):
+        lines.append(f"| {chapter[:2]} | {name} | {cells['target']} | "
+                     + " | ".join(cells.get(kind, "") for kind in kinds) + " |")
+    return lines
+
+
+def _claims_made_now(records: list[dict]) -> set[tuple]:
+    """(chapter, row name) of each chapter's most recent run (of any kind; every run of its newest day)."""
+    runs = [(run["date"], chapter, run) for record in records for chapter, run in record["chapters"].items()
+            if not run["error"]]
+    newest: dict[str, str] = {}
+    for date, chapter, _ in runs:
+        newest[chapter] = max(newest.get(chapter, date), date)
+    return {(chapter, row["name"]) for date, chapter, run in runs if date == newest[chapter] for row in run["rows"]}
 
 
 def _target(row: dict) -> str:

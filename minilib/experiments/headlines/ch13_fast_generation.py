@@ -122,9 +122,10 @@ def _speculative_rows(model, prompt):
     rows = []
     for (name, (plan, costs, alpha)), target in zip(plans.items(), (SPECULATIVE_TARGET, NETWORK_DRAFT_TARGET)):
         verify = ", ".join(f"{costs.verify[k]:.2f}" for k in (1, 2, 4, MAX_K))
-        rows.append(Headline.at_least(f"speculative decoding, {name} as the draft ({plan.describe()}: chosen from "
-                                      "measured costs) × faster", timing.ratio(name), target, "×",
-                                      f"identical tokens: {same[name]}; draft pass {costs.draft:.3f} of a target pass, "
+        rows.append(Headline.at_least(f"speculative decoding, {name} as the draft (k and stopping rule chosen from "
+                                      "this machine's pass costs) × faster", timing.ratio(name), target, "×",
+                                      f"{plan.describe()}; identical tokens: {same[name]}; "
+                                      f"draft pass {costs.draft:.3f} of a target pass, "
                                       f"verifying k = 1, 2, 4, {MAX_K} costs {verify} passes; α = {alpha:.2f}; "
                                       f"predicted {plan.predicted:.2f}×", also=same[name]))
     return rows
