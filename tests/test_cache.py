@@ -4,9 +4,11 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from torch import nn
 
@@ -189,3 +191,31 @@ def test_two_kernels_sharing_one_cache_never_read_half_a_file(tmp_path):
     stored = cache.read_tensors(next(shared.rglob("*.safetensors")))
     assert stored["weight"].unique().tolist() in ([1.0], [2.0])
     assert sorted(p.name for p in shared.rglob("*") if p.is_file()) == [next(shared.rglob("*.safetensors")).name]
+
+
+def _cleared_before_opening(load_file, file):
+    Path(file).unlink()
+    return load_file(file)
+
+
+def _cleared_while_mapping(load_file, file):          # safetensors read the header; torch's mmap finds no file
+    Path(file).unlink()
+    raise RuntimeError(f"unable to open file <{file}> in read-only mode: No such file or directory (2)")
+
+
+@pytest.mark.parametrize("clear", [_cleared_before_opening, _cleared_while_mapping])
+def test_an_entry_another_kernel_removes_while_it_is_read_is_built_again_without_a_warning(private_cache, monkeypatch,
+                                                                                           clear):
+    builds = Builds(1.0)
+    cache.cached_model("gone", "v1", builds.skeleton, builds.build)
+    load_file = safetensors.torch.load_file
+    monkeypatch.setattr(safetensors.torch, "load_file", lambda file, *args, **kwargs: clear(load_file, file))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                 # a removed entry is no entry, not an unusable one
+        model = cache.cached_model("gone", "v1", builds.skeleton, builds.build)
+    assert builds.count == 2 and torch.all(model.weight == 1.0)
+
+
+def test_reading_no_file_says_so():
+    with pytest.raises(FileNotFoundError, match="no file"):
+        cache.read_tensors(Path("no such entry.safetensors"))

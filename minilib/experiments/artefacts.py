@@ -197,6 +197,8 @@ _checking: set[str] = set()        # names that check() is loading: only the shi
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return cache.read_tensors(path)
+    except FileNotFoundError:
+        raise ArtefactError(f"missing: {path} is not there") from None
     except ValueError as error:
         raise ArtefactError(f"corrupt: {error}") from None
 

@@ -127,10 +127,13 @@ def apply_tensors(skeleton: nn.Module, tensors: dict[str, torch.Tensor], label: 
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """A safetensors file's tensors; ValueError naming the file when it cannot be read."""
+    """A safetensors file's tensors; FileNotFoundError when there is no such file (or it was removed while being
+    opened: another kernel clearing the cache), ValueError naming the file when it cannot be read."""
     try:
         return safetensors.torch.load_file(path)
-    except (SafetensorError, OSError, ValueError) as error:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:   # torch's mmap raises RuntimeError
+        if not path.exists():
+            raise FileNotFoundError(f"no file {path}") from None
         raise ValueError(f"{path.name} cannot be read as safetensors ({error})") from None
 
 
@@ -161,10 +164,11 @@ def train_fresh(skeleton: Callable[[], nn.Module], build: Callable[[nn.Module], 
 def load_model(name: str, key: Any, skeleton: Callable[[], nn.Module]) -> nn.Module | None:
     """``skeleton()`` with the cached weights of ``name`` for ``key``, or None when there are none usable."""
     path = entry_path(name, key, "safetensors")
-    if not path.exists():
-        return None
     try:
-        return apply_tensors(skeleton(), read_tensors(path), str(path))
+        tensors = read_tensors(path)
+        return apply_tensors(skeleton(), tensors, str(path))
+    except FileNotFoundError:
+        return None            # never cached, or removed since it was found
     except ValueError as error:
         warnings.warn(f"the cached {path} is unusable ({error}); building it again", stacklevel=3)
         return None
