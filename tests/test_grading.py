@@ -150,6 +150,22 @@ def test_a_file_that_is_not_a_notebook_is_reported(course, tmp_path):
     assert grade.status == "invalid" and "not a valid notebook" in grade.reason and grade.exercises == []
 
 
+def test_one_students_folder_named_on_the_command_line_is_theirs(course, tmp_path):
+    subs = tmp_path / "submissions"
+    submission(course, subs / "dave" / "02_toy.ipynb", {4: ATTENTION_SOLUTION})
+    (subs / "dave" / "notes.txt").write_text("my notes")                              # handed in by mistake
+    submission(course, subs / "loose" / "frank_02_toy.ipynb", {})
+    submission(course, subs / "loose" / "02_toy.ipynb", {})                           # beside a named one: whose?
+    teachers = [course["teacher"]]
+    found = {s.path.name: s for s in find_submissions([subs / "dave"], teachers)}
+    assert found["02_toy.ipynb"].student == found["notes.txt"].student == "dave"
+    assert found["02_toy.ipynb"].problem == "" and "not a notebook" in found["notes.txt"].problem
+    loose = {s.path.name: s for s in find_submissions([subs / "loose"], teachers)}
+    assert loose["frank_02_toy.ipynb"].student == "frank" and loose["frank_02_toy.ipynb"].problem == ""
+    assert "cannot tell whose it is" in loose["02_toy.ipynb"].problem
+    assert [s.student for s in find_submissions([subs], teachers) if s.path.parent.name == "dave"] == ["dave"] * 2
+
+
 def test_a_class_graded_in_parallel_into_a_gradebook_feedback_and_hand_grades(course, tmp_path, capsys):
     subs = tmp_path / "submissions"
     submission(course, subs / "alice" / "work" / "02_toy.ipynb", {**SOLVED, 10: "The softmax saturates."})

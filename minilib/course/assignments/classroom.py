@@ -7,7 +7,9 @@ for each student, and the points of written answers merged from a CSV the teache
 **Who and which chapter.** A submission is a notebook. Its student is the folder it sits in, right under a folder
 given on the command line (``submissions/alice/…/02_self_attention.ipynb``: a folder per student, as a git-based
 classroom's clones or an LMS download give them), or else what its file name holds besides the chapter's name
-(``alice_02_self_attention.ipynb``), or else, for a file named on the command line, its folder's name. Its chapter
+(``alice_02_self_attention.ipynb``), or else, for a file named on the command line, its folder's name, and for a
+folder named on the command line whose notebooks sit right inside it and name no student, that folder's name
+(``grade submissions/dave``: one student's work). Its chapter
 is the teacher's notebook whose name its file name contains, or else the one its metadata says it was built from.
 
 **What is written** into ``--out`` (default ``grades/``): ``gradebook.csv`` (one row per student, a column per
@@ -61,21 +63,29 @@ def find_submissions(paths, teachers: list[Assignment]) -> list[Submission]:
     found = []
     for given in map(Path, paths):
         if given.is_dir():
-            for path in sorted(p for p in given.rglob("*") if p.is_file()):
-                inside = path.relative_to(given).parts
-                if any(part.startswith(".") for part in inside):
-                    continue
-                found.append(_submission(path, teachers, folder_student=inside[0] if len(inside) > 1 else ""))
+            found += _folder(given, teachers)
         elif given.is_file():
-            found.append(_submission(given, teachers, fallback_student=given.resolve().parent.name))
+            teacher = _chapter(given, teachers)
+            found.append(_submission(given, teacher, teachers,
+                                     _student_from_name(given.stem, teacher) or given.resolve().parent.name))
         else:
             raise AssignmentError(f"no such file or folder: {given}")
     return found
 
 
-def _submission(path: Path, teachers, folder_student="", fallback_student="") -> Submission:
-    teacher = _chapter_from_name(path.stem, teachers) or _chapter_from_metadata(path, teachers)
-    student = folder_student or (_student_from_name(path.stem, teacher.chapter) if teacher else "") or fallback_student
+def _folder(given: Path, teachers) -> list[Submission]:
+    """A class's folder (a folder per student, or students' names in the file names), or one student's own folder:
+    notebooks right inside it, none of whose names holds a student (``grade submissions/dave``)."""
+    files = {path: path.relative_to(given).parts for path in sorted(given.rglob("*")) if path.is_file()}
+    files = {path: parts for path, parts in files.items() if not any(part.startswith(".") for part in parts)}
+    chapters = {path: _chapter(path, teachers) for path in files}
+    named = {path: _student_from_name(path.stem, chapters[path]) for path in files}
+    own = given.resolve().name if all(len(parts) == 1 for parts in files.values()) and not any(named.values()) else ""
+    return [_submission(path, chapters[path], teachers, parts[0] if len(parts) > 1 else named[path] or own)
+            for path, parts in files.items()]
+
+
+def _submission(path: Path, teacher: Assignment | None, teachers, student: str) -> Submission:
     problem = ""
     if path.suffix != ".ipynb":
         problem = "not a notebook (.ipynb): not graded"
@@ -87,6 +97,10 @@ def _submission(path: Path, teachers, folder_student="", fallback_student="") ->
         problem = problem or ("cannot tell whose it is: put it in a folder named after the student, or put the "
                               "student's name in its file name")
     return Submission(path, student, teacher, problem)
+
+
+def _chapter(path: Path, teachers) -> Assignment | None:
+    return _chapter_from_name(path.stem, teachers) or _chapter_from_metadata(path, teachers)
 
 
 def _chapter_from_name(stem: str, teachers):
@@ -102,8 +116,10 @@ def _chapter_from_metadata(path: Path, teachers):
     return next((teacher for teacher in teachers if teacher.path.name == Path(str(source)).name), None)
 
 
-def _student_from_name(stem: str, chapter: str) -> str:
-    rest = re.sub(re.escape(chapter), " ", stem, flags=re.IGNORECASE)
+def _student_from_name(stem: str, teacher: Assignment | None) -> str:
+    if teacher is None:
+        return ""
+    rest = re.sub(re.escape(teacher.chapter), " ", stem, flags=re.IGNORECASE)
     return re.sub(r"[\s_.\-]+", " ", rest).strip().replace(" ", "_")
 
 
