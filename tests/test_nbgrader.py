@@ -1,7 +1,9 @@
 """The course as an nbgrader course: the real nbgrader generates, releases and autogrades one chapter's assignment,
 and gives each submission the points the course's own grader gives it."""
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -30,8 +32,10 @@ def light_chapter(path):
 
 
 def nbgrader(*args, cwd):
+    # nbgrader runs `alembic` from PATH: this Python's scripts first, for a virtual environment never activated
+    scripts = os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", "")))
     done = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env={**os.environ, "PATH": scripts})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
