@@ -3,7 +3,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minilib.attention import MultiHeadAttention, memory_efficient_attention, scaled_dot_product_attention
+from minilib.attention import (
+    KEY_CHUNK,
+    QUERY_BLOCK,
+    MultiHeadAttention,
+    memory_efficient_attention,
+    scaled_dot_product_attention,
+)
 
 SHAPES = [(1, 1, 1, 4), (2, 3, 17, 8), (2, 4, 64, 16), (3, 33, 5), (1, 2, 130, 32)]
 
@@ -29,6 +35,17 @@ def test_memory_efficient_any_chunking(chunks, is_causal):
     q, k, v = qkv((2, 3, 41, 8), seed=1)
     out = memory_efficient_attention(q, k, v, is_causal=is_causal, query_chunk_size=chunks[0], chunk_size=chunks[1])
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=is_causal), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_memory_efficient_default_tiles_over_several_blocks_and_a_ragged_edge(is_causal):
+    n = 2 * QUERY_BLOCK + KEY_CHUNK // 3                       # 3 query blocks, the last short; 5 key chunks
+    q, k, v = qkv((1, 2, n, 32), seed=5)
+    mask = torch.rand(n, n, generator=torch.Generator().manual_seed(6)) > 0.3
+    for attn_mask in (None, mask):
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal and attn_mask is None)
+        got = memory_efficient_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal and attn_mask is None)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("attention", [scaled_dot_product_attention, memory_efficient_attention])

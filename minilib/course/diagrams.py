@@ -30,6 +30,7 @@ import torch
 from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Rectangle
 from PIL import Image
 
+from minilib.attention import KEY_CHUNK, QUERY_BLOCK
 from minilib.course.editions import teacher_notebooks
 
 DPI = 110       # about as wide on screen as the notebook's text column
@@ -214,7 +215,8 @@ def tiling():
             rotation=90, multialignment="center")
     ax.text(n_k * cell / 2, -0.6, f"memory: one {q_block}×{k_chunk} tile at a time, not {n_q}×{n_k}",
             ha="center", fontsize=10)
-    ax.text(n_k * cell / 2, -1.2, "(here 8 queries × 12 keys; in practice 128 × 512)", ha="center", fontsize=9,
+    ax.text(n_k * cell / 2, -1.2, f"(here {n_q} queries × {n_k} keys; by default a tile is {QUERY_BLOCK} queries × "
+            f"{KEY_CHUNK} keys)", ha="center", fontsize=9,
             color=STRONG["grey"])
 
     # right: one row's scores, chunk by chunk, with the running max m and sum ℓ
