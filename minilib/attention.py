@@ -52,8 +52,9 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, retur
 
 QUERY_BLOCK, KEY_CHUNK = 512, 256
 """memory_efficient_attention's default tile: 512 queries × 256 keys, 512 KiB of float32 scores per head. Larger
-blocks mean fewer, larger matrix products and fewer passes of Python; at n = 2048 this tile ran in 1.15-1.2× the fused
-kernel's time on the course's CPUs, against 1.3-1.4× with 128 × 512 (``python -m minilib bench 02``)."""
+blocks mean fewer, larger matrix products and fewer trips through Python: at n = 2048 this tile took 1.15-1.17× the
+fused kernel's time on an AMD EPYC with AVX-512 (1.19-1.26× with PyTorch held to AVX2), 128 × 512 took 1.33-1.39×
+(``python -m minilib bench 02``, 2026-12-08)."""
 
 
 def memory_efficient_attention(q, k, v, attn_mask=None, is_causal=False, chunk_size=KEY_CHUNK,
