@@ -542,3 +542,20 @@ def test_profiles_sort_one_forward_into_kinds_of_work(tiny_classifier, tmp_path)
     path = export_onnx(model, ids[:1], mask[:1], tmp_path / "tiny.onnx")
     ort = experiment.onnx_time_by_kind(path, ids, mask, threads=1, repeats=2)
     assert ort.get("float GEMM", 0) > 0 and not list(tmp_path.glob("*profile*"))   # its trace file is removed
+
+
+@pytest.mark.parametrize("weight_bits", [7, 8])
+def test_minilm_in_int8_keeps_its_sentence_embeddings_with_the_weights_every_cpu_gets(weight_bits, monkeypatch):
+    """Chapter 07's fidelity goal (cosine ≥ 0.99 to float32 on real sentences) with 8-bit weights (VNNI, AMX) and the
+    7-bit ones a CPU with AVX2 alone gets: the same numbers whichever CPU runs this test."""
+    from minilib.deploy.hf import load_minilm
+    from minilib.experiments.ch07_quantization import FP32, INT8, embedding_cosines, real_sentences
+
+    monkeypatch.setattr(quant.int8, "default_weight_bits", lambda: weight_bits)
+    bert, tokenizer = load_minilm(attn_implementation="sdpa")
+    quantized = quant.quantize_model(bert).eval()
+    layers = [m for m in quantized.modules() if isinstance(m, quant.QuantLinear)]
+    assert len(layers) == 6 * 4 + 1 and all(m.weight_bits == weight_bits for m in layers)  # Q/K/V fused; the pooler
+    assert max(int(m.weight_q.to(torch.int16).abs().max()) for m in layers) == 2 ** (weight_bits - 1) - 1
+    cosines = embedding_cosines({FP32: bert, INT8: quantized}, tokenizer, real_sentences(64))[INT8]
+    assert cosines.min() >= 0.99, f"worst of 64 sentences: {cosines.min():.4f}"
