@@ -150,15 +150,19 @@ def _scores_tile(q3, k3_t, mask, is_causal, lead, i0, i1, j0, j1, buffer=None):
 
     buffer: (batch·heads, ≥ (i1-i0)·(j1-j0)) memory to write the scores into, or None for a new tensor.
     """
-    shape = (q3.shape[0], i1 - i0, j1 - j0)
-    tile = q3.new_empty(shape) if buffer is None else buffer[:, :shape[1] * shape[2]].view(shape)
-    scale = LOG2_E / math.sqrt(q3.shape[-1])                        # 1/√d_k, and log₂e for base 2: inside the product
-    scores = torch.baddbmm(tile, q3[:, i0:i1], k3_t[:, :, j0:j1], beta=0, alpha=scale, out=None if buffer is None else tile)
+    products = q3[:, i0:i1], k3_t[:, :, j0:j1]
+    scale = LOG2_E / math.sqrt(q3.shape[-1])                        # 1/√d_k, and log₂e for base 2
+    if buffer is None:                                              # autograd keeps every tile: each is new
+        scores = torch.bmm(*products).mul_(scale)
+    else:                                                           # the scale inside the product, into the buffer
+        scores = buffer[:, :(i1 - i0) * (j1 - j0)].view(-1, i1 - i0, j1 - j0)
+        torch.baddbmm(scores, *products, beta=0, alpha=scale, out=scores)
     if mask is not None:                                            # a mask dim of size 1 broadcasts
         rows = slice(i0, i1) if mask.shape[-2] > 1 else slice(None)
         cols = slice(j0, j1) if mask.shape[-1] > 1 else slice(None)
         mask_tile = mask[..., rows, cols].expand(*lead, i1 - i0, j1 - j0).reshape(-1, i1 - i0, j1 - j0)
-        scores = scores + _as_bias(mask_tile, scores.dtype) * LOG2_E     # the bias is in natural units
+        bias = _as_bias(mask_tile, scores.dtype) * LOG2_E           # the bias is in natural units
+        scores = scores + bias if buffer is None else scores.add_(bias)
     if is_causal and j1 - 1 > i0:                                   # the tile crosses the diagonal
         above = torch.arange(j0, j1, device=scores.device) > torch.arange(i0, i1, device=scores.device)[:, None]
         scores.masked_fill_(above, -math.inf)

@@ -653,13 +653,12 @@ class NGramDraft(nn.Module):
             raise ValueError(f"an n-gram draft reads one sequence: expected batch 1, got {input_ids.shape[0]}")
         if not isinstance(logits_to_keep, int) or logits_to_keep < 0:
             raise ValueError(f"logits_to_keep must be an int ≥ 0 (0 = every position), got {logits_to_keep!r}")
-        past = [] if cache is None else cache.tokens
-        start, new = len(past), input_ids[0].tolist()
-        history = past + new
+        past, new = ([] if cache is None else cache.tokens), input_ids[0].tolist()
+        history = past[max(0, len(past) - self.config.n + 1):] + new        # a lookup reads n − 1 tokens at most
         if cache is not None:
             cache.tokens.extend(new)
         keep = len(new) if logits_to_keep == 0 else min(logits_to_keep, len(new))
-        ends = range(start + len(new) - keep, start + len(new))               # positions whose next token we predict
+        ends = range(len(history) - keep, len(history))                      # positions whose next token we predict
         return torch.stack([self.log_counts[self._longest_context(history[:end + 1])] for end in ends])[None]
 
     def _longest_context(self, history: list[int]) -> int:
